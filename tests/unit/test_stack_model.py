@@ -1,0 +1,107 @@
+import pytest
+from ansible_collections.ner11.ops.plugins.module_utils.stack_model import (
+    StackModelError,
+    container_spec,
+    normalize,
+    topological_order,
+)
+
+
+def test_defaults_are_the_reference_stack():
+    model = normalize({})
+    assert model["project"] == "ner11"
+    assert model["network"] == "ner11_default"
+    assert model["containers"] == {"postgres": "ner11-postgres-1", "api": "ner11-api-1", "frontend": "ner11-frontend-1"}
+    assert model["start_order"] == ["postgres", "api", "frontend"]
+    assert model["stop_order"] == ["frontend", "api", "postgres"]
+    # G8: per-service stop timeouts from the service-control runbook.
+    assert [model["services"][s]["stop_timeout"] for s in ("frontend", "api", "postgres")] == [30, 60, 120]
+    # Host ports bind to 127.0.0.1 unless configured otherwise.
+    assert model["services"]["api"]["ports"][0]["spec"] == "127.0.0.1:8000:8000"
+    assert model["api_url"] == "http://127.0.0.1:8000"
+    assert model["frontend_url"] == "http://127.0.0.1:3000"
+    assert model["services"]["postgres"]["volumes"][0]["source"] == "ner11_postgres_data"
+
+
+def test_project_is_a_variable_everywhere():
+    model = normalize({"project": "t1"})
+    assert model["network"] == "t1_default"
+    assert model["config_dir"] == "/var/lib/ner11/t1"
+    assert model["services"]["api"]["volumes"][0]["source"] == "t1_models"
+    assert model["services"]["postgres"]["labels"] == {"io.ner11.project": "t1", "io.ner11.service": "postgres"}
+
+
+def test_overrides_merge_deeply_and_lists_replace():
+    model = normalize({"services": {"api": {"ports": [{"host": 18000, "container": 8000}], "env": {"X": 1}}}})
+    assert model["services"]["api"]["ports"][0]["spec"] == "127.0.0.1:18000:8000"
+    assert model["services"]["api"]["env"] == {"X": "1"}
+    assert model["services"]["api"]["image"] == "ner11/ner-api:ref"
+    assert model["services"]["api"]["healthcheck"]["interval"] == "2s"
+
+
+def test_healthcheck_expands_names():
+    model = normalize({"db_name": "other_db", "db_user": "app"})
+    assert model["services"]["postgres"]["healthcheck"]["test"][1] == "pg_isready -U app -d other_db -h 127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "stack, message",
+    [
+        ({"bogus": 1}, "unknown key(s) bogus in ner11_stack"),
+        ({"services": {"redis": {}}}, "unknown key(s) redis"),
+        ({"services": {"api": {"imag": "x"}}}, "unknown key(s) imag in ner11_stack.services.api"),
+        ({"project": "Bad Name"}, "not a valid project name"),
+        ({"services": {"api": {"ports": [{"host": 5432, "container": 8000}]}}}, "host port 5432 is already published by postgres"),
+        ({"services": {"api": {"ports": [{"host": 70000, "container": 8000}]}}}, "between 1 and 65535"),
+        ({"services": {"api": {"stop_timeout": -1}}}, "stop_timeout must be between 1 and 3600"),
+        ({"services": {"api": {"stop_timeout": "soon"}}}, "stop_timeout must be an integer"),
+        ({"services": {"postgres": {"depends_on": ["frontend"]}}}, "cycle"),
+        ({"services": {"api": {"depends_on": ["cache"]}}}, "unknown service 'cache'"),
+        ({"services": {"api": {"container_name": "ner11-postgres-1"}}}, "also used by postgres"),
+        ({"services": {"api": {"healthcheck": {"test": ["CMD", "true"], "interval": "often"}}}}, "must be a duration"),
+        ({"db_name": "x; drop"}, "not a plain SQL identifier"),
+        ({"secrets_mode": "plain"}, "'file' or 'env'"),
+        ({"config_dir": "relative"}, "absolute path"),
+    ],
+)
+def test_invalid_models_name_the_fix(stack, message):
+    with pytest.raises(StackModelError) as err:
+        normalize(stack)
+    assert message in str(err.value)
+
+
+def test_wildcard_bind_collides_with_any_address():
+    with pytest.raises(StackModelError, match="already published"):
+        normalize({"services": {"api": {"ports": [{"host": 5432, "container": 8000, "bind": "0.0.0.0"}]}}})
+    # Same port on two distinct addresses is fine.
+    model = normalize({"services": {"api": {"ports": [{"host": 5432, "container": 8000, "bind": "127.0.0.2"}]}}})
+    assert model["services"]["api"]["ports"][0]["spec"] == "127.0.0.2:5432:8000"
+
+
+def test_topological_order_is_stable():
+    services = {"frontend": {"depends_on": ["api"]}, "api": {"depends_on": []}, "postgres": {"depends_on": []}}
+    assert topological_order(services) == ["postgres", "api", "frontend"]
+
+
+def test_container_spec_keeps_secrets_out_of_the_environment():
+    model = normalize({"project": "t2"})
+    spec = container_spec(model, "api")
+    assert spec["env"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db_password"
+    assert "POSTGRES_PASSWORD" not in spec["env"]
+    assert {"source": "/var/lib/ner11/t2/secrets/db_password", "target": "/run/secrets/db_password",
+            "type": "bind", "read_only": True} in spec["mounts"]
+    assert spec["networks"] == [{"name": "t2_default", "aliases": ["api"]}]
+    assert spec["secret_vars"] == {}
+
+
+def test_container_spec_env_mode_names_the_secret_vars_only():
+    model = normalize({"secrets_mode": "env"})
+    spec = container_spec(model, "postgres")
+    assert spec["secret_vars"] == {"POSTGRES_PASSWORD": "db_password"}
+    assert not any(k.startswith("POSTGRES_PASSWORD") for k in spec["env"])
+    assert spec["env"]["POSTGRES_DB"] == "ner11_db"
+
+
+def test_frontend_upstream_follows_the_api_container_port():
+    model = normalize({"services": {"api": {"ports": [{"host": 18000, "container": 8080}]}}})
+    assert container_spec(model, "frontend")["env"]["NER11_API_UPSTREAM"] == "api:8080"
