@@ -41,10 +41,11 @@ ruff: setup
 ansible-lint: setup
 	$(BIN)/ansible-lint --profile production
 
-sanity: setup ## ansible-test sanity, no ignore file (run in a copy under build/)
+sanity: setup ## ansible-test sanity, no ignore file, on the collection content (images/ and bench/ are not shipped)
 	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
-	git ls-files -co --exclude-standard -z | xargs -0 -I{} cp --parents -P {} $(SANITY_ROOT)/ 2>/dev/null || true
+	git ls-files -co --exclude-standard -z -- . ':!images' ':!bench' | xargs -0 -I{} cp --parents -P {} $(SANITY_ROOT)/ 2>/dev/null || true
 	test ! -e $(SANITY_ROOT)/tests/sanity/ignore-2.19.txt
+	cd $(SANITY_ROOT) && git init -q && git add -A
 	cd $(SANITY_ROOT) && $(BIN)/ansible-test sanity --venv --python 3.11 --color no
 
 units: setup ## unit tests of the pure core (module_utils, filters)

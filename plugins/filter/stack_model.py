@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright (c) ner11.ops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
@@ -35,7 +34,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: The complete stack model with C(services), C(start_order), C(stop_order), C(containers), C(api_url), C(frontend_url).
+  description:
+    - The complete stack model with C(services), C(start_order), C(stop_order), C(containers),
+      C(api_url) and C(frontend_url).
   type: dict
 """
 
@@ -62,6 +63,6 @@ def stack_container_spec(model, service):
         raise AnsibleFilterError("cannot build the container of %r: %s" % (service, exc)) from None
 
 
-class FilterModule(object):
+class FilterModule:
     def filters(self):
         return {"stack_model": stack_model, "stack_container_spec": stack_container_spec}

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright (c) ner11.ops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The NER11 stack model (DESIGN section 3).
@@ -30,11 +29,10 @@ class StackModelError(ValueError):
 
 
 def _http_probe(port, path):
-    # The reference images ship python3, not curl (G32): probe with urllib.
+    # The reference images ship python3, not curl (G32): probe with http.client.
     code = (
-        "import sys,urllib.request;"
-        "sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%d%s',timeout=4).status==200 else 1)"
-        % (port, path)
+        "import http.client,sys;c=http.client.HTTPConnection('127.0.0.1',%d,timeout=4);"
+        "c.request('GET','%s');sys.exit(0 if c.getresponse().status==200 else 1)" % (port, path)
     )
     return ["CMD", "python3", "-c", code]
 
@@ -170,8 +168,7 @@ def topological_order(services):
         ready = sorted((n for n, deps in remaining.items() if not deps), key=lambda n: (rank.get(n, 99), n))
         if not ready:
             raise StackModelError(
-                "services.*.depends_on has a cycle between %s; remove one of the dependencies"
-                % ", ".join(sorted(remaining))
+                "services.*.depends_on has a cycle between %s; remove one of the dependencies" % ", ".join(sorted(remaining))
             )
         for name in ready:
             order.append(name)
@@ -269,8 +266,14 @@ def normalize(stack=None):
                         "%s: host port %d is already published by %s; choose another host port" % (ppath, host_port, owner)
                     )
             seen_ports[(bind, host_port)] = name
-            ports.append({"bind": bind, "host": host_port, "container": container_port,
-                          "spec": "%s:%d:%d" % (bind, host_port, container_port)})
+            ports.append(
+                {
+                    "bind": bind,
+                    "host": host_port,
+                    "container": container_port,
+                    "spec": "%s:%d:%d" % (bind, host_port, container_port),
+                }
+            )
         svc["ports"] = ports
 
         volumes = []
@@ -283,8 +286,9 @@ def normalize(stack=None):
             kind = vol.get("type") or ("bind" if source.startswith("/") else "volume")
             if kind not in ("bind", "volume"):
                 raise StackModelError("%s.type must be 'bind' or 'volume'" % vpath)
-            volumes.append({"source": source, "target": vol["target"], "type": kind,
-                            "read_only": bool(vol.get("read_only", False))})
+            volumes.append(
+                {"source": source, "target": vol["target"], "type": kind, "read_only": bool(vol.get("read_only", False))}
+            )
         svc["volumes"] = volumes
 
         health = svc["healthcheck"]
@@ -330,24 +334,28 @@ def service_env(model, service, secret_dir):
     svc = model["services"][service]
     env = {}
     if service == "api":
-        env.update({
-            "POSTGRES_HOST": "postgres",
-            "POSTGRES_PORT": "5432",
-            "POSTGRES_DB": model["db_name"],
-            "POSTGRES_USER": model["db_user"],
-        })
+        env.update(
+            {
+                "POSTGRES_HOST": "postgres",
+                "POSTGRES_PORT": "5432",
+                "POSTGRES_DB": model["db_name"],
+                "POSTGRES_USER": model["db_user"],
+            }
+        )
     elif service == "postgres":
         env.update({"POSTGRES_DB": model["db_name"], "POSTGRES_USER": model["db_user"]})
     elif service == "frontend":
-        env["NER11_API_UPSTREAM"] = "api:%d" % model["services"]["api"]["ports"][0]["container"] if model["services"]["api"]["ports"] else "api:8000"
+        api_ports = model["services"]["api"]["ports"]
+        env["NER11_API_UPSTREAM"] = "api:%d" % (api_ports[0]["container"] if api_ports else 8000)
     env.update(svc["env"])
     mounts = []
     secret_vars = {}
     for var, key in sorted(svc["secrets"].items()):
         if model["secrets_mode"] == "file":
             env["%s_FILE" % var] = "/run/secrets/%s" % key
-            mounts.append({"source": "%s/%s" % (secret_dir, key), "target": "/run/secrets/%s" % key,
-                           "type": "bind", "read_only": True})
+            mounts.append(
+                {"source": "%s/%s" % (secret_dir, key), "target": "/run/secrets/%s" % key, "type": "bind", "read_only": True}
+            )
         else:
             secret_vars[var] = key
     return env, mounts, secret_vars

@@ -1,4 +1,5 @@
 import pytest
+
 from ansible_collections.ner11.ops.plugins.module_utils.stack_model import (
     StackModelError,
     container_spec,
@@ -51,7 +52,10 @@ def test_healthcheck_expands_names():
         ({"services": {"redis": {}}}, "unknown key(s) redis"),
         ({"services": {"api": {"imag": "x"}}}, "unknown key(s) imag in ner11_stack.services.api"),
         ({"project": "Bad Name"}, "not a valid project name"),
-        ({"services": {"api": {"ports": [{"host": 5432, "container": 8000}]}}}, "host port 5432 is already published by postgres"),
+        (
+            {"services": {"api": {"ports": [{"host": 5432, "container": 8000}]}}},
+            "host port 5432 is already published by postgres",
+        ),
         ({"services": {"api": {"ports": [{"host": 70000, "container": 8000}]}}}, "between 1 and 65535"),
         ({"services": {"api": {"stop_timeout": -1}}}, "stop_timeout must be between 1 and 3600"),
         ({"services": {"api": {"stop_timeout": "soon"}}}, "stop_timeout must be an integer"),
@@ -88,8 +92,12 @@ def test_container_spec_keeps_secrets_out_of_the_environment():
     spec = container_spec(model, "api")
     assert spec["env"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db_password"
     assert "POSTGRES_PASSWORD" not in spec["env"]
-    assert {"source": "/var/lib/ner11/t2/secrets/db_password", "target": "/run/secrets/db_password",
-            "type": "bind", "read_only": True} in spec["mounts"]
+    assert {
+        "source": "/var/lib/ner11/t2/secrets/db_password",
+        "target": "/run/secrets/db_password",
+        "type": "bind",
+        "read_only": True,
+    } in spec["mounts"]
     assert spec["networks"] == [{"name": "t2_default", "aliases": ["api"]}]
     assert spec["secret_vars"] == {}
 
