@@ -1,0 +1,289 @@
+"""Shared fixtures for integration tests against the real Docker engine.
+
+Everything a test creates is named after a unique project (``itNNNNN...``) and
+labelled ``io.ner11.project=<project>``; teardown removes it by that label
+and by name. Nothing here talks to anything but 127.0.0.1 and the project's
+own containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COLLECTIONS = os.path.join(ROOT, ".collections")
+BIN = os.path.dirname(sys.executable)
+LOCAL_INVENTORY = os.path.join(ROOT, "inventories", "local")
+TEST_LABEL = "io.ner11.test=1"
+
+if COLLECTIONS not in sys.path:
+    sys.path.insert(0, COLLECTIONS)
+
+
+def ansible_env(extra=None):
+    env = dict(os.environ)
+    env.update(
+        {
+            "ANSIBLE_CONFIG": os.path.join(ROOT, "ansible.cfg"),
+            "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_RETRY_FILES_ENABLED": "0",
+            "ANSIBLE_HOST_KEY_CHECKING": "0",
+            "PATH": BIN + os.pathsep + env.get("PATH", ""),
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+class PlaybookResult:
+    """The parsed ansible.posix.json output of one ansible-playbook run."""
+
+    def __init__(self, proc, data):
+        self.rc = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.data = data or {}
+        self.stats = self.data.get("stats", {})
+        self.custom_stats = self.data.get("custom_stats", {}) or self.data.get("global_custom_stats", {})
+
+    def changed(self, host="localhost"):
+        return self.stats.get(host, {}).get("changed")
+
+    def failures(self, host="localhost"):
+        return self.stats.get(host, {}).get("failures", 0) + self.stats.get(host, {}).get("unreachable", 0)
+
+    def tasks(self, host="localhost"):
+        """(task name, result) for every task that ran on host, in order."""
+        out = []
+        for play in self.data.get("plays", []):
+            for task in play.get("tasks", []):
+                res = task.get("hosts", {}).get(host)
+                if res is not None:
+                    out.append((task["task"]["name"], res))
+        return out
+
+    def task(self, name, host="localhost"):
+        """The last result of the task whose name contains ``name``."""
+        found = [res for tname, res in self.tasks(host) if name in tname]
+        if not found:
+            raise AssertionError("no task %r ran; tasks: %s" % (name, [t for t, _ in self.tasks(host)]))
+        return found[-1]
+
+    def changed_tasks(self, host="localhost"):
+        return [name for name, res in self.tasks(host) if res.get("changed")]
+
+    def explain(self):
+        failed = [(n, r.get("msg")) for n, r in self.tasks() if r.get("failed") and not r.get("ignore_errors")]
+        return "rc=%s failed=%s stderr=%s" % (self.rc, failed, self.stderr[-2000:])
+
+
+def run_playbook(playbook, extra_vars=None, check=False, inventory=LOCAL_INVENTORY, limit=None, env=None, timeout=900):
+    """Run a playbook of this collection (path relative to the repo) and parse its JSON output."""
+    cmd = [os.path.join(BIN, "ansible-playbook"), "-i", inventory, os.path.join(ROOT, playbook)]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    if check:
+        cmd += ["--check", "--diff"]
+    if limit:
+        cmd += ["--limit", limit]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), cwd=ROOT, timeout=timeout)
+    start = proc.stdout.find("{")
+    try:
+        data = json.loads(proc.stdout[start:]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        data = {}
+    return PlaybookResult(proc, data)
+
+
+def run_module(module, args, check=False, diff=False, timeout=600, env=None):
+    """Run one module of this collection on localhost; returns its result dict."""
+    play = {
+        "name": "run one module",
+        "hosts": "localhost",
+        "gather_facts": False,
+        "tasks": [{"name": "the module", module: args, "register": "__r", "ignore_errors": True}],
+    }
+    path = os.path.join(ROOT, "build", "it-play-%s.json" % uuid.uuid4().hex[:8])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump([play], fh)
+    try:
+        cmd = [os.path.join(BIN, "ansible-playbook"), "-i", LOCAL_INVENTORY, path]
+        if check:
+            cmd.append("--check")
+        if diff:
+            cmd.append("--diff")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), cwd=ROOT, timeout=timeout)
+    finally:
+        os.unlink(path)
+    start = proc.stdout.find("{")
+    try:
+        data = json.loads(proc.stdout[start:])
+    except (json.JSONDecodeError, ValueError):
+        raise AssertionError(
+            "unparsable ansible output rc=%s: %s %s" % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+        )
+    res = data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    res["_stdout"] = proc.stdout
+    res["_stderr"] = proc.stderr
+    return res
+
+
+def docker(*args, check=True, timeout=300):
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError("docker %s failed: %s" % (" ".join(args), proc.stderr))
+    return proc
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique_project(prefix="it"):
+    return "%s%s" % (prefix, uuid.uuid4().hex[:8])
+
+
+def remove_project(project, volumes=True):
+    """Remove every container, volume and network labelled with this project."""
+    ids = docker("ps", "-aq", "--filter", "label=io.ner11.project=%s" % project, check=False).stdout.split()
+    if ids:
+        docker("rm", "-f", "-v", *ids, check=False)
+    if volumes:
+        vols = docker("volume", "ls", "-q", "--filter", "label=io.ner11.project=%s" % project, check=False).stdout.split()
+        if vols:
+            docker("volume", "rm", "-f", *vols, check=False)
+    nets = docker("network", "ls", "-q", "--filter", "label=io.ner11.project=%s" % project, check=False).stdout.split()
+    if nets:
+        docker("network", "rm", *nets, check=False)
+    shutil.rmtree("/var/lib/ner11/%s" % project, ignore_errors=True)
+
+
+def stack_vars(project, ports=None):
+    """Extra vars for a stack under a unique project name on free ports."""
+    ports = ports or {"postgres": free_port(), "api": free_port(), "frontend": free_port()}
+    container = {"postgres": 5432, "api": 8000, "frontend": 3000}
+    return {
+        "ner11_stack": {
+            "project": project,
+            "labels": {"io.ner11.test": "1"},
+            "services": {s: {"ports": [{"host": ports[s], "container": container[s]}]} for s in container},
+        },
+        "ner11_db_password": "it-" + uuid.uuid4().hex,
+    }
+
+
+class Stack:
+    """A deployed reference stack owned by a test (or a test session)."""
+
+    def __init__(self, project):
+        self.project = project
+        self.vars = stack_vars(project)
+        from ansible_collections.ner11.ops.plugins.module_utils.stack_model import normalize
+
+        self.model = normalize(self.vars["ner11_stack"])
+        self.password = self.vars["ner11_db_password"]
+
+    @property
+    def api_url(self):
+        return self.model["api_url"]
+
+    @property
+    def frontend_url(self):
+        return self.model["frontend_url"]
+
+    def container(self, service):
+        return self.model["containers"][service]
+
+    def deploy(self, check=False, extra=None):
+        ev = dict(self.vars)
+        ev.update(extra or {})
+        return run_playbook("playbooks/deploy.yml", ev, check=check)
+
+    def psql(self, sql, db=None):
+        """Run SQL inside the postgres container over its local socket (no password)."""
+        proc = docker(
+            "exec", "-u", "postgres", self.container("postgres"),
+            "psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-d", db or self.model["db_name"], "-c", sql,
+        )  # fmt: skip
+        return proc.stdout.strip()
+
+    def remove(self):
+        remove_project(self.project)
+
+
+def wait_http(url, deadline_s=60, expect=200):
+    import urllib.error
+    import urllib.request
+
+    end = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - 127.0.0.1 only
+                if resp.status == expect:
+                    return resp.read()
+                last = resp.status
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError("%s did not answer %s within %ss: %s" % (url, expect, deadline_s, last))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def docker_engine():
+    proc = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        pytest.fail("no Docker engine answers: run `make docker` (scripts/bootstrap-docker.sh) first")
+    for image in ("ner11/postgres:ref", "ner11/ner-api:ref", "ner11/frontend:ref"):
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60).returncode != 0:
+            pytest.fail("image %s is missing: run `make images` first" % image)
+
+
+@pytest.fixture(scope="session")
+def shared_stack():
+    """One healthy reference stack for read-only tests of the whole session.
+
+    Tests that stop, corrupt or restore must create their own (``own_stack``).
+    """
+    stack = Stack(unique_project("its"))
+    stack.remove()
+    result = stack.deploy()
+    if result.rc != 0:
+        stack.remove()
+        pytest.fail("deploying the shared stack failed: %s" % result.explain())
+    yield stack
+    stack.remove()
+
+
+@pytest.fixture
+def own_stack():
+    """A stack this test may break; removed afterwards."""
+    stacks = []
+
+    def make(deploy=True):
+        stack = Stack(unique_project("itx"))
+        stack.remove()
+        stacks.append(stack)
+        if deploy:
+            result = stack.deploy()
+            assert result.rc == 0, result.explain()
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.remove()
