@@ -9,7 +9,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)
 INVENTORY ?= inventories/local
-SANITY_ROOT := $(CURDIR)/build/sanity/ansible_collections/ner11/ops
+SANITY_ROOT := $(CURDIR)/build/sanity-$(shell date +%s%N)/ansible_collections/ner11/ops
 PYTEST_ARGS ?=
 
 .PHONY: help setup docker images demo test lint ruff ansible-lint sanity units molecule integration bench clean
@@ -42,11 +42,12 @@ ansible-lint: setup
 	$(BIN)/ansible-lint --profile production
 
 sanity: setup ## ansible-test sanity, no ignore file, on the collection content (images/ and bench/ are not shipped)
-	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
+	mkdir -p $(SANITY_ROOT)
 	git ls-files -co --exclude-standard -z -- . ':!images' ':!bench' | xargs -0 -I{} cp --parents -P {} $(SANITY_ROOT)/ 2>/dev/null || true
 	test ! -e $(SANITY_ROOT)/tests/sanity/ignore-2.19.txt
 	cd $(SANITY_ROOT) && git init -q && git add -A
-	cd $(SANITY_ROOT) && $(BIN)/ansible-test sanity --venv --python 3.11 --color no
+	cd $(SANITY_ROOT) && $(BIN)/ansible-test sanity --venv --python 3.11 --color no $(SANITY_ARGS)
+	rm -rf $(dir $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(SANITY_ROOT))))))
 
 units: setup ## unit tests of the pure core (module_utils, filters)
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)

@@ -1,0 +1,167 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ner11.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run PostgreSQL client tools against a server, safely.
+
+Two ways to reach the server (doc fragment ``ner11.ops.postgres``):
+
+* ``container``: ``docker exec -u postgres <container> <tool> ...`` — client
+  version equals server version, and the container's local socket auth is used,
+  so no password exists anywhere (G3).
+* ``login_host``: the host's client tools over TCP; the password goes to a 0600
+  passfile in a private temp dir named by ``PGPASSFILE`` — never on a command
+  line or in an environment value (G3, G49).
+
+Plain Python: the caller passes a ``runner`` with the signature of
+``AnsibleModule.run_command`` so this is unit-testable without Ansible.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+APP_NAME = "ner11.ops"
+
+
+def postgres_argument_spec():
+    """The common options (see the ``ner11.ops.postgres`` doc fragment)."""
+    return dict(
+        container=dict(type="str"),
+        container_user=dict(type="str", default="postgres"),
+        docker_cli=dict(type="str", default="docker"),
+        login_host=dict(type="str"),
+        login_port=dict(type="int", default=5432),
+        login_user=dict(type="str", default="postgres"),
+        login_password=dict(type="str", no_log=True),
+        connect_timeout=dict(type="int", default=10),
+    )
+
+
+POSTGRES_MUTUALLY_EXCLUSIVE = [("container", "login_host")]
+POSTGRES_REQUIRED_ONE_OF = [("container", "login_host")]
+
+
+class PgExecError(Exception):
+    """A client tool failed; the message names the cause and the fix."""
+
+
+def _escape_passfile(value):
+    return str(value).replace("\\", "\\\\").replace(":", "\\:")
+
+
+class PgTarget:
+    """Builds and runs client-tool commands for one server."""
+
+    def __init__(self, params, runner):
+        self.container = params.get("container")
+        self.container_user = params.get("container_user") or "postgres"
+        self.docker = params.get("docker_cli") or "docker"
+        self.host = params.get("login_host")
+        self.port = int(params.get("login_port") or 5432)
+        self.user = params.get("login_user") or "postgres"
+        self.timeout = int(params.get("connect_timeout") or 10)
+        self._password = params.get("login_password")
+        self.runner = runner
+        self._tmpdir = None
+        if not self.container and not self.host:
+            raise PgExecError("set either container (the PostgreSQL container name) or login_host")
+
+    # -- context: the passfile lives only while the target is open ------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self):
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def _passfile(self):
+        if not self._password:
+            return None
+        if not self._tmpdir:
+            self._tmpdir = tempfile.mkdtemp(prefix="ner11-pg-")
+            os.chmod(self._tmpdir, 0o700)
+            path = os.path.join(self._tmpdir, "pgpass")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write("*:*:*:%s:%s\n" % (_escape_passfile(self.user), _escape_passfile(self._password)))
+        return os.path.join(self._tmpdir, "pgpass")
+
+    # -- commands --------------------------------------------------------------
+    def describe(self):
+        """A one-line, secret-free description for messages and returns."""
+        if self.container:
+            return "container %s (as %s)" % (self.container, self.container_user)
+        return "%s@%s:%d" % (self.user, self.host, self.port)
+
+    def argv(self, tool, args, stdin=False, env=None):
+        """argv running ``tool`` with ``args`` (connection options added for host mode)."""
+        env = dict(env or {})
+        env.setdefault("PGAPPNAME", APP_NAME)
+        env.setdefault("PGCONNECT_TIMEOUT", str(self.timeout))
+        if self.container:
+            cmd = [self.docker, "exec"]
+            if stdin:
+                cmd.append("-i")
+            cmd += ["-u", self.container_user]
+            for key in sorted(env):
+                cmd += ["-e", "%s=%s" % (key, env[key])]
+            cmd += [self.container, tool]
+            if tool in ("psql", "pg_dump", "pg_dumpall", "pg_restore", "pg_isready", "vacuumdb", "reindexdb"):
+                cmd += ["-U", self.user]
+            return cmd + list(args)
+        return [tool, "-h", self.host, "-p", str(self.port), "-U", self.user] + list(args)
+
+    def environ(self, env=None):
+        """Environment for run_command in host mode (PGPASSFILE is a path, not a secret)."""
+        if self.container:
+            return {}
+        out = {"PGAPPNAME": APP_NAME, "PGCONNECT_TIMEOUT": str(self.timeout)}
+        out.update(env or {})
+        passfile = self._passfile()
+        if passfile:
+            out["PGPASSFILE"] = passfile
+        return out
+
+    def run(self, tool, args, data=None, env=None, check=True, **kwargs):
+        """Run a tool; returns (rc, stdout, stderr). Raises PgExecError when check and rc != 0."""
+        cmd = self.argv(tool, args, stdin=data is not None, env=env)
+        rc, out, err = self.runner(cmd, data=data, environ_update=self.environ(env), binary_data=False, **kwargs)
+        if check and rc != 0:
+            raise PgExecError("%s failed on %s (rc=%s): %s" % (tool, self.describe(), rc, _last_line(err or out)))
+        return rc, out, err
+
+    def query(self, sql, db="postgres", check=True):
+        """Run SQL with psql (ON_ERROR_STOP, no psqlrc); return rows as lists of strings."""
+        rc, out, err = self.run(
+            "psql",
+            ["-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
+            data=sql,
+            check=check,
+        )
+        if rc != 0:
+            return None
+        return [line.split("\x1f") for line in out.splitlines() if line != ""]
+
+    def scalar(self, sql, db="postgres"):
+        rows = self.query(sql, db)
+        return rows[0][0] if rows and rows[0] else None
+
+
+def _last_line(text):
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def quote_ident(name):
+    return '"%s"' % str(name).replace('"', '""')
+
+
+def quote_literal(value):
+    return "'%s'" % str(value).replace("'", "''")
