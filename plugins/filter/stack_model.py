@@ -63,6 +63,18 @@ def stack_container_spec(model, service):
         raise AnsibleFilterError("cannot build the container of %r: %s" % (service, exc)) from None
 
 
+def port_owners(containers, ports):
+    """[port, container name] for every container publishing one of ``ports``."""
+    wanted = {int(p) for p in ports}
+    owners = set()
+    for container in containers or []:
+        name = (container.get("Names") or ["?"])[0].lstrip("/")
+        for port in container.get("Ports") or []:
+            if port.get("PublicPort") in wanted:
+                owners.add(("%s" % port["PublicPort"], name))
+    return [list(o) for o in sorted(owners)]
+
+
 class FilterModule:
     def filters(self):
-        return {"stack_model": stack_model, "stack_container_spec": stack_container_spec}
+        return {"stack_model": stack_model}
