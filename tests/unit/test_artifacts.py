@@ -1,0 +1,294 @@
+"""Unit tests of the artifact core: listing, digests, change detection, restore plans, safe extraction."""
+
+import io
+import os
+import stat
+import tarfile
+
+import pytest
+
+from ansible_collections.ner11.ops.plugins.module_utils import artifacts as art
+
+
+def _write(path, data, mode=0o644):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, mode)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "models"
+    _write(str(root / "manifest.json"), b"{}\n")
+    _write(str(root / "m1" / "model.json"), b'{"name": "m1"}')
+    _write(str(root / "m1" / "weights.safetensors"), b"\x00" * 1000, 0o640)
+    _write(str(root / "m1" / "__pycache__" / "x.cpython-311.pyc"), b"pyc")
+    _write(str(root / "tool.pyc"), b"pyc")
+    os.symlink("m1", str(root / "current"))
+    os.chmod(str(root), 0o755)  # noqa: S103 - a test fixture with ordinary modes
+    return str(root)
+
+
+def _tar_of(root, tmp_path, excludes=art.DEFAULT_EXCLUDES, name="t.tar"):
+    path = str(tmp_path / name)
+    art.write_tar(path, root, art.list_host_tree(root, excludes))
+    return path
+
+
+@pytest.mark.parametrize(
+    "rel, expected",
+    [
+        ("a/b.pyc", True),
+        ("__pycache__", True),
+        ("m1/__pycache__/x.txt", True),
+        ("m1/model.json", False),
+        (".", False),
+        ("pyc", False),
+    ],
+)
+def test_excludes_match_any_component_like_gnu_tar(rel, expected):
+    assert art.is_excluded(rel, art.DEFAULT_EXCLUDES) is expected
+
+
+def test_listing_keeps_every_file_with_mode_and_skips_excludes(tree):
+    listing = art.list_host_tree(tree, art.DEFAULT_EXCLUDES)
+    paths = [e["path"] for e in listing]
+    assert paths == [".", "current", "m1", "m1/model.json", "m1/weights.safetensors", "manifest.json"]
+    by = {e["path"]: e for e in listing}
+    assert by["m1/weights.safetensors"]["mode"] == "0640"  # G27: not only *.pkl, modes kept
+    assert by["m1/weights.safetensors"]["size"] == 1000
+    assert by["current"] == {**by["current"], "type": "symlink", "link": "m1"}
+    assert by["."]["mode"] == "0755"
+
+
+def test_tar_scan_equals_host_listing_and_digest(tree, tmp_path):
+    tar_path = _tar_of(tree, tmp_path)
+    scanned = art.scan_tar(tar_path)
+    host = art.list_host_tree(tree, art.DEFAULT_EXCLUDES)
+    assert [art._identity(e) for e in scanned] == [art._identity(e) for e in host]
+    assert art.content_digest(scanned) == art.content_digest(host)
+    assert art.summarize(scanned) == {"file_count": 3, "content_bytes": 1000 + 3 + 14, "entries": 6}
+
+
+def test_digest_ignores_mtime_but_sees_mode_and_content(tree):
+    before = art.content_digest(art.list_host_tree(tree))
+    os.utime(os.path.join(tree, "manifest.json"), (1, 1))
+    assert art.content_digest(art.list_host_tree(tree)) == before
+    os.chmod(os.path.join(tree, "manifest.json"), 0o600)
+    after_mode = art.content_digest(art.list_host_tree(tree))
+    assert after_mode != before
+    _write(os.path.join(tree, "manifest.json"), b"{} \n", 0o600)
+    assert art.content_digest(art.list_host_tree(tree)) != after_mode
+
+
+def test_changed_paths_names_only_the_changed_file(tree):
+    old = art.list_host_tree(tree, art.DEFAULT_EXCLUDES)
+    _write(os.path.join(tree, "m1", "model.json"), b'{"name": "m1", "v": 2}')
+    new = art.list_host_tree(tree, art.DEFAULT_EXCLUDES)
+    assert art.changed_paths(old, new) == ["m1/model.json"]
+
+
+def test_restore_plan_mirror_and_overlay():
+    def f(path, sha, mode="0644"):
+        return {"path": path, "type": "file", "mode": mode, "sha256": sha, "size": 1}
+
+    backup = [f("a", "1"), f("b", "2"), f("c", "3")]
+    target = [f("a", "1"), f("b", "X"), f("d", "4"), {"path": ".", "type": "dir", "mode": "0755"}]
+    plan = art.restore_plan(backup, target, "mirror")
+    assert (plan["write"], plan["replace"], plan["remove"], plan["unchanged"]) == (["c"], ["b"], ["d"], 1)
+    assert plan["identical"] is False and art.plan_needs_confirm(plan, target)
+    overlay = art.restore_plan(backup, target, "overlay")
+    assert overlay["remove"] == []
+    mode_only = art.restore_plan([f("a", "1", "0600")], [f("a", "1", "0644")], "overlay")
+    assert mode_only["replace"] == ["a"]
+    assert art.restore_plan(backup, backup, "mirror")["identical"] is True
+    missing = art.restore_plan(backup, None, "mirror")
+    assert missing["write"] == ["a", "b", "c"] and not missing["identical"]
+    assert not art.plan_needs_confirm(missing, None)
+    with pytest.raises(art.ArtifactError):
+        art.restore_plan(backup, target, "sideways")
+
+
+def test_extract_restores_modes_and_links(tree, tmp_path):
+    tar_path = _tar_of(tree, tmp_path)
+    out = str(tmp_path / "out")
+    os.mkdir(out)
+    art.extract_tar(tar_path, out, chown=False)
+    assert art.content_digest(art.list_host_tree(out)) == art.content_digest(art.list_host_tree(tree, art.DEFAULT_EXCLUDES))
+    assert stat.S_IMODE(os.stat(os.path.join(out, "m1", "weights.safetensors")).st_mode) == 0o640
+    assert os.readlink(os.path.join(out, "current")) == "m1"
+
+
+def _evil_tar(path, members):
+    with tarfile.open(path, "w") as tf:
+        for name, kind, link in members:
+            info = tarfile.TarInfo(name)
+            if kind == "sym":
+                info.type = tarfile.SYMTYPE
+                info.linkname = link
+                tf.addfile(info)
+            else:
+                info.size = 1
+                tf.addfile(info, io.BytesIO(b"x"))
+
+
+@pytest.mark.parametrize("name", ["../escape", "/etc/evil", "a/../../b"])
+def test_extract_and_scan_refuse_escaping_members(tmp_path, name):
+    path = str(tmp_path / "evil.tar")
+    _evil_tar(path, [(name, "file", None)])
+    with pytest.raises(art.ArtifactError, match="escapes"):
+        art.scan_tar(path)
+    with pytest.raises(art.ArtifactError, match="escapes"):
+        art.extract_tar(path, str(tmp_path), chown=False)
+
+
+def test_extract_never_writes_through_a_symlink(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    path = str(tmp_path / "evil.tar")
+    _evil_tar(path, [("link", "sym", str(outside)), ("link/pwned", "file", None)])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(OSError):
+        art.extract_tar(path, str(dest), chown=False)
+    assert not (outside / "pwned").exists()
+
+
+def test_unreadable_archive_is_named(tmp_path):
+    path = tmp_path / "bad.tar"
+    path.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(art.ArtifactError, match="not a readable tar"):
+        art.scan_tar(str(path))
+
+
+def test_corrupt_members_names_the_damaged_file(tree, tmp_path):
+    tar_path = _tar_of(tree, tmp_path)
+    contents = art.scan_tar(tar_path)
+    data = bytearray(open(tar_path, "rb").read())
+    idx = data.index(b'{"name": "m1"}')
+    data[idx + 3] ^= 0xFF
+    open(tar_path, "wb").write(bytes(data))
+    assert art.corrupt_members(tar_path, contents) == ["m1/model.json"]
+
+
+def test_config_listing_is_relative_to_the_common_parent(tmp_path):
+    proj = tmp_path / "proj"
+    _write(str(proj / "docker-compose.yml"), b"services: {}\n")
+    _write(str(proj / ".env"), b"POSTGRES_PASSWORD=s3cret\n", 0o600)
+    _write(str(proj / "scripts" / "a.sh"), b"#!/bin/sh\n", 0o755)
+    _write(str(proj / "scripts" / "__pycache__" / "x.pyc"), b"x")
+    root, listing = art.list_config(
+        [str(proj / "docker-compose.yml"), str(proj / ".env"), str(proj / "scripts")], art.DEFAULT_EXCLUDES
+    )
+    assert root == str(proj)
+    by = {e["path"]: e for e in listing}
+    assert sorted(by) == [".env", "docker-compose.yml", "scripts", "scripts/a.sh"]
+    assert by[".env"]["mode"] == "0600" and by["scripts/a.sh"]["mode"] == "0755"
+    nested_root, nested = art.list_config([str(proj / "scripts" / "a.sh"), str(proj / ".env")])
+    assert nested_root == str(proj) and [e["path"] for e in nested] == [".env", "scripts", "scripts/a.sh"]
+
+
+@pytest.mark.parametrize(
+    "paths, match",
+    [([], "no paths"), (["relative/.env"], "not absolute"), (["/a/x", "/a/x"], "twice")],
+)
+def test_config_root_rejects_bad_input(paths, match):
+    with pytest.raises(art.ArtifactError, match=match):
+        art.config_root(paths)
+
+
+def test_config_missing_path_is_named(tmp_path):
+    with pytest.raises(art.ArtifactError, match="does not exist"):
+        art.list_config([str(tmp_path / "nope.yml")])
+
+
+def test_overlay_restore_writes_only_listed_paths(tmp_path):
+    proj = tmp_path / "proj"
+    _write(str(proj / ".env"), b"A=1\n", 0o600)
+    _write(str(proj / "compose.yml"), b"x\n")
+    root, listing = art.list_config([str(proj / ".env"), str(proj / "compose.yml")])
+    tar_path = str(tmp_path / "c.tar")
+    art.write_tar(tar_path, root, listing)
+    dest = tmp_path / "dest"
+    _write(str(dest / "other.txt"), b"keep")
+    _write(str(dest / ".env"), b"A=2\n", 0o644)
+    plan = art.restore_plan(listing, art.list_config([str(dest / ".env"), str(dest / "other.txt")])[1], "overlay")
+    assert plan["replace"] == [".env"] and plan["write"] == ["compose.yml"] and plan["remove"] == []
+    art.host_restore_overlay(tar_path, str(dest), plan["write"] + plan["replace"])
+    assert (dest / ".env").read_bytes() == b"A=1\n"
+    assert stat.S_IMODE(os.stat(dest / ".env").st_mode) == 0o600
+    assert (dest / "other.txt").read_bytes() == b"keep"
+    assert not [n for n in os.listdir(dest) if n.startswith(".ner11-")]
+
+
+def test_mirror_restore_swaps_and_removes_the_old_tree(tree, tmp_path):
+    tar_path = _tar_of(tree, tmp_path)
+    dest = tmp_path / "restored"
+    _write(str(dest / "stale.bin"), b"old")
+    art.host_restore_mirror(tar_path, str(dest), "t1")
+    assert not (dest / "stale.bin").exists()
+    assert art.content_digest(art.list_host_tree(str(dest))) == art.content_digest(art.list_host_tree(tree, art.DEFAULT_EXCLUDES))
+    assert sorted(os.listdir(tmp_path)) == ["models", "restored", "t.tar"]
+
+
+def test_mirror_restore_failure_leaves_dest_untouched(tmp_path):
+    path = str(tmp_path / "evil.tar")
+    _evil_tar(path, [("ok", "file", None), ("../escape", "file", None)])
+    dest = tmp_path / "dest"
+    _write(str(dest / "keep"), b"keep")
+    with pytest.raises(art.ArtifactError):
+        art.host_restore_mirror(path, str(dest), "t2")
+    assert (dest / "keep").read_bytes() == b"keep"
+    assert sorted(os.listdir(tmp_path)) == ["dest", "evil.tar"]
+
+
+def test_manifest_fields_and_digests(tree, tmp_path):
+    tar_path = _tar_of(tree, tmp_path)
+    contents = art.scan_tar(tar_path)
+    archive = {"path": "data.tar", "size": os.path.getsize(tar_path), "sha256": "ab" * 32, "mode": "0600"}
+    source = {"host": "h", "path": "/srv/models"}
+    m = art.build_manifest(
+        "config", "c-1", source, contents, archive, "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "manual", None, 1.23456
+    )
+    assert m["sensitive"] is True and m["content_sha256"] == art.content_digest(contents)
+    assert m["sha256"] == art.files_digest([archive]) and m["size_bytes"] == archive["size"]
+    assert m["file_count"] == 3 and m["duration_s"] == 1.235
+    assert art.build_manifest("models", "m-1", source, contents, archive, "x", "y", "daily", "d", 0)["sensitive"] is False
+
+
+def test_source_instance_identifies_each_kind():
+    assert art.source_instance("volume", {"volume": "p_models"}) == "volume:p_models"
+    assert art.source_instance("models", {"container": "c", "path": "/app/models"}) == "container:c:/app/models"
+    assert art.source_instance("models", {"host": "h", "path": "/m"}) == "host:h:/m"
+    assert art.source_instance("config", {"host": "h", "path": "/p", "paths": ["/p/a", "/p/b"]}) == "host:h:/p/a,/p/b"
+
+
+def test_volume_users_and_live_postgres_detection():
+    inspected = [
+        {
+            "Name": "/p-postgres-1",
+            "State": {"Running": True},
+            "Image": "sha256:aa",
+            "Config": {"Image": "ner11/postgres:ref", "Env": ["PGDATA=/var/lib/postgresql/data"]},
+            "Mounts": [{"Type": "volume", "Name": "p_pg", "Destination": "/var/lib/postgresql/data"}],
+        },
+        {
+            "Name": "/other",
+            "State": {"Running": True},
+            "Image": "sha256:bb",
+            "Config": {"Image": "x", "Env": []},
+            "Mounts": [{"Type": "volume", "Name": "other_vol", "Destination": "/var/lib/postgresql/data"}],
+        },
+    ]
+    users = art.volume_users_from_inspect(inspected, "p_pg")
+    assert [u["name"] for u in users] == ["p-postgres-1"]
+    assert art.live_postgres_users(users) == ["p-postgres-1"]
+    users[0]["running"] = False
+    assert art.live_postgres_users(users) == []
+
+
+def test_tar_args_put_excludes_before_the_operand():
+    args = art.tar_create_args("/app/models", ["*.pyc", "__pycache__"])
+    assert args[-3:] == ["-cf", "-", "."]
+    assert args.index("--exclude=*.pyc") < args.index(".")
