@@ -1,0 +1,332 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) ner11.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: ner_health
+short_description: Aggregated health of a NER11 stack, with an optional wait
+version_added: 1.0.0
+description:
+  - Checks the API, the database, the frontend, the containers, the disks and the memory of a NER11 stack
+    and returns one result per check, named C(component:measurement), in the shape of the IETF
+    api-health-check draft (status, observed value and unit, latency, one-line output, time).
+  - "API: C(api:http) (C(/health) C(status) must be exactly C(healthy); C(degraded) warns; G37, G4),
+    C(api:model) (C(/api/v1/models/status) C(models_loaded) is true), C(api:db) (C(/api/v1/db/health)
+    C(database) is exactly C(connected)), C(api:modules) (the module health paths; 404 means the module is
+    not loaded, 500 a server error, a timeout an overloaded API), C(api:latency) (C(/api/v1/vendor-equipment/)
+    against O(latency_warn_ms))."
+  - "Database (with O(container) or O(login_host)): C(db:connect) and C(db:query) (an authenticated
+    C(SELECT 1), server version, recovery state; C(pg_isready) is not enough), C(db:pool) (client connections
+    relative to C(max_connections), G71), C(db:canary) (the canary tables exist; their row counts)."
+  - "C(frontend:http): the page title, C(<div id=\"root\">), the JS bundle the page references (200 with a
+    JavaScript content type) and the proxied C(/api/v1/health)."
+  - "C(container:<name>): running, Docker health, restart count, OOM kill (C(docker inspect)).
+    C(disk:<mount>): used percent and free space (G13). C(memory): C(MemAvailable) of the host."
+  - Checks run concurrently, each with its own deadline (O(check_timeout)), so a frozen component fails fast
+    instead of hanging the run. With O(wait_for) the module polls until the stack reaches that status or
+    O(timeout) passes - no fixed sleeps (G7).
+  - The module only reads. It runs the same checks in check mode and never reports a change.
+options:
+  api_url:
+    description: Base URL of the NER API, for example V(http://127.0.0.1:18000). Enables the C(api) checks.
+    type: str
+  frontend_url:
+    description: Base URL of the frontend, for example V(http://127.0.0.1:13000). Enables the C(frontend) check.
+    type: str
+  db_name:
+    description: Database the C(db) checks connect to.
+    type: str
+    default: ner11_db
+  containers:
+    description: Names of the containers to inspect (one C(container:<name>) check each).
+    type: list
+    elements: str
+    default: []
+  disks:
+    description: Mount points (or any path on them) to check (one C(disk:<path>) check each).
+    type: list
+    elements: str
+    default: ['/']
+  checks:
+    description:
+      - Components to check. Default is every component whose input is given.
+      - Naming a component whose input is missing (for example C(db) without O(container) or O(login_host))
+        is an error.
+    type: list
+    elements: str
+    choices: [api, db, frontend, container, disk, memory]
+  modules:
+    description: Module path names of the API whose C(/api/v1/<name>/health) C(api:modules) checks.
+    type: list
+    elements: str
+    default: [vendor-equipment, threat-intelligence, compliance, economic-impact, demographics, prioritization]
+  canary_tables:
+    description: Tables that must exist in O(db_name); their row counts are reported by C(db:canary).
+    type: list
+    elements: str
+    default: [vendor_equipment, threat_intelligence, compliance_frameworks]
+  disk_warn_percent:
+    description: C(disk:*) warns at this used percentage or more.
+    type: float
+    default: 80
+  disk_fail_percent:
+    description: C(disk:*) fails at this used percentage or more.
+    type: float
+    default: 90
+  disk_min_free_gb:
+    description: C(disk:*) fails when less than this many GiB are free (the runbooks' 5 GB floor).
+    type: float
+    default: 5
+  memory_min_available_gb:
+    description: C(memory) warns when less than this many GiB are available (the runbooks' 4 GB startup gate).
+    type: float
+    default: 4
+  pool_warn_percent:
+    description: C(db:pool) warns above this percentage of C(max_connections).
+    type: float
+    default: 80
+  pool_fail_percent:
+    description: C(db:pool) fails at this percentage of C(max_connections) or more.
+    type: float
+    default: 95
+  latency_warn_ms:
+    description: C(api:latency) warns when the vendor listing takes this many milliseconds or more.
+    type: float
+    default: 200
+  check_timeout:
+    description: Seconds each check may take; a check that does not finish in time fails.
+    type: float
+    default: 5
+  wait_for:
+    description:
+      - V(none) checks once. V(pass) polls until every check passes, V(warn) until no check fails,
+        or until O(timeout); the last result is returned either way.
+    type: str
+    choices: [none, pass, warn]
+    default: none
+  timeout:
+    description: Overall deadline in seconds when O(wait_for) is not V(none).
+    type: float
+    default: 120
+  interval:
+    description: Seconds between two attempts when waiting.
+    type: float
+    default: 2
+  fail_on:
+    description:
+      - When the module fails. V(fail) when the overall status is C(fail), V(warn) when it is C(warn) or C(fail),
+        V(never) to only report (the result is returned in every case).
+    type: str
+    choices: [fail, warn, never]
+    default: fail
+extends_documentation_fragment:
+  - ner11.ops.attributes
+  - ner11.ops.attributes.ACTIONGROUP_OPS
+  - ner11.ops.postgres
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; check mode runs the same checks.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: Never changes anything; C(changed) is always false.
+notes:
+  - The database options (O(container), O(login_host), ...) are optional here; the C(db) checks run when one
+    of O(container) or O(login_host) is set.
+  - C(docker) and C(psql) commands are bounded with coreutils C(timeout) when it exists on the target.
+seealso:
+  - name: IETF Health Check Response Format for HTTP APIs
+    description: The shape of each check result.
+    link: https://datatracker.ietf.org/doc/html/draft-inadarei-api-health-check
+author:
+  - ner11.ops maintainers
+"""
+
+EXAMPLES = r"""
+- name: Check the whole local stack
+  ner11.ops.ner_health:
+    api_url: http://127.0.0.1:18000
+    frontend_url: http://127.0.0.1:13000
+    container: ner11-postgres-1
+    containers: [ner11-postgres-1, ner11-api-1, ner11-frontend-1]
+    disks: [/, /var/lib/docker]
+  register: health
+
+- name: Wait (up to 90 s) until the API passes after a restart
+  ner11.ops.ner_health:
+    api_url: http://127.0.0.1:18000
+    checks: [api]
+    wait_for: pass
+    timeout: 90
+
+- name: Report only, never fail
+  ner11.ops.ner_health:
+    api_url: http://127.0.0.1:18000
+    fail_on: never
+  register: health
+
+- name: Show what fails
+  ansible.builtin.debug:
+    msg: "{{ health.failed_checks }}"
+"""
+
+RETURN = r"""
+status:
+  description: Overall status, the worst of all checks.
+  returned: always
+  type: str
+  sample: pass
+checks:
+  description: One entry per check, keyed C(component:measurement) (C(memory) for the host memory).
+  returned: always
+  type: dict
+  sample:
+    api:http:
+      status: pass
+      component: api
+      measurement: http
+      observed_value: healthy
+      observed_unit: null
+      latency_ms: 3.1
+      output: healthy (version 1.0.0, uptime_seconds 120.5)
+      time: "2025-01-01T10:00:00.000Z"
+    db:pool:
+      status: warn
+      component: db
+      measurement: pool
+      observed_value: 87.0
+      observed_unit: percent
+      latency_ms: 95.2
+      output: "87/100 connections (87%): active 1, idle 86 > 80%: terminate idle sessions (pg_sessions) or raise max_connections"
+      time: "2025-01-01T10:00:00.000Z"
+summary:
+  description: Number of checks per status.
+  returned: always
+  type: dict
+  sample: {pass: 14, warn: 1, fail: 0}
+failed_checks:
+  description: Names of the checks whose status is C(fail).
+  returned: always
+  type: list
+  elements: str
+  sample: [api:http, container:ner11-api-1]
+attempts:
+  description: Number of attempts (more than one only with O(wait_for)).
+  returned: always
+  type: int
+  sample: 1
+duration_ms:
+  description: Wall time of the whole run, waiting included, in milliseconds.
+  returned: always
+  type: float
+  sample: 180.4
+"""
+
+import time
+from urllib.error import HTTPError
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+from ansible.module_utils.urls import open_url
+
+from ansible_collections.ner11.ops.plugins.module_utils.health import (
+    COMPONENTS,
+    DEFAULT_CANARY_TABLES,
+    DEFAULT_MODULES,
+    FAIL_ON,
+    MAX_BODY,
+    WAIT_FOR,
+    HealthChecker,
+    HealthError,
+    HttpResponse,
+    classify_error,
+    failure_message,
+    should_fail,
+    validate,
+    wait_until,
+)
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
+    POSTGRES_MUTUALLY_EXCLUSIVE,
+    PgTarget,
+    postgres_argument_spec,
+)
+
+USER_AGENT = "ner11.ops-ner_health"
+
+
+def http_get(url, timeout):
+    """GET ``url`` with ``open_url``; never raises (errors become HttpResponse.error)."""
+    started = time.monotonic()
+    try:
+        resp = open_url(url, method="GET", timeout=timeout, http_agent=USER_AGENT, follow_redirects="safe")
+        try:
+            body = resp.read(MAX_BODY)
+            return HttpResponse(url, resp.getcode(), body, dict(resp.headers), (time.monotonic() - started) * 1000.0)
+        finally:
+            resp.close()
+    except HTTPError as exc:
+        try:
+            body = exc.read(MAX_BODY)
+        except Exception:  # the error body is optional
+            body = b""
+        return HttpResponse(url, exc.code, body, dict(exc.headers or {}), (time.monotonic() - started) * 1000.0)
+    except Exception as exc:  # refused, timeout, reset, bad URL...: reported as the check's output
+        kind, text = classify_error(exc)
+        return HttpResponse(url, None, b"", {}, (time.monotonic() - started) * 1000.0, to_native(text), kind)
+
+
+def main():
+    argument_spec = postgres_argument_spec()
+    argument_spec.update(
+        api_url=dict(type="str"),
+        frontend_url=dict(type="str"),
+        db_name=dict(type="str", default="ner11_db"),
+        containers=dict(type="list", elements="str", default=[]),
+        disks=dict(type="list", elements="str", default=["/"]),
+        checks=dict(type="list", elements="str", choices=list(COMPONENTS)),
+        modules=dict(type="list", elements="str", default=list(DEFAULT_MODULES)),
+        canary_tables=dict(type="list", elements="str", default=list(DEFAULT_CANARY_TABLES)),
+        disk_warn_percent=dict(type="float", default=80),
+        disk_fail_percent=dict(type="float", default=90),
+        disk_min_free_gb=dict(type="float", default=5),
+        memory_min_available_gb=dict(type="float", default=4),
+        pool_warn_percent=dict(type="float", default=80),
+        pool_fail_percent=dict(type="float", default=95),
+        latency_warn_ms=dict(type="float", default=200),
+        check_timeout=dict(type="float", default=5),
+        wait_for=dict(type="str", choices=list(WAIT_FOR), default="none"),
+        timeout=dict(type="float", default=120),
+        interval=dict(type="float", default=2),
+        fail_on=dict(type="str", choices=list(FAIL_ON), default="fail"),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE,
+        supports_check_mode=True,
+    )
+    try:
+        params = validate(module.params)
+    except HealthError as exc:
+        module.fail_json(msg="invalid options: %s" % exc, changed=False)
+
+    checker = HealthChecker(
+        params,
+        http_get=http_get,
+        runner=module.run_command,
+        pg_target_factory=PgTarget,
+        timeout_bin=module.get_bin_path("timeout"),
+    )
+    result = wait_until(checker.run_once, params["wait_for"], params["timeout"], params["interval"])
+    result["changed"] = False
+    if should_fail(result["status"], params["fail_on"]):
+        module.fail_json(msg=failure_message(result, params["fail_on"]), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
