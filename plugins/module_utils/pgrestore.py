@@ -1,0 +1,1102 @@
+# Copyright (c) ner11.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restore a ``database`` backup of the catalog, idempotently and guarded.
+
+The pure half (no I/O): which backup to restore (``select_latest``, G9), what the
+target's state means (``decide``), whether the target holds data newer than the
+backup (``newer_tables``), which statements of ``globals.sql`` may run
+(``filter_globals``), and the SQL text of every step. The I/O half
+(``Restorer``) runs the client tools through ``pgexec.PgTarget`` with a
+``run_command``-compatible runner, so the module stays thin.
+
+A full restore never writes into the live database: it restores into
+``<db>__ner11_restore``, checks the canary row counts and the "newer data" rule
+there, and only then swaps the databases with two ``ALTER DATABASE ... RENAME``
+in one transaction (G47). A failure before the swap drops the temporary
+database and leaves the target untouched.
+
+Plain Python: no Ansible import, unit-tested in tests/unit.
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: S608 -- every identifier goes through quote_ident and every value through quote_literal.
+
+import datetime
+import gzip
+import json
+import os
+import re
+import shlex
+
+from ansible_collections.ner11.ops.plugins.module_utils.catalog import (
+    Catalog,
+    CatalogError,
+    isoformat,
+    parse_time,
+    utcnow,
+    validate_backup_id,
+)
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError, quote_ident, quote_literal
+
+LOG_SCHEMA = "ner11_ops"
+LOG_TABLE = "ner11_ops.restore_log"
+TEMP_SUFFIX = "__ner11_restore"
+OLD_INFIX = "__ner11_old_"
+FORMATS = ("custom", "directory", "plain")
+DEFAULT_NEWER_COLUMNS = ("created_at", "updated_at")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+_TABLE_RE = re.compile(r"^(?:([A-Za-z_][A-Za-z0-9_$]{0,62})\.)?([A-Za-z_][A-Za-z0-9_$]{0,62})$")
+_ROLE_STMT_RE = re.compile(r'^(CREATE|ALTER)\s+ROLE\s+("(?:[^"]|"")+"|[^\s;]+)', re.IGNORECASE)
+_MAX_IDENT = 63
+# mktemp -d (0700) inside the DB container; removed after the restore.
+CONTAINER_STAGE = "/tmp/ner11-restore-XXXXXX"  # noqa: S108
+
+
+class RestoreError(Exception):
+    """The restore cannot go on; the message names the cause and the fix."""
+
+
+class Refused(RestoreError):
+    """A guard refused the restore (nothing was touched)."""
+
+
+# -- names -------------------------------------------------------------------
+def validate_db_name(name, what="db_name"):
+    if not isinstance(name, str) or not _IDENT_RE.match(name):
+        raise RestoreError("%s %r is not a plain SQL identifier (letters, digits, '_', at most 63 characters)" % (what, name))
+    return name
+
+
+def split_table(name):
+    """``'public.t'`` or ``'t'`` -> ``('public', 't')`` (schema defaults to public)."""
+    match = _TABLE_RE.match(name or "")
+    if not match:
+        raise RestoreError("table %r is not a plain [schema.]table name; fix the tables option" % (name,))
+    return match.group(1) or "public", match.group(2)
+
+
+def qualified(name):
+    schema, table = split_table(name)
+    return "%s.%s" % (quote_ident(schema), quote_ident(table))
+
+
+def _suffixed(db, suffix):
+    return db[: _MAX_IDENT - len(suffix)] + suffix
+
+
+def temp_db_name(db):
+    return _suffixed(db, TEMP_SUFFIX)
+
+
+def old_db_name(db, now=None):
+    return _suffixed(db, OLD_INFIX + (now or utcnow()).strftime("%Y%m%dT%H%M%S"))
+
+
+# -- the backup ----------------------------------------------------------------
+def partial_reason(manifest):
+    """Why a manifest is not a FULL database backup (None when it is one), G9."""
+    if manifest.get("tables"):
+        return "it holds only the tables %s" % ", ".join(manifest["tables"])
+    scope = manifest.get("scope")
+    if scope not in (None, "full", "database"):
+        return "its scope is %r" % scope
+    if manifest.get("partial"):
+        return "it is marked partial"
+    for flag in ("schema_only", "data_only"):
+        if manifest.get(flag):
+            return "it is %s" % flag.replace("_", "-")
+    if manifest.get("format") not in FORMATS:
+        return "its format %r is not one of %s" % (manifest.get("format"), ", ".join(FORMATS))
+    return None
+
+
+def select_latest(catalog, db_name, verify, instance=None):
+    """Newest verified FULL backup of ``db_name``: (manifest, skipped[]) (G9).
+
+    ``verify(backup_id)`` returns the checksum problems of a backup; a backup
+    with problems is skipped (and reported), as are partial, single-table and
+    schema/data-only backups. ``.partial-*`` directories are never listed.
+    """
+    match = {"db_name": db_name}
+    if instance:
+        match["instance"] = instance
+    skipped = []
+    for manifest in reversed(catalog.list("database", **match)):
+        reason = partial_reason(manifest)
+        if reason:
+            skipped.append({"backup_id": manifest["backup_id"], "reason": "not a full backup: " + reason})
+            continue
+        problems = verify(manifest["backup_id"])
+        if problems:
+            skipped.append({"backup_id": manifest["backup_id"], "reason": "fails verification: " + "; ".join(problems)})
+            continue
+        return manifest, skipped
+    return None, skipped
+
+
+def resolve_backup(backup_dir=None, backup_id=None, path=None, latest=False, source_db=None, instance=None):
+    """Find and verify the backup to restore; returns (catalog, manifest, backup_path, skipped)."""
+    if path:
+        path = os.path.normpath(path)
+        root, kind, found_id = (
+            os.path.dirname(os.path.dirname(path)),
+            os.path.basename(os.path.dirname(path)),
+            os.path.basename(path),
+        )
+        if kind != "database":
+            raise RestoreError(
+                "path %s is not a database backup: expected <backup_dir>/database/<backup_id> (the catalog layout)" % path
+            )
+        if backup_id and backup_id != found_id:
+            raise RestoreError("backup_id %s and path %s name different backups; give only one" % (backup_id, path))
+        backup_id = found_id
+        backup_dir = root
+    if not backup_dir:
+        raise RestoreError("set backup_dir (the catalog root) or path (a backup directory)")
+    try:
+        catalog = Catalog(backup_dir)
+        skipped = []
+        if latest and not backup_id:
+            manifest, skipped = select_latest(catalog, source_db, lambda bid: catalog.verify("database", bid), instance)
+            if manifest is None:
+                raise RestoreError(
+                    "no verified full backup of database %s in %s/database%s; take one with ner11.ops.pg_backup "
+                    "or name a backup with backup_id" % (source_db, catalog.root, _skipped_text(skipped))
+                )
+        else:
+            validate_backup_id(backup_id)
+            if not os.path.isdir(catalog.path("database", backup_id)):
+                raise RestoreError(
+                    "backup %s not found in %s/database; list the catalog for valid ids" % (backup_id, catalog.root)
+                )
+            manifest = catalog.read_manifest("database", backup_id)
+            problems = catalog.verify("database", backup_id)
+            if problems:
+                raise RestoreError(
+                    "backup %s fails verification (%s); it is damaged: restore another backup" % (backup_id, "; ".join(problems))
+                )
+            if manifest.get("status") != "verified":
+                raise RestoreError(
+                    "backup %s has status %r, not verified; restore another backup" % (backup_id, manifest.get("status"))
+                )
+    except CatalogError as exc:
+        raise RestoreError(str(exc)) from None
+    return catalog, manifest, catalog.path("database", manifest["backup_id"]), skipped
+
+
+def _skipped_text(skipped):
+    if not skipped:
+        return ""
+    return " (skipped: %s)" % "; ".join("%s %s" % (s["backup_id"], s["reason"]) for s in skipped)
+
+
+def dump_info(manifest, backup_path):
+    """Format, dump path, compression and globals file of a database manifest."""
+    fmt = manifest.get("format")
+    if fmt not in FORMATS:
+        raise RestoreError(
+            "backup %s has format %r; pg_restore handles %s" % (manifest.get("backup_id"), fmt, ", ".join(FORMATS))
+        )
+    artifact = manifest.get("artifact") or manifest.get("dump_path")
+    if not artifact:
+        artifact = {"custom": "dump.pgdump", "directory": "dump", "plain": "dump.sql"}[fmt]
+    if artifact.startswith("/") or ".." in artifact.split("/"):
+        raise RestoreError("backup %s names an artifact outside itself (%r)" % (manifest.get("backup_id"), artifact))
+    full = os.path.join(backup_path, artifact)
+    if fmt == "directory" and not os.path.isfile(os.path.join(full, "toc.dat")):
+        raise RestoreError(
+            "backup %s: %s/toc.dat is missing; the directory dump is incomplete" % (manifest.get("backup_id"), artifact)
+        )
+    if fmt != "directory" and not os.path.isfile(full):
+        raise RestoreError("backup %s: dump file %s is missing" % (manifest.get("backup_id"), artifact))
+    compression = str(manifest.get("compression") or "none")
+    decompress = None
+    if fmt == "plain":
+        if artifact.endswith(".gz") or compression.startswith("gzip"):
+            decompress = "gzip"
+        elif artifact.endswith(".zst") or compression.startswith("zstd"):
+            decompress = "zstd"
+    globals_name = manifest.get("globals")
+    if globals_name is None and any(f.get("path") == "globals.sql" for f in manifest.get("files", [])):
+        globals_name = "globals.sql"
+    globals_path = None
+    if globals_name:
+        if globals_name.startswith("/") or ".." in globals_name.split("/"):
+            raise RestoreError("backup %s names a globals file outside itself" % manifest.get("backup_id"))
+        globals_path = os.path.join(backup_path, globals_name)
+        if not os.path.isfile(globals_path):
+            raise RestoreError("backup %s: globals file %s is missing" % (manifest.get("backup_id"), globals_name))
+    return {
+        "format": fmt,
+        "artifact": artifact,
+        "path": full,
+        "decompress": decompress,
+        "globals_path": globals_path,
+        "created_at": manifest["created_at"],
+        "sha256": manifest.get("sha256") or "",
+    }
+
+
+def expected_counts(manifest, tables=None):
+    """The manifest's canary row counts as ``{table: (low, high)}`` (only known ones).
+
+    ``row_counts_after`` (written by pg_backup when rows changed during the
+    dump) widens the range: the dump holds a count between the two (G23).
+    """
+    counts = {}
+    wanted = None
+    if tables:
+        wanted = {split_table(t) for t in tables}
+    after = manifest.get("row_counts_after") or {}
+    for name, value in (manifest.get("row_counts") or {}).items():
+        if value is None:
+            continue
+        try:
+            key = split_table(name)
+        except RestoreError:
+            continue
+        if wanted is not None and key not in wanted:
+            continue
+        other = after.get(name, value)
+        other = value if other is None else other
+        counts[name] = (min(int(value), int(other)), max(int(value), int(other)))
+    return counts
+
+
+def count_mismatches(expected, observed):
+    """Human-readable mismatches between expected ``(low, high)`` ranges and observed row counts."""
+    out = []
+    for name, (low, high) in sorted(expected.items()):
+        got = observed.get(name)
+        if got is None or not low <= got <= high:
+            want = low if low == high else "%d-%d" % (low, high)
+            out.append("%s: %s rows, backup has %s" % (name, "missing" if got is None else got, want))
+    return out
+
+
+# -- globals ---------------------------------------------------------------------
+def _unquote_role(token):
+    if token.startswith('"') and token.endswith('"'):
+        return token[1:-1].replace('""', '"')
+    return token
+
+
+def filter_globals(sql, existing_roles, login_user):
+    """Keep what creates missing roles; never touch an existing role (or the connecting one).
+
+    ``pg_dumpall --globals-only`` writes one statement per line. ``CREATE ROLE``
+    and ``ALTER ROLE`` of roles that already exist are dropped, so a restore
+    never changes an existing role's attributes or password, and never the
+    role it connects as. Returns (sql, created_roles, kept_roles).
+    """
+    existing = set(existing_roles) | {login_user}
+    out = []
+    created, kept = [], []
+    for line in sql.splitlines():
+        match = _ROLE_STMT_RE.match(line.strip())
+        if match:
+            role = _unquote_role(match.group(2))
+            if role in existing:
+                if role not in kept:
+                    kept.append(role)
+                continue
+            if match.group(1).upper() == "CREATE" and role not in created:
+                created.append(role)
+        out.append(line)
+    return "\n".join(out) + "\n", created, kept
+
+
+def read_globals(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        return fh.read().decode("utf-8")
+
+
+# -- decisions ---------------------------------------------------------------------
+def decide(db_name, backup, target, if_exists="fail", confirm=None, force=False, tables=None):
+    """What to do, from the backup and the observed target state (pure).
+
+    ``backup``: {backup_id, sha256, created_at (epoch)}.
+    ``target``: {exists, user_tables, applied (latest restore_log row or None:
+    {backup_id, sha256, scope, tables, applied_at, source_created_at} epochs),
+    newest_write (epoch or None)}.
+    Returns {action, changed, reason}; raises Refused when a guard says no.
+    Actions: ``none`` (this backup is already applied), ``skip``, ``create``
+    (no or an empty target), ``replace``, ``tables``.
+    """
+    applied = target.get("applied")
+    newest = target.get("newest_write")
+    if tables:
+        if not target.get("exists"):
+            raise Refused("database %s does not exist; a selective restore (tables) needs the existing database" % db_name)
+        if (
+            applied
+            and applied.get("scope") == "tables"
+            and applied.get("backup_id") == backup["backup_id"]
+            and sorted(applied.get("tables") or []) == sorted(tables)
+            and (newest is None or newest <= applied["applied_at"])
+            and target.get("counts_match", True)
+        ):
+            return {
+                "action": "none",
+                "changed": False,
+                "reason": "tables %s were already restored from this backup" % ", ".join(tables),
+            }
+        if confirm != db_name:
+            raise Refused(
+                "restoring tables %s replaces their rows in %s: set confirm=%s to proceed (nothing was changed)"
+                % (", ".join(tables), db_name, db_name)
+            )
+        return {"action": "tables", "changed": True, "reason": "replace the rows of %s" % ", ".join(tables)}
+
+    if (
+        target.get("exists")
+        and applied
+        and applied.get("scope", "full") == "full"
+        and applied.get("backup_id") == backup["backup_id"]
+        and (not backup.get("sha256") or applied.get("sha256") == backup["sha256"])
+        and (newest is None or newest <= applied["applied_at"])
+    ):
+        return {"action": "none", "changed": False, "reason": "backup %s is already the applied one" % backup["backup_id"]}
+    if not target.get("exists"):
+        return {"action": "create", "changed": True, "reason": "database %s does not exist" % db_name}
+    if not target.get("user_tables"):
+        return {"action": "create", "changed": True, "reason": "database %s exists but holds no user tables" % db_name}
+    if if_exists == "skip":
+        return {
+            "action": "skip",
+            "changed": False,
+            "reason": "database %s already holds %d user tables and if_exists=skip" % (db_name, target["user_tables"]),
+        }
+    if if_exists != "replace":
+        raise Refused(
+            "database %s already holds %d user tables: set if_exists=replace and confirm=%s to replace it "
+            "(or if_exists=skip); nothing was changed" % (db_name, target["user_tables"], db_name)
+        )
+    if confirm != db_name:
+        raise Refused("replacing database %s needs confirm=%s (got %r); nothing was changed" % (db_name, db_name, confirm))
+    if applied and not force and applied.get("source_created_at") and applied["source_created_at"] > backup["created_at"]:
+        raise Refused(
+            "database %s holds a newer restore (backup %s, taken %s) than backup %s (taken %s): restoring would roll "
+            "it back; set force=true if that is intended"
+            % (
+                db_name,
+                applied.get("backup_id"),
+                _iso(applied["source_created_at"]),
+                backup["backup_id"],
+                _iso(backup["created_at"]),
+            )
+        )
+    return {"action": "replace", "changed": True, "reason": "replace database %s" % db_name}
+
+
+def newer_tables(target_newest, backup_newest):
+    """Tables whose newest timestamp in the target is later than anything in the backup.
+
+    Both map ``schema.table`` -> newest epoch (None for an empty table). A table
+    that has timestamped rows in the target but is absent or empty in the
+    backup counts as newer.
+    """
+    out = []
+    for table, value in sorted(target_newest.items()):
+        if value is None:
+            continue
+        theirs = backup_newest.get(table)
+        if theirs is None or value > theirs:
+            out.append({"table": table, "target_newest": _iso(value), "backup_newest": _iso(theirs) if theirs else None})
+    return out
+
+
+def _iso(epoch):
+    if epoch is None:
+        return None
+    return isoformat(datetime.datetime.fromtimestamp(epoch, datetime.UTC))
+
+
+def epoch(text):
+    return parse_time(text).timestamp()
+
+
+# -- SQL -----------------------------------------------------------------------------
+USER_TABLES_SQL = (
+    """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', '%s')
+  AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%' ORDER BY 1, 2;
+"""
+    % LOG_SCHEMA
+)
+
+LOG_DDL = """
+CREATE SCHEMA IF NOT EXISTS %(schema)s;
+COMMENT ON SCHEMA %(schema)s IS 'ner11.ops bookkeeping: which backup was restored here (see docs/restore.md)';
+CREATE TABLE IF NOT EXISTS %(table)s (
+    id bigserial PRIMARY KEY,
+    backup_id text NOT NULL,
+    sha256 text,
+    scope text NOT NULL DEFAULT 'full',
+    tables text[],
+    source_db text,
+    source_created_at timestamptz,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    forced boolean NOT NULL DEFAULT false,
+    tool text
+);
+""" % {"schema": LOG_SCHEMA, "table": LOG_TABLE}
+
+LATEST_LOG_SQL = (
+    "SELECT CASE WHEN to_regclass('%s') IS NULL THEN NULL ELSE "
+    "(SELECT row_to_json(r)::text FROM (SELECT backup_id, sha256, scope, tables, "
+    "extract(epoch FROM applied_at)::float8 AS applied_at, "
+    "extract(epoch FROM source_created_at)::float8 AS source_created_at "
+    "FROM %s ORDER BY applied_at DESC, id DESC LIMIT 1) r) END;" % (LOG_TABLE, LOG_TABLE)
+)
+
+
+def log_insert_sql(backup_id, sha256, scope, tables, source_db, source_created_at, forced):
+    tables_sql = "ARRAY[%s]::text[]" % ", ".join(quote_literal(t) for t in tables) if tables else "NULL"
+    return (
+        LOG_DDL + "INSERT INTO %s (backup_id, sha256, scope, tables, source_db, source_created_at, forced, tool) "
+        "VALUES (%s, %s, %s, %s, %s, %s::timestamptz, %s, 'ner11.ops.pg_restore');\n"
+        % (
+            LOG_TABLE,
+            quote_literal(backup_id),
+            quote_literal(sha256 or ""),
+            quote_literal(scope),
+            tables_sql,
+            quote_literal(source_db or ""),
+            quote_literal(source_created_at),
+            "true" if forced else "false",
+        )
+    )
+
+
+def timestamp_columns_sql(columns):
+    cols = ", ".join(quote_literal(c) for c in columns)
+    return """
+SELECT n.nspname, c.relname, a.attname FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.attname IN (%s) AND a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', '%s') AND n.nspname NOT LIKE 'pg_toast%%'
+ORDER BY 1, 2, 3;
+""" % (cols, LOG_SCHEMA)
+
+
+def newest_sql(columns_by_table):
+    """One query: ``schema.table|epoch`` of the newest timestamp per table (None when empty)."""
+    parts = []
+    for table, cols in sorted(columns_by_table.items()):
+        schema, name = split_table(table)
+        greatest = "GREATEST(%s)" % ", ".join("max(%s)" % quote_ident(c) for c in cols)
+        parts.append(
+            "SELECT %s, extract(epoch FROM %s::timestamptz)::float8 FROM %s.%s"
+            % (quote_literal(table), greatest, quote_ident(schema), quote_ident(name))
+        )
+    return " UNION ALL ".join(parts) + ";" if parts else None
+
+
+def sessions_sql(db):
+    return (
+        "SELECT pid, coalesce(application_name, ''), coalesce(usename, ''), coalesce(state, '') "
+        "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY pid;" % quote_literal(db)
+    )
+
+
+def terminate_sql(db):
+    # G48: scoped by datname; waits up to 5 s for each backend to exit (PostgreSQL >= 14).
+    return (
+        "SELECT pid, coalesce(application_name, ''), pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY pid;" % quote_literal(db)
+    )
+
+
+def swap_sql(db, temp, old):
+    """Both renames in one transaction: either the restored database is in place, or nothing moved."""
+    return "BEGIN;\nALTER DATABASE %s RENAME TO %s;\nALTER DATABASE %s RENAME TO %s;\nCOMMIT;\n" % (
+        quote_ident(db),
+        quote_ident(old),
+        quote_ident(temp),
+        quote_ident(db),
+    )
+
+
+def table_restore_wrapper(tables, expected, check_newer_cols, forced):
+    """SQL around ``pg_restore --data-only`` output, run by psql in ONE transaction (G30).
+
+    Before: remember the newest timestamps, TRUNCATE exactly these tables (no
+    CASCADE: a table other tables reference makes TRUNCATE fail, nothing lost).
+    After: fail (and roll everything back) when a row count differs from the
+    manifest or when the table held rows newer than anything the backup has.
+    """
+    quals = [qualified(t) for t in tables]
+    pre = ["SET lock_timeout = '30s';", "CREATE TEMP TABLE ner11_before (t text, newest timestamptz) ON COMMIT DROP;"]
+    for table in tables:
+        cols = check_newer_cols.get(table) or []
+        if cols and not forced:
+            pre.append(
+                "INSERT INTO ner11_before SELECT %s, GREATEST(%s) FROM %s;"
+                % (quote_literal(table), ", ".join("max(%s)::timestamptz" % quote_ident(c) for c in cols), qualified(table))
+            )
+    pre.append("TRUNCATE ONLY %s;" % ", ".join(quals))
+    post = []
+    for table in tables:
+        cols = check_newer_cols.get(table) or []
+        if cols and not forced:
+            post.append(
+                "DO $ner11$ BEGIN IF (SELECT newest FROM ner11_before WHERE t = %s) > "
+                "(SELECT GREATEST(%s) FROM %s) OR ((SELECT newest FROM ner11_before WHERE t = %s) IS NOT NULL AND "
+                "NOT EXISTS (SELECT 1 FROM %s)) THEN RAISE EXCEPTION "
+                "'ner11: table %s held rows newer than the backup; set force=true to overwrite them'; END IF; END $ner11$;"
+                % (
+                    quote_literal(table),
+                    ", ".join("max(%s)::timestamptz" % quote_ident(c) for c in cols),
+                    qualified(table),
+                    quote_literal(table),
+                    qualified(table),
+                    table.replace("'", ""),
+                )
+            )
+    for table, (low, high) in sorted(expected.items()):
+        post.append(
+            "DO $ner11$ BEGIN IF (SELECT count(*) FROM %s) NOT BETWEEN %d AND %d THEN RAISE EXCEPTION "
+            "'ner11: %s has %% rows after the restore, the backup has %d', (SELECT count(*) FROM %s); END IF; END $ner11$;"
+            % (qualified(table), low, high, table.replace("'", ""), low, qualified(table))
+        )
+    return "\n".join(pre) + "\n", "\n".join(post) + "\n"
+
+
+# -- the I/O half ------------------------------------------------------------------------
+class Restorer:
+    """Runs the steps against one server. ``runner`` has AnsibleModule.run_command's signature."""
+
+    def __init__(self, target, runner, log=None):
+        self.target = target
+        self.runner = runner
+        self.commands = []
+        self._log = log or (lambda msg: None)
+        self.stage = None
+
+    # -- helpers -------------------------------------------------------------------
+    def q(self, sql, db="postgres"):
+        return self.target.query(sql, db)
+
+    def psql_script(self, sql, db, single_transaction=False):
+        args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"]
+        if single_transaction:
+            args.insert(0, "--single-transaction")
+        return self.target.run("psql", args, data=sql)
+
+    def shell(self, line, what):
+        """Run a bash pipeline (pipefail) with the target's environment; raise on failure."""
+        cmd = "set -o pipefail; " + line
+        self.commands.append(line)
+        rc, out, err = self.runner(
+            cmd, use_unsafe_shell=True, executable="/bin/bash", environ_update=self.target.environ(), binary_data=False
+        )
+        if rc != 0:
+            raise RestoreError("%s failed (rc=%s): %s" % (what, rc, _tail(err or out)))
+        return out
+
+    def tool_cmd(self, tool, args, stdin=False):
+        return " ".join(shlex.quote(a) for a in self.target.argv(tool, args, stdin=stdin))
+
+    def docker(self, args, what):
+        cmd = [self.target.docker] + list(args)
+        self.commands.append(" ".join(shlex.quote(a) for a in cmd))
+        rc, out, err = self.runner(cmd)
+        if rc != 0:
+            raise RestoreError("%s failed (rc=%s): %s" % (what, rc, _tail(err or out)))
+        return out
+
+    # -- target state ----------------------------------------------------------------
+    def db_exists(self, db):
+        return self.target.scalar("SELECT 1 FROM pg_database WHERE datname = %s;" % quote_literal(db)) == "1"
+
+    def inspect(self, db, newer_columns):
+        state = {"exists": self.db_exists(db), "user_tables": 0, "applied": None, "newest_write": None, "newest": {}}
+        if not state["exists"]:
+            return state
+        rows = self.q(USER_TABLES_SQL, db) or []
+        state["user_tables"] = len(rows)
+        state["tables"] = ["%s.%s" % (r[0], r[1]) for r in rows]
+        raw = self.target.scalar(LATEST_LOG_SQL, db)
+        state["applied"] = json.loads(raw) if raw else None
+        state["newest"] = self.newest(db, newer_columns)
+        values = [v for v in state["newest"].values() if v is not None]
+        state["newest_write"] = max(values) if values else None
+        return state
+
+    def inspect_tables(self, db):
+        return ["%s.%s" % (r[0], r[1]) for r in self.q(USER_TABLES_SQL, db) or []]
+
+    def timestamp_columns(self, db, newer_columns):
+        out = {}
+        for schema, table, column in self.q(timestamp_columns_sql(newer_columns), db) or []:
+            out.setdefault("%s.%s" % (schema, table), []).append(column)
+        return out
+
+    def newest(self, db, newer_columns):
+        sql = newest_sql(self.timestamp_columns(db, newer_columns))
+        if not sql:
+            return {}
+        return {row[0]: (float(row[1]) if row[1] not in ("", None) else None) for row in self.q(sql, db) or []}
+
+    def counts(self, db, tables):
+        present = {"%s.%s" % r for r in (self.q(USER_TABLES_SQL, db) or [])}
+        out = {}
+        sqls = []
+        for table in tables:
+            schema, name = split_table(table)
+            if "%s.%s" % (schema, name) in present:
+                sqls.append("SELECT %s, count(*) FROM %s" % (quote_literal(table), qualified(table)))
+            else:
+                out[table] = None
+        if sqls:
+            for name, value in self.q(" UNION ALL ".join(sqls) + ";", db) or []:
+                out[name] = int(value)
+        return out
+
+    def sessions(self, db):
+        return [{"pid": int(r[0]), "application_name": r[1], "user": r[2], "state": r[3]} for r in self.q(sessions_sql(db)) or []]
+
+    def roles(self):
+        return [r[0] for r in self.q("SELECT rolname FROM pg_roles ORDER BY 1;") or []]
+
+    # -- staging the dump where the tools can read it ------------------------------------
+    def stage_dump(self, info, jobs, only_toc=False):
+        """Path of the dump as the tools see it.
+
+        Host mode (login_host): the files themselves. Container mode: custom and
+        plain dumps are streamed on stdin (no copy); a directory dump (and a
+        custom dump restored with jobs > 1, which needs a seekable file) is
+        copied with ``docker cp`` into a private temp dir in the container,
+        removed by ``cleanup``.
+        """
+        if not self.target.container:
+            return info["path"]
+        needs_copy = info["format"] == "directory" or (info["format"] == "custom" and jobs > 1)
+        if not needs_copy:
+            return None
+        container = self.target.container
+        if not self.stage:
+            self.stage = self.docker(
+                ["exec", "-u", "0", container, "mktemp", "-d", CONTAINER_STAGE],
+                "creating a temp dir in %s" % container,
+            ).strip()
+        dest = self.stage + "/" + os.path.basename(info["path"].rstrip("/"))
+        if only_toc and info["format"] == "directory":
+            self.docker(["exec", "-u", "0", container, "mkdir", "-p", dest], "creating %s" % dest)
+            self.docker(["cp", os.path.join(info["path"], "toc.dat"), "%s:%s/toc.dat" % (container, dest)], "copying toc.dat")
+        else:
+            self.docker(["cp", info["path"], "%s:%s" % (container, dest)], "copying the dump into %s" % container)
+        self.docker(
+            ["exec", "-u", "0", container, "chown", "-R", self.target.container_user, self.stage],
+            "handing the dump to %s" % self.target.container_user,
+        )
+        return dest
+
+    def cleanup(self):
+        if self.stage and self.target.container:
+            self.runner([self.target.docker, "exec", "-u", "0", self.target.container, "rm", "-rf", self.stage])
+            self.stage = None
+
+    def _input(self, info, staged):
+        """(path argument or None, shell redirect suffix) for a tool reading the dump."""
+        if staged is not None:
+            return staged, ""
+        return None, " < " + shlex.quote(info["path"])
+
+    def list_toc(self, info):
+        """``pg_restore --list`` of a custom/directory dump: the number of TOC entries (0 for plain)."""
+        if info["format"] == "plain":
+            return None
+        staged = self.stage_dump(info, jobs=1, only_toc=True)
+        arg, redirect = self._input(info, staged)
+        line = self.tool_cmd("pg_restore", ["--list"] + ([arg] if arg else []), stdin=arg is None) + redirect
+        out = self.shell(line, "pg_restore --list (the dump is unreadable; restore another backup)")
+        if info["format"] == "directory" and self.target.container:
+            self.cleanup()
+        entries = [x for x in out.splitlines() if x.strip() and not x.startswith(";")]
+        if not entries:
+            raise RestoreError("pg_restore --list shows no entries; the dump is empty or damaged: restore another backup")
+        return len(entries)
+
+    # -- steps ---------------------------------------------------------------------------
+    def restore_globals(self, info, login_user):
+        if not info["globals_path"]:
+            return {"created": [], "kept": []}
+        sql, created, kept = filter_globals(read_globals(info["globals_path"]), self.roles(), login_user)
+        if created:
+            self.psql_script(sql, "postgres")
+        return {"created": created, "kept": kept}
+
+    def create_db(self, db):
+        self.target.run(
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+                "-c",
+                "CREATE DATABASE %s TEMPLATE template0;" % quote_ident(db),
+            ],
+        )
+
+    def drop_db(self, db):
+        self.target.run(
+            "psql",
+            ["-X", "-q", "-d", "postgres", "-c", "DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(db)],
+            check=False,
+        )
+
+    def restore_full(self, info, db, jobs):
+        staged = self.stage_dump(info, jobs)
+        if info["format"] == "plain":
+            # G24: stop at the first error, all or nothing.
+            psql = self.tool_cmd(
+                "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", db, "-f", "-"], stdin=True
+            )
+            source = shlex.quote(info["path"])
+            if info["decompress"]:
+                line = "%s -dc -- %s | %s" % (info["decompress"], source, psql)
+            else:
+                line = "%s < %s" % (psql, source)
+            self.shell(line + " > /dev/null", "restoring the plain dump with psql")
+            return
+        args = ["--exit-on-error", "--no-password", "-d", db]
+        if jobs > 1 and staged is not None or (jobs > 1 and not self.target.container):
+            args += ["-j", str(jobs)]
+        arg, redirect = self._input(info, staged)
+        line = self.tool_cmd("pg_restore", args + ([arg] if arg else []), stdin=arg is None) + redirect
+        self.shell(line, "pg_restore into %s" % db)
+
+    def owned_sequences(self, db, tables):
+        quals = ", ".join(quote_literal(qualified(t)) for t in tables)
+        rows = self.q(
+            "SELECT sn.nspname, s.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+            "JOIN pg_namespace sn ON sn.oid = s.relnamespace WHERE d.deptype IN ('a', 'i') "
+            "AND d.refobjid IN (SELECT to_regclass(x)::oid FROM unnest(ARRAY[%s]) x);" % quals,
+            db,
+        )
+        return ["%s.%s" % (r[0], r[1]) for r in rows or []]
+
+    def fk_dependants(self, db, tables):
+        quals = ", ".join(quote_literal(qualified(t)) for t in tables)
+        rows = self.q(
+            "SELECT DISTINCT cn.nspname || '.' || c.relname, rn.nspname || '.' || r.relname FROM pg_constraint k "
+            "JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace "
+            "JOIN pg_class r ON r.oid = k.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace "
+            "WHERE k.contype = 'f' AND k.confrelid IN (SELECT to_regclass(x)::oid FROM unnest(ARRAY[%s]) x) ORDER BY 1;" % quals,
+            db,
+        )
+        return [{"table": r[0], "references": r[1]} for r in rows or []]
+
+    def restore_tables(self, info, db, tables, pre, post):
+        staged = self.stage_dump(info, jobs=1)
+        sequences = self.owned_sequences(db, tables)
+        targets = []
+        for schema in sorted({split_table(t)[0] for t in list(tables) + sequences}):
+            targets += ["-n", schema]
+        for name in list(tables) + sequences:
+            targets += ["-t", split_table(name)[1]]
+        arg, redirect = self._input(info, staged)
+        dump = self.tool_cmd(
+            "pg_restore", ["--data-only", "--no-owner", "-f", "-"] + targets + ([arg] if arg else []), stdin=arg is None
+        )
+        psql = self.tool_cmd(
+            "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", db, "-f", "-"], stdin=True
+        )
+        line = "{ printf '%%s' %s; %s%s; printf '%%s' %s; } | %s > /dev/null" % (
+            shlex.quote(pre),
+            dump,
+            redirect,
+            shlex.quote(post),
+            psql,
+        )
+        self.shell(line, "restoring tables %s" % ", ".join(tables))
+        return sequences
+
+    def terminate(self, db):
+        rows = self.q(terminate_sql(db)) or []
+        return [{"pid": int(r[0]), "application_name": r[1], "terminated": r[2] == "t"} for r in rows]
+
+    def allow_connections(self, db, allow):
+        self.target.run(
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-d",
+                "postgres",
+                "-c",
+                "ALTER DATABASE %s WITH ALLOW_CONNECTIONS %s;" % (quote_ident(db), "true" if allow else "false"),
+            ],
+            check=allow is False,
+        )
+
+
+def run_restore(params, runner, check_mode=False, now=None):
+    """The whole module: resolve, verify, decide, plan; apply unless ``check_mode``.
+
+    Returns the module result (without ``msg``); raises RestoreError/Refused/PgExecError.
+    """
+    import time
+
+    started = time.monotonic()
+    now = now or utcnow()
+    db = validate_db_name(params["db_name"])
+    tables = list(params.get("tables") or [])
+    for table in tables:
+        split_table(table)
+    jobs = int(params.get("jobs") or 1)
+    if jobs < 1:
+        raise RestoreError("jobs must be 1 or more, got %d" % jobs)
+    force = bool(params.get("force"))
+    newer_columns = list(params.get("newer_columns") or DEFAULT_NEWER_COLUMNS)
+    for column in newer_columns:
+        validate_db_name(column, "newer_columns entry")
+    if not (params.get("backup_id") or params.get("path") or params.get("latest")):
+        raise RestoreError("name the backup: set backup_id, path, or latest=true")
+    source_db = params.get("source_db_name") or db
+    _catalog, manifest, backup_path, skipped = resolve_backup(
+        params.get("backup_dir"), params.get("backup_id"), params.get("path"), params.get("latest"), source_db
+    )
+    info = dump_info(manifest, backup_path)
+    if tables and info["format"] == "plain":
+        raise RestoreError(
+            "backup %s is a plain SQL dump, which cannot be restored table by table (G30); restore it whole into a "
+            "scratch database, or take custom/directory backups" % manifest["backup_id"]
+        )
+    backup = {"backup_id": manifest["backup_id"], "sha256": info["sha256"], "created_at": epoch(manifest["created_at"])}
+    canaries = list(manifest.get("canary_tables") or (manifest.get("row_counts") or {}).keys())
+    result = {
+        "backup_id": manifest["backup_id"],
+        "backup_path": backup_path,
+        "backup_created_at": manifest["created_at"],
+        "format": info["format"],
+        "db_name": db,
+        "restored": False,
+        "changed": False,
+        "skipped_backups": skipped,
+        "row_counts": {},
+        "sessions_terminated": [],
+        "globals": {"created": [], "kept": []},
+        "newer_data": [],
+        "plan": {},
+    }
+    with _target(params, runner) as target:
+        r = Restorer(target, runner)
+        result["executed_commands"] = r.commands
+        try:
+            result["toc_entries"] = r.list_toc(info)
+            state = r.inspect(db, newer_columns)
+            expected = expected_counts(manifest, tables or None)
+            if tables:
+                observed = r.counts(db, list(expected))
+                state["counts_match"] = not count_mismatches(expected, observed)
+            decision = decide(db, backup, state, params.get("if_exists") or "fail", params.get("confirm"), force, tables)
+            result["action"] = decision["action"]
+            result["reason"] = decision["reason"]
+            if decision["action"] in ("none", "skip"):
+                result["row_counts"] = r.counts(db, tables or canaries)
+                result["applied"] = state.get("applied")
+                return _finish(result, started)
+            if decision["action"] == "tables":
+                return _finish(
+                    _tables(r, params, info, manifest, db, tables, expected, newer_columns, force, check_mode, result), started
+                )
+            return _finish(
+                _full(
+                    r, params, info, manifest, db, state, expected, canaries, newer_columns, force, jobs, check_mode, now, result
+                ),
+                started,
+            )
+        finally:
+            r.cleanup()
+
+
+def _target(params, runner):
+    from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgTarget
+
+    return PgTarget(params, runner)
+
+
+def _finish(result, started):
+    import time
+
+    result["duration_s"] = round(time.monotonic() - started, 3)
+    return result
+
+
+def _tables(r, params, info, manifest, db, tables, expected, newer_columns, force, check_mode, result):
+    dependants = [d for d in r.fk_dependants(db, tables) if split_table(d["table"]) not in {split_table(t) for t in tables}]
+    present = {"%s.%s" % split_table(t) for t in r.inspect_tables(db)}
+    missing = [t for t in tables if "%s.%s" % split_table(t) not in present]
+    if missing:
+        raise RestoreError(
+            "table(s) %s do not exist in %s; a selective restore fills existing tables only" % (", ".join(missing), db)
+        )
+    if dependants:
+        # G30: never TRUNCATE ... CASCADE; a referencing table would be emptied silently.
+        raise Refused(
+            "tables %s are referenced by foreign keys from %s; TRUNCATE without CASCADE would fail: add the "
+            "referencing tables to tables (they are replaced too) or restore the whole database; nothing was changed"
+            % (", ".join(tables), ", ".join(sorted({d["table"] for d in dependants})))
+        )
+    columns = r.timestamp_columns(db, newer_columns)
+    check_cols = {t: columns.get("%s.%s" % split_table(t), []) for t in tables}
+    result["plan"] = {
+        "action": "tables",
+        "database": db,
+        "tables": tables,
+        "truncate": ["%s.%s" % split_table(t) for t in tables],
+        "expected_row_counts": {k: v[0] if v[0] == v[1] else list(v) for k, v in expected.items()},
+        "newer_check_columns": check_cols if not force else {},
+        "single_transaction": True,
+    }
+    result["changed"] = True
+    if check_mode:
+        return result
+    pre, post = table_restore_wrapper(tables, expected, check_cols, force)
+    post += log_insert_sql(
+        manifest["backup_id"],
+        info["sha256"],
+        "tables",
+        tables,
+        (manifest.get("source") or {}).get("db_name"),
+        manifest["created_at"],
+        force,
+    )
+    try:
+        result["sequences"] = r.restore_tables(info, db, tables, pre, post)
+    except RestoreError as exc:
+        if "held rows newer than the backup" in str(exc):
+            raise Refused("%s; the transaction was rolled back, nothing was changed" % exc) from None
+        raise RestoreError("%s; the transaction was rolled back, the tables are unchanged" % exc) from None
+    result["restored"] = True
+    result["row_counts"] = r.counts(db, tables)
+    return result
+
+
+def _full(r, params, info, manifest, db, state, expected, canaries, newer_columns, force, jobs, check_mode, now, result):
+    temp = temp_db_name(db)
+    old = old_db_name(db, now) if state["exists"] else None
+    keep_old = bool(params.get("keep_old"))
+    sessions = r.sessions(db) if state["exists"] else []
+    estimate = []
+    if state["exists"] and state["user_tables"] and not force:
+        estimate = [
+            {"table": t, "target_newest": _iso(v)}
+            for t, v in sorted(state["newest"].items())
+            if v is not None and v > epoch(manifest["created_at"])
+        ]
+    result["plan"] = {
+        "action": "replace" if state["exists"] else "create",
+        "database": db,
+        "restore_into": temp,
+        "rename": ({db: old, temp: db} if state["exists"] else {temp: db}),
+        "drop": ([old] if state["exists"] and not keep_old else []) + ([temp] if r.db_exists(temp) else []),
+        "terminate_sessions": sessions,
+        "globals": bool(info["globals_path"]),
+        "jobs": jobs,
+        "expected_row_counts": {k: v[0] if v[0] == v[1] else list(v) for k, v in expected.items()},
+        # Check mode can only estimate "newer" from the backup's start time; the apply
+        # compares the target with the restored copy, table by table.
+        "newer_data_suspected": estimate,
+    }
+    result["changed"] = True
+    if check_mode:
+        if estimate:
+            result["warnings"] = [
+                "the target may hold data newer than backup %s (%s); the restore will refuse unless force=true"
+                % (manifest["backup_id"], ", ".join(e["table"] for e in estimate))
+            ]
+        return result
+    if r.db_exists(temp):
+        r.drop_db(temp)  # left by a killed run: ours by name
+    result["globals"] = r.restore_globals(info, r.target.user)
+    r.create_db(temp)
+    swapped = False
+    try:
+        r.restore_full(info, temp, jobs)
+        counts = r.counts(temp, canaries)
+        problems = count_mismatches(expected, counts)
+        if problems:
+            raise RestoreError(
+                "the restored copy does not match backup %s (%s); database %s was left untouched"
+                % (manifest["backup_id"], "; ".join(problems), db)
+            )
+        if state["exists"] and state["user_tables"]:
+            newer = newer_tables(r.newest(db, newer_columns), r.newest(temp, newer_columns))
+            result["newer_data"] = newer
+            if newer and not force:
+                raise Refused(
+                    "database %s holds data newer than backup %s (%s); restoring would lose it. Take a backup first, "
+                    "or set force=true to overwrite; nothing was changed"
+                    % (
+                        db,
+                        manifest["backup_id"],
+                        "; ".join(
+                            "%s newest %s, backup %s" % (n["table"], n["target_newest"], n["backup_newest"]) for n in newer
+                        ),
+                    )
+                )
+        r.psql_script(
+            log_insert_sql(
+                manifest["backup_id"],
+                info["sha256"],
+                "full",
+                None,
+                (manifest.get("source") or {}).get("db_name"),
+                manifest["created_at"],
+                force,
+            ),
+            temp,
+        )
+        if state["exists"]:
+            r.allow_connections(db, False)
+            try:
+                result["sessions_terminated"] = r.terminate(db)
+                r.psql_script(swap_sql(db, temp, old), "postgres")
+            except (RestoreError, PgExecError):
+                r.allow_connections(db, True)
+                raise
+            swapped = True
+            if keep_old:
+                r.allow_connections(old, True)
+                result["old_db"] = old
+            else:
+                r.drop_db(old)
+        else:
+            r.psql_script("ALTER DATABASE %s RENAME TO %s;\n" % (quote_ident(temp), quote_ident(db)), "postgres")
+            swapped = True
+    finally:
+        if not swapped:
+            r.drop_db(temp)
+    result["restored"] = True
+    result["row_counts"] = r.counts(db, canaries)
+    return result
+
+
+def _tail(text):
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    return " | ".join(lines[-3:]) if lines else "no output"
+
+
+__all__ = [
+    "PgExecError",
+    "Refused",
+    "RestoreError",
+    "Restorer",
+    "decide",
+    "dump_info",
+    "filter_globals",
+    "newer_tables",
+    "resolve_backup",
+    "select_latest",
+]

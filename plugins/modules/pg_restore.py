@@ -1,0 +1,256 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) ner11.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pg_restore
+short_description: Restore a verified database backup, idempotently and guarded
+version_added: 1.0.0
+description:
+  - Restores a C(database) backup of the ner11.ops backup catalog (written by M(ner11.ops.pg_backup))
+    into a PostgreSQL database.
+  - Before touching anything it checks the backup's manifest, every file checksum and that
+    C(pg_restore --list) can read the dump.
+  - A full restore never writes into the live database. It restores into C(<db_name>__ner11_restore),
+    compares the canary row counts with the manifest, checks that the target holds no data newer than
+    the backup, and only then swaps the databases with two C(ALTER DATABASE ... RENAME) in one
+    transaction. A failure before the swap drops the temporary database and leaves the target intact.
+  - The applied backup is recorded in the restored database (table C(ner11_ops.restore_log)); running
+    the module again with the same backup returns C(changed=false).
+  - With O(tables), only the rows of those tables are replaced, in one transaction
+    (TRUNCATE without CASCADE + C(pg_restore --data-only)), per gap G30 of the runbooks.
+  - See docs/restore.md for what "newer data" detects and what it cannot.
+author: ner11.ops contributors (@ner11)
+extends_documentation_fragment:
+  - ner11.ops.attributes
+  - ner11.ops.attributes.ACTIONGROUP_BACKUP
+  - ner11.ops.postgres
+attributes:
+  check_mode:
+    support: full
+    details: Returns the plan (backup, databases renamed and dropped, sessions to terminate, tables) and changes nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: A backup that is already the applied one (and no writes since) returns C(changed=false).
+options:
+  db_name:
+    description: The database to restore into.
+    type: str
+    required: true
+  backup_dir:
+    description: Root of the backup catalog (holds C(database/<backup_id>/)). Required unless O(path) is set.
+    type: path
+  backup_id:
+    description: The backup to restore, e.g. C(ner11_db-20261129T020000Z).
+    type: str
+  path:
+    description: A backup directory C(<backup_dir>/database/<backup_id>) (instead of O(backup_dir) + O(backup_id)).
+    type: path
+  latest:
+    description:
+      - Restore the newest verified FULL backup of O(source_db_name) in O(backup_dir). Partial,
+        single-table and schema- or data-only backups and backups that fail their checksums are
+        skipped (reported in RV(skipped_backups)), per G9.
+    type: bool
+    default: false
+  source_db_name:
+    description: With O(latest), the database whose backups are candidates. Defaults to O(db_name).
+    type: str
+  if_exists:
+    description:
+      - What to do when O(db_name) already holds user tables.
+      - V(fail) refuses; V(skip) returns unchanged; V(replace) replaces the database and needs O(confirm).
+      - A database that does not exist or holds no user tables is always restored.
+    type: str
+    choices: [fail, replace, skip]
+    default: fail
+  confirm:
+    description: Must equal O(db_name) to replace a database or the rows of O(tables) (G47).
+    type: str
+  force:
+    description:
+      - Restore even when the target holds data newer than the backup (rows whose O(newer_columns)
+        timestamps are later than anything in the backup, or a later applied backup).
+    type: bool
+    default: false
+  keep_old:
+    description: Keep the replaced database as C(<db_name>__ner11_old_<timestamp>) instead of dropping it.
+    type: bool
+    default: false
+  tables:
+    description:
+      - Restore only the rows of these tables (C(table) or C(schema.table)) into the existing database,
+        in one transaction. Needs a custom or directory format backup and O(confirm).
+      - Tables referenced by foreign keys from tables not listed are refused (no TRUNCATE CASCADE, G30).
+    type: list
+    elements: str
+    default: []
+  jobs:
+    description: Parallel C(pg_restore) workers (custom and directory formats).
+    type: int
+    default: 1
+  newer_columns:
+    description: Timestamp columns that reveal when a row was written; used by the "newer data" guard.
+    type: list
+    elements: str
+    default: [created_at, updated_at]
+notes:
+  - In O(container) mode a custom or plain dump is streamed on stdin into the tools in the container;
+    a directory dump (or a custom dump with O(jobs) > 1) is copied with C(docker cp) into a private
+    temporary directory in the container, removed afterwards.
+  - Roles from the backup's C(globals.sql) are created only when missing; existing roles (and the
+    connecting role) are never altered.
+seealso:
+  - module: ner11.ops.pg_backup
+"""
+
+EXAMPLES = r"""
+- name: Restore the newest backup into a new database
+  ner11.ops.pg_restore:
+    db_name: ner11_db
+    backup_dir: /var/backups/ner11
+    latest: true
+    container: ner11-postgres-1
+
+- name: Replace the live database with an exact backup (the api is stopped first)
+  ner11.ops.pg_restore:
+    db_name: ner11_db
+    backup_dir: /var/backups/ner11
+    backup_id: ner11_db-20261129T020000Z
+    container: ner11-postgres-1
+    if_exists: replace
+    confirm: ner11_db
+    jobs: 2
+
+- name: Put back the rows of one table
+  ner11.ops.pg_restore:
+    db_name: ner11_db
+    backup_dir: /var/backups/ner11
+    backup_id: ner11_db-20261129T020000Z
+    container: ner11-postgres-1
+    tables: [vendor_equipment]
+    confirm: ner11_db
+"""
+
+RETURN = r"""
+backup_id:
+  description: The backup restored (or that would be).
+  returned: success
+  type: str
+  sample: ner11_db-20261129T020000Z
+backup_path:
+  description: Directory of the backup.
+  returned: success
+  type: str
+restored:
+  description: Whether data was restored by this run.
+  returned: always
+  type: bool
+action:
+  description: V(none) (already applied), V(skip), V(create), V(replace) or V(tables).
+  returned: success
+  type: str
+reason:
+  description: Why the action was chosen.
+  returned: success
+  type: str
+row_counts:
+  description: Row counts of the canary tables (or O(tables)) in the database after the run.
+  returned: success
+  type: dict
+  sample: {"vendor_equipment": 8, "threat_intelligence": 3, "compliance_frameworks": 5}
+plan:
+  description: What the run does or would do (databases renamed/dropped, sessions, tables, expected counts).
+  returned: success
+  type: dict
+sessions_terminated:
+  description: Sessions of O(db_name) that were terminated before the swap (pid, application_name).
+  returned: success
+  type: list
+  elements: dict
+globals:
+  description: Roles created from the backup's globals and existing roles left unchanged.
+  returned: success
+  type: dict
+newer_data:
+  description: Tables of the target whose newest timestamp is later than anything in the backup.
+  returned: success
+  type: list
+  elements: dict
+skipped_backups:
+  description: With O(latest), newer backups that were skipped and why.
+  returned: success
+  type: list
+  elements: dict
+toc_entries:
+  description: Entries C(pg_restore --list) reports for the dump (null for plain dumps).
+  returned: success
+  type: int
+old_db:
+  description: The kept previous database with O(keep_old).
+  returned: when kept
+  type: str
+duration_s:
+  description: Wall time of the module in seconds.
+  returned: success
+  type: float
+executed_commands:
+  description: The shell commands run (no secrets).
+  returned: success
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
+    POSTGRES_MUTUALLY_EXCLUSIVE,
+    POSTGRES_REQUIRED_ONE_OF,
+    PgExecError,
+    postgres_argument_spec,
+)
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore import Refused, RestoreError, run_restore
+
+
+def main():
+    argument_spec = postgres_argument_spec()
+    argument_spec.update(
+        db_name=dict(type="str", required=True),
+        backup_dir=dict(type="path"),
+        backup_id=dict(type="str"),
+        path=dict(type="path"),
+        latest=dict(type="bool", default=False),
+        source_db_name=dict(type="str"),
+        if_exists=dict(type="str", default="fail", choices=["fail", "replace", "skip"]),
+        confirm=dict(type="str"),
+        force=dict(type="bool", default=False),
+        keep_old=dict(type="bool", default=False),
+        tables=dict(type="list", elements="str", default=[]),
+        jobs=dict(type="int", default=1),
+        newer_columns=dict(type="list", elements="str", default=["created_at", "updated_at"]),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE + [("backup_id", "latest"), ("path", "latest")],
+        required_one_of=POSTGRES_REQUIRED_ONE_OF + [("backup_id", "path", "latest")],
+        supports_check_mode=True,
+    )
+    try:
+        result = run_restore(module.params, module.run_command, check_mode=module.check_mode)
+    except Refused as exc:
+        module.fail_json(msg=str(exc), refused=True, changed=False, restored=False)
+    except (RestoreError, PgExecError) as exc:
+        module.fail_json(msg=str(exc), changed=False, restored=False)
+    warnings = result.pop("warnings", [])
+    for warning in warnings:
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
