@@ -39,6 +39,7 @@ import datetime
 import json
 import os
 import re
+import threading
 import time
 
 STATUSES = ("pass", "warn", "fail")
@@ -379,24 +380,42 @@ def eval_api_modules(responses, timeout, at=None):
     return make_check("api", "modules", "fail", head + "; " + "; ".join(problems), ok, "modules", latency, at)
 
 
-def eval_api_latency(resp, warn_ms, timeout, at=None):
-    """api:latency -- the vendor listing answers within latency_warn_ms (a.7: under 200 ms)."""
-    lat = resp.latency_ms
-    if resp.error:
-        return make_check("api", "latency", "fail", _http_problem(resp, timeout, "API"), None, "ms", lat, at)
-    if resp.status == 200:
+LATENCY_SAMPLES = 3
+
+
+def eval_api_latency(responses, warn_ms, timeout, at=None):
+    """api:latency -- the vendor listing answers within latency_warn_ms (a.7: under 200 ms, d.3).
+
+    ``responses`` are consecutive GETs of the listing (one or more); the median
+    latency is judged, so one scheduling hiccup does not flip the status.
+    """
+    if isinstance(responses, HttpResponse):
+        responses = [responses]
+    bad = [r for r in responses if r.error or r.status != 200]
+    if not bad:
+        lats = sorted(r.latency_ms for r in responses)
+        lat = lats[len(lats) // 2]
+        url = responses[0].url
+        samples = "median of %s" % "/".join("%.0f" % r.latency_ms for r in responses) if len(responses) > 1 else "one request"
         if lat < warn_ms:
-            return make_check("api", "latency", "pass", "%s answered in %.0f ms" % (resp.url, lat), round(lat, 1), "ms", lat, at)
+            return make_check(
+                "api", "latency", "pass", "%s answered in %.0f ms (%s)" % (url, lat, samples), round(lat, 1), "ms", lat, at
+            )
         return make_check(
             "api",
             "latency",
             "warn",
-            "%s answered in %.0f ms (>= %s ms): API slow, check load and the database" % (resp.url, lat, _fmt_num(warn_ms)),
+            "%s answered in %.0f ms (%s ms; >= %s ms): API slow, check load and the database"
+            % (url, lat, samples, _fmt_num(warn_ms)),
             round(lat, 1),
             "ms",
             lat,
             at,
         )
+    resp = bad[0]
+    lat = resp.latency_ms
+    if resp.error:
+        return make_check("api", "latency", "fail", _http_problem(resp, timeout, "API"), None, "ms", lat, at)
     if resp.status == 404:
         return make_check(
             "api", "latency", "warn", "%s: 404, the listing is not served (module not loaded?)" % resp.url, None, "ms", lat, at
@@ -975,11 +994,17 @@ class HealthChecker:
         comps = p["components"]
         if "api" in comps:
             api = p["api_url"]
-            tasks.append((["api:http"], lambda: [self._api_simple(api + "/health", eval_api_http)]))
-            tasks.append((["api:model"], lambda: [self._api_simple(api + "/api/v1/models/status", eval_api_model)]))
-            tasks.append((["api:db"], lambda: [self._api_simple(api + "/api/v1/db/health", eval_api_db)]))
+            # api:latency measures after the other API requests are answered, so the
+            # burst of this run's own concurrent requests does not inflate it.
+            self._api_done = []
+            self._api_http = {}
+            tasks.append((["api:http"], self._after_api(lambda: [self._api_simple(api + "/health", eval_api_http)], True)))
+            tasks.append(
+                (["api:model"], self._after_api(lambda: [self._api_simple(api + "/api/v1/models/status", eval_api_model)]))
+            )
+            tasks.append((["api:db"], self._after_api(lambda: [self._api_simple(api + "/api/v1/db/health", eval_api_db)])))
             if p["modules"]:
-                tasks.append((["api:modules"], self._api_modules))
+                tasks.append((["api:modules"], self._after_api(self._api_modules)))
             tasks.append((["api:latency"], self._api_latency))
         if "db" in comps:
             tasks.append((["db:connect", "db:query", "db:pool", "db:canary"], self._db))
@@ -1003,10 +1028,38 @@ class HealthChecker:
         responses = [(m, self._get(base % m, deadline)) for m in self.p["modules"]]
         return [eval_api_modules(responses, self.p["check_timeout"])]
 
+    def _after_api(self, fn, keep=False):
+        done = threading.Event()
+        self._api_done.append(done)
+
+        def run():
+            try:
+                result = fn()
+                if keep:
+                    self._api_http["check"] = result[0]
+                return result
+            finally:
+                done.set()
+
+        return run
+
     def _api_latency(self):
-        deadline = self.clock() + self.p["check_timeout"]
-        resp = self._get(self.p["api_url"] + "/api/v1/vendor-equipment/", deadline)
-        return [eval_api_latency(resp, self.p["latency_warn_ms"], self.p["check_timeout"])]
+        timeout = self.p["check_timeout"]
+        wait_until_ = self.clock() + timeout
+        for done in self._api_done:
+            done.wait(max(0.0, wait_until_ - self.clock()))
+        first = self._api_http.get("check")
+        if first is None or (first["status"] == "fail" and first["observed_value"] is None and "no answer" in first["output"]):
+            # The API did not answer /health in time: do not spend another timeout on it.
+            return [make_check("api", "latency", "fail", "not measured: the API did not answer (see api:http)", None, "ms")]
+        deadline = self.clock() + timeout
+        responses = []
+        for _ in range(LATENCY_SAMPLES):
+            resp = self._get(self.p["api_url"] + "/api/v1/vendor-equipment/", deadline)
+            responses.append(resp)
+            if resp.error or resp.status != 200:
+                break
+        return [eval_api_latency(responses, self.p["latency_warn_ms"], timeout)]
 
     def _frontend(self):
         deadline = self.clock() + self.p["check_timeout"]
@@ -1080,7 +1133,8 @@ class HealthChecker:
             pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="ner11-health")
             try:
                 futures = {pool.submit(fn): names for names, fn in tasks}
-                done, _pending = concurrent.futures.wait(futures, timeout=self.p["check_timeout"] + 2.0)
+                # api:latency may start one check_timeout after the others (see plan()).
+                done, _pending = concurrent.futures.wait(futures, timeout=2 * self.p["check_timeout"] + 1.0)
                 for future, names in futures.items():
                     if future in done and future.exception() is None:
                         for item in future.result():

@@ -245,6 +245,15 @@ def test_api_latency_rules():
     assert h.eval_api_latency(timeout_resp(), 200, TIMEOUT)["status"] == "fail"
 
 
+def test_api_latency_judges_the_median_of_samples():
+    c = h.eval_api_latency([resp(latency=900.0), resp(latency=20.0), resp(latency=30.0)], 200, TIMEOUT)
+    assert c["status"] == "pass" and c["observed_value"] == 30.0 and "median of 900/20/30" in c["output"]
+    c = h.eval_api_latency([resp(latency=250.0), resp(latency=20.0), resp(latency=300.0)], 200, TIMEOUT)
+    assert c["status"] == "warn" and c["observed_value"] == 250.0
+    c = h.eval_api_latency([resp(latency=20.0), resp(status=500, body={"detail": "boom"})], 200, TIMEOUT)
+    assert c["status"] == "fail" and "boom" in c["output"]
+
+
 # ---- frontend:http ----------------------------------------------------------------------
 PAGE = '<html><head><title>NER11 Gold Model</title></head><body><div id="root"></div><script src="/static/js/main.abc.js"></script></body></html>'
 JS = {"content-type": "application/javascript"}
@@ -567,7 +576,8 @@ class FakeApi:
         if any(path.startswith(p) for p in self.hang):
             time.sleep(timeout)
             return h.HttpResponse(url, latency_ms=timeout * 1000, error="timed out", error_kind="timeout")
-        time.sleep(self.delay)
+        if not path.endswith("/vendor-equipment/"):
+            time.sleep(self.delay)
         for prefix, answer in self.answers.items():
             if path == prefix:
                 status, body, headers = answer
@@ -696,7 +706,7 @@ def test_checks_run_concurrently(tmp_path):
     result = checker.run_once()
     elapsed = time.monotonic() - started
     assert result["status"] == "pass"
-    # five API checks of 0.2 s each (modules: one path) would take 1 s one after another
+    # four API checks of 0.2 s each (modules: one path) would take 0.8 s one after another
     assert elapsed < 0.7, elapsed
 
 
@@ -831,3 +841,19 @@ def test_wait_with_zero_timeout_checks_once():
     clock = FakeClock()
     result = h.wait_until(sequence(["fail", "pass"], clock), "pass", 0, 2, clock, clock.sleep)
     assert result["attempts"] == 1 and clock.sleeps == []
+
+
+def test_latency_is_measured_after_the_other_api_requests(tmp_path):
+    api = FakeApi(HEALTHY, delay=0.05)
+    result = make_checker(tmp_path, api=api, checks=["api"]).run_once()
+    assert result["checks"]["api:latency"]["status"] == "pass"
+    urls = [u for u, _ in api.calls]
+    assert urls[-3:] == ["http://api:1/api/v1/vendor-equipment/"] * 3 and urls.count(urls[-1]) == 3
+
+
+def test_latency_is_not_measured_when_the_api_is_frozen(tmp_path):
+    api = FakeApi(HEALTHY, hang=("/health",))
+    result = make_checker(tmp_path, api=api, checks=["api"], modules=[], check_timeout=0.3).run_once()
+    assert result["checks"]["api:http"]["status"] == "fail"
+    assert result["checks"]["api:latency"]["output"] == "not measured: the API did not answer (see api:http)"
+    assert not any(u.endswith("/vendor-equipment/") for u, _ in api.calls)
