@@ -639,3 +639,245 @@ def test_stream(path, method, sh=None):
 def _last(text):
     lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
+
+
+# -- verification (module backup_verify) -----------------------------------------------
+class BackupVerifier:
+    """Prove backups usable: manifest, checksums, archive readable, age (RPO), optional test restore (G65)."""
+
+    def __init__(self, params, runner, now=None):
+        self.p = params
+        self.runner = runner
+        self.now = now or cat.utcnow()
+        self.catalog = cat.Catalog(params["backup_dir"])
+        self.kind = cat.validate_kind(params.get("kind") or KIND)
+        self.executed = []
+        self.target = None
+        if params.get("container") or params.get("login_host"):
+            self.target = PgTarget(params, self._run_logged)
+        self.image = None
+        self.actions = []
+
+    def _run_logged(self, cmd, **kwargs):
+        self.executed.append(display(cmd))
+        return self.runner(cmd, **kwargs)
+
+    def _sh(self, line):
+        self.executed.append(line)
+        return self.runner(["/bin/bash", "-o", "pipefail", "-c", line])
+
+    def _image(self):
+        if self.image is None and self.p.get("container"):
+            docker = self.p.get("docker_cli") or "docker"
+            rc, out, err = self._run_logged([docker, "inspect", "--format", "{{.State.Status}}|{{.Image}}", self.p["container"]])
+            if rc != 0:
+                raise PgBackupError("container %s not found (%s); check the container option" % (self.p["container"], _last(err)))
+            status, _sep, self.image = out.strip().partition("|")
+            if status != "running":
+                raise PgBackupError(
+                    "container %s is %s; start it to read or test-restore backups" % (self.p["container"], status)
+                )
+        return self.image
+
+    def _readable(self, manifest, root):
+        """Errors reading the archive with the stock tools (empty when readable)."""
+        fmt = manifest.get("format")
+        artifact = os.path.join(root, manifest.get("artifact") or "")
+        if fmt == "plain":
+            method = (manifest.get("compression") or "none").partition(":")[0]
+            try:
+                test_stream(artifact, method, self._sh)
+            except PgBackupError as exc:
+                return [str(exc)]
+            return []
+        if fmt not in ("custom", "directory"):
+            return []
+        if not self.target:
+            return []  # no server tools named: checksums only (reported in `checks`)
+        docker = self.p.get("docker_cli") or "docker"
+        if self.p.get("login_host"):
+            rc, out, err = self._run_logged(["pg_restore", "--list", artifact])
+        elif fmt == "custom":
+            rc, out, err = self._sh(
+                "%s < %s"
+                % (shlex.join([docker, "exec", "-i", self.p["container"], "pg_restore", "--list"]), shlex.quote(artifact))
+            )
+        else:
+            rc, out, err = self._run_logged(
+                [docker, "run", "--rm", "--network", "none", "--user", "%d:%d" % (os.getuid(), os.getgid()),
+                 "-v", "%s:%s:ro" % (root, root), "--entrypoint", "pg_restore", self._image(), "--list", artifact]
+            )  # fmt: skip
+        if rc != 0:
+            return ["%s: pg_restore --list failed: %s" % (manifest.get("artifact"), _last(err or out))]
+        toc = count_toc(out)
+        if manifest.get("toc_entries") and toc != manifest["toc_entries"]:
+            return ["%s: %d TOC entries, manifest says %d" % (manifest.get("artifact"), toc, manifest["toc_entries"])]
+        return []
+
+    def check_one(self, backup_id, manifest=None, load_error=None):
+        entry = {"backup_id": backup_id, "status": "ok", "errors": [], "checks": []}
+        if manifest is None and load_error is None:
+            try:
+                manifest = self.catalog.read_manifest(self.kind, backup_id)
+            except cat.CatalogError as exc:
+                load_error = str(exc)
+        if load_error:
+            entry.update(status="failed", errors=[load_error])
+            return entry
+        entry["created_at"] = manifest["created_at"]
+        entry["age_hours"] = round((self.now - cat.parse_time(manifest["created_at"])).total_seconds() / 3600.0, 2)
+        if manifest.get("status") != "verified":
+            entry["errors"].append("status is %r, not verified" % manifest.get("status"))
+        entry["checks"].append("manifest")
+        errors = self.catalog.verify(self.kind, backup_id)
+        entry["checks"].append("sha256")
+        entry["errors"] += errors
+        if not errors and self.kind == KIND:
+            readable = self._readable(manifest, self.catalog.path(self.kind, backup_id))
+            if self.target or manifest.get("format") == "plain":
+                entry["checks"].append("archive")
+            entry["errors"] += readable
+        if entry["errors"]:
+            entry["status"] = "failed"
+        return entry
+
+    def run(self):
+        try:
+            return self._run()
+        finally:
+            if self.target:
+                self.target.close()
+
+    def _run(self):
+        backup_id = self.p.get("backup_id")
+        if backup_id:
+            cat.validate_backup_id(backup_id)
+            if not os.path.isdir(self.catalog.path(self.kind, backup_id)):
+                raise PgBackupError(
+                    "backup %s/%s not found in %s; list the catalog or use all=true" % (self.kind, backup_id, self.catalog.root)
+                )
+            results = [self.check_one(backup_id)]
+        else:
+            results = [self.check_one(bid, m, e) for bid, m, e in self.catalog.entries(self.kind)]
+        errors = []
+        newest = self.catalog.latest(self.kind)
+        max_age = self.p.get("max_age_hours")
+        newest_age = None
+        if newest is None:
+            errors.append("no verified %s backup in %s; run playbooks/backup.yml" % (self.kind, self.catalog.root))
+        else:
+            raw_age = (self.now - cat.parse_time(newest["created_at"])).total_seconds() / 3600.0
+            newest_age = round(raw_age, 2)
+            if max_age is not None and max_age > 0 and raw_age > max_age:
+                errors.append(
+                    "the newest %s backup %s is %.1f h old, more than max_age_hours %s (RPO, G55); run playbooks/backup.yml"
+                    % (self.kind, newest["backup_id"], newest_age, max_age)
+                )
+        for entry in results:
+            for err in entry["errors"]:
+                errors.append("%s: %s" % (entry["backup_id"], err))
+        result = {
+            "changed": False,
+            "backups": results,
+            "newest_backup_id": newest["backup_id"] if newest else None,
+            "newest_age_hours": newest_age,
+            "errors": errors,
+        }
+        if self.p.get("test_restore") and newest is not None and self.kind == KIND:
+            result["test_restore"] = self.test_restore(newest)
+            if result["test_restore"]["errors"]:
+                errors += ["test restore of %s: %s" % (newest["backup_id"], e) for e in result["test_restore"]["errors"]]
+        result["status"] = "failed" if errors else "ok"
+        return result
+
+    # -- test restore into a scratch database ----------------------------------------------
+    def test_restore(self, manifest):
+        started = time.monotonic()
+        scratch = self.p.get("scratch_db") or "ner11_test_restore"
+        out = {"backup_id": manifest["backup_id"], "scratch_db": scratch, "errors": [], "actions": []}
+        if not self.target:
+            raise PgBackupError("test_restore needs the server: set container (or login_host) to restore into %s" % scratch)
+        if not _DB_RE.match(scratch):
+            raise PgBackupError("scratch_db %r is not a plain database name" % (scratch,))
+        if scratch == (manifest.get("source") or {}).get("db_name"):
+            raise PgBackupError(
+                "scratch_db %s is the backed-up database itself; choose another name (default ner11_test_restore)" % scratch
+            )
+        if self.p.get("container"):
+            self._image()
+        drop = "DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(scratch)
+        try:
+            self.target.query(drop)
+            self.target.query("CREATE DATABASE %s TEMPLATE template0;" % quote_ident(scratch))
+            out["actions"] += ["dropped %s if it existed" % scratch, "created %s" % scratch]
+            self._restore_into(manifest, scratch)
+            out["actions"].append("restored %s into %s" % (manifest["backup_id"], scratch))
+            tables = manifest.get("canary_tables") or list(manifest.get("row_counts") or {})
+            actual = parse_row_counts(self.target.query(row_count_sql(tables), db=scratch))  # G23: explicit -d
+            out["row_counts"] = actual
+            out["errors"] += counts_match(manifest.get("row_counts"), manifest.get("row_counts_after"), actual)
+        except (PgBackupError, PgExecError) as exc:
+            out["errors"].append(str(exc))
+        finally:
+            try:
+                self.target.query(drop)
+                out["actions"].append("dropped %s" % scratch)
+            except PgExecError as exc:
+                out["errors"].append("could not drop %s afterwards: %s; drop it by hand" % (scratch, exc))
+        out["duration_s"] = round(time.monotonic() - started, 3)
+        return out
+
+    def _restore_into(self, manifest, scratch):
+        root = self.catalog.path(KIND, manifest["backup_id"])
+        artifact = os.path.join(root, manifest["artifact"])
+        fmt = manifest["format"]
+        method = (manifest.get("compression") or "none").partition(":")[0]
+        user = self.p.get("login_user") or "postgres"
+        docker = self.p.get("docker_cli") or "docker"
+        jobs = str(max(int(manifest.get("jobs") or 1), 1))
+        if self.p.get("login_host"):
+            if fmt in ("custom", "directory"):
+                cmd = self.target.argv("pg_restore", ["--exit-on-error", "-j", jobs, "-d", scratch, artifact])
+                rc, o, e = self._run_logged(cmd, environ_update=self.target.environ())
+            else:
+                psql = shlex.join(
+                    self.target.argv("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", scratch])
+                )
+                src = shlex.quote(artifact) if method == "none" else "<(%s -dc %s)" % (method, shlex.quote(artifact))
+                self.executed.append("%s -f %s" % (psql, src))
+                rc, o, e = self.runner(
+                    ["/bin/bash", "-o", "pipefail", "-c", "%s -f %s" % (psql, src)], environ_update=self.target.environ()
+                )
+        elif fmt == "custom":
+            rc, o, e = self._sh(
+                "%s < %s"
+                % (
+                    shlex.join(self.target.argv("pg_restore", ["--exit-on-error", "-d", scratch], stdin=True)),
+                    shlex.quote(artifact),
+                )
+            )
+        elif fmt == "plain":
+            inner = "%spsql -U %s -X -q -v ON_ERROR_STOP=1 --single-transaction -d %s" % (
+                "" if method == "none" else "%s -dc | " % method,
+                shlex.quote(user),
+                shlex.quote(scratch),
+            )
+            cmd = self.target.argv("bash", ["-o", "pipefail", "-c", inner], stdin=True)
+            rc, o, e = self._sh("%s < %s" % (shlex.join(cmd), shlex.quote(artifact)))
+        else:
+            if not self.p.get("login_password"):
+                raise PgBackupError(
+                    "a directory-format test restore in container mode runs pg_restore -j in a sidecar over TCP and "
+                    "needs login_password (ner11_db_password)"
+                )
+            passfile = self.target._passfile()
+            cmd = [
+                docker, "run", "--rm", "--network", "container:%s" % self.p["container"],
+                "--user", "%d:%d" % (os.getuid(), os.getgid()), "-v", "%s:%s:ro" % (root, root),
+                "-v", "%s:/run/ner11/pgpass:ro" % passfile, "-e", "PGPASSFILE=/run/ner11/pgpass",
+                "-e", "PGAPPNAME=%s" % APP_NAME, "--entrypoint", "pg_restore", self.image,
+                "-h", "127.0.0.1", "-U", user, "--exit-on-error", "-j", jobs, "-d", scratch, artifact,
+            ]  # fmt: skip
+            rc, o, e = self._run_logged(cmd)
+        if rc != 0:
+            raise PgBackupError("restoring %s into %s failed (rc=%s): %s" % (manifest["backup_id"], scratch, rc, _last(e or o)))

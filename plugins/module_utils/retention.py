@@ -110,3 +110,41 @@ def plan(entries, keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1):
 
     deleted = [backup_id for _dt, backup_id in verified if backup_id not in kept]
     return {"kept": kept, "deleted": deleted, "unverified": sorted(unverified)}
+
+
+def prune_catalog(catalog, kind, policy, db_name=None, check_mode=False, lock_timeout=0):
+    """Apply ``plan`` to one kind of a ``catalog.Catalog`` (under the kind's lock unless check mode).
+
+    ``db_name`` limits the candidates to backups whose ``source.db_name`` matches
+    (other backups are neither counted nor touched).
+    """
+
+    def collect():
+        entries, sizes, ids = [], {}, []
+        for backup_id, manifest, _error in catalog.entries(kind):
+            if db_name and manifest is not None and (manifest.get("source") or {}).get("db_name") != db_name:
+                continue
+            ids.append(backup_id)
+            verified = manifest is not None and manifest.get("status") == "verified"
+            entries.append(
+                {"backup_id": backup_id, "created_at": manifest["created_at"] if manifest else None, "verified": verified}
+            )
+            sizes[backup_id] = int((manifest or {}).get("size_bytes") or 0)
+        return entries, sizes
+
+    def decide():
+        entries, sizes = collect()
+        result = plan(entries, **policy)
+        result["freed_bytes"] = sum(sizes[b] for b in result["deleted"])
+        return result
+
+    if check_mode:
+        result = decide()
+        result["changed"] = bool(result["deleted"])
+        return result
+    with catalog.lock(kind, wait=lock_timeout > 0, timeout=lock_timeout):
+        result = decide()
+        for backup_id in result["deleted"]:
+            catalog.delete(kind, backup_id)
+    result["changed"] = bool(result["deleted"])
+    return result

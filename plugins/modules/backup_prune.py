@@ -1,0 +1,128 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) ner11.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: backup_prune
+short_description: Calendar retention (daily/weekly/monthly) for the ner11.ops backup catalog
+version_added: 1.0.0
+description:
+  - Keeps the newest backup of each of the last O(keep_daily) days, O(keep_weekly) ISO weeks and O(keep_monthly)
+    months that have one, plus the O(keep_min) newest, judged by the manifests' C(created_at), never by mtime (G57).
+    Deletes the other verified backups of O(kind).
+  - Never deletes the newest (so never the only) verified backup. Entries without a valid, verified manifest are
+    neither counted nor deleted; they are reported in RV(unverified).
+  - Takes the kind's catalog lock, so it never races a running backup.
+author: ner11.ops maintainers
+extends_documentation_fragment:
+  - ner11.ops.attributes
+  - ner11.ops.attributes.ACTIONGROUP_BACKUP
+attributes:
+  check_mode:
+    support: full
+    details: Returns the plan (RV(kept) with reasons, RV(deleted), RV(freed_bytes)) without deleting.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  backup_dir:
+    description: Absolute path of the backup catalog.
+    type: path
+    required: true
+  kind:
+    description: Kind of backups to prune.
+    type: str
+    choices: [database, models, config, volume]
+    default: database
+  db_name:
+    description: Only consider database backups of this database (C(source.db_name)).
+    type: str
+  keep_daily:
+    description: Days (that have a backup) whose newest backup is kept.
+    type: int
+    default: 7
+  keep_weekly:
+    description: ISO weeks whose newest backup is kept.
+    type: int
+    default: 4
+  keep_monthly:
+    description: Months whose newest backup is kept.
+    type: int
+    default: 12
+  keep_min:
+    description: The newest this many verified backups are always kept.
+    type: int
+    default: 1
+  lock_timeout:
+    description: Seconds to wait for a running backup of the same kind; 0 fails at once naming the holder.
+    type: int
+    default: 0
+"""
+
+EXAMPLES = r"""
+- name: Apply 7 daily / 4 weekly / 12 monthly to database backups
+  ner11.ops.backup_prune:
+    backup_dir: /var/backups/ner11
+    keep_daily: 7
+    keep_weekly: 4
+    keep_monthly: 12
+"""
+
+RETURN = r"""
+kept:
+  description: Backup id to the reasons it is kept (C(newest), C(keep_min), C(daily 2026-11-29), C(weekly 2026-W48), ...).
+  returned: always
+  type: dict
+deleted:
+  description: Backup ids deleted (check mode: that would be deleted), newest first.
+  returned: always
+  type: list
+  elements: str
+unverified:
+  description: Entries without a valid verified manifest, left alone for a human to inspect.
+  returned: always
+  type: list
+  elements: str
+freed_bytes:
+  description: Bytes the deleted backups held (from their manifests).
+  returned: always
+  type: int
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ner11.ops.plugins.module_utils.catalog import Catalog, CatalogError
+from ansible_collections.ner11.ops.plugins.module_utils.retention import RetentionError, prune_catalog, validate_policy
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            backup_dir=dict(type="path", required=True),
+            kind=dict(type="str", choices=["database", "models", "config", "volume"], default="database"),
+            db_name=dict(type="str"),
+            keep_daily=dict(type="int", default=7),
+            keep_weekly=dict(type="int", default=4),
+            keep_monthly=dict(type="int", default=12),
+            keep_min=dict(type="int", default=1),
+            lock_timeout=dict(type="int", default=0),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        policy = validate_policy(p["keep_daily"], p["keep_weekly"], p["keep_monthly"], p["keep_min"])
+        result = prune_catalog(
+            Catalog(p["backup_dir"]), p["kind"], policy, p["db_name"], module.check_mode, max(p["lock_timeout"], 0)
+        )
+    except (RetentionError, CatalogError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
