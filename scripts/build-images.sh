@@ -14,6 +14,8 @@
 #
 # Env:
 #   NER11_IMAGES_FORCE=1   rebuild even when the hash tag exists
+#   NER11_IMAGES_NAMESPACE repository namespace (default ner11: ner11/<name>); another
+#                          value builds a separate set, e.g. for a cold-build test
 #   NER11_DEBIAN_MIRROR    Debian mirror for the base (default: this machine's apt sources)
 #
 # Needs a Docker engine that answers and, to build the base, root and debootstrap
@@ -24,6 +26,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 IMAGES=$ROOT/images
 CHILDREN=(postgres ner-api frontend)
 FORCE=${NER11_IMAGES_FORCE:-0}
+NS=${NER11_IMAGES_NAMESPACE:-ner11}
+[[ $NS =~ ^[a-z0-9]+([._-][a-z0-9]+)*$ ]] || { echo "build-images: NER11_IMAGES_NAMESPACE=$NS is not a valid repository namespace" >&2; exit 1; }
 export DOCKER_BUILDKIT=0 # legacy builder: no buildx plugin needed, never pulls
 
 log() { printf 'build-images: %s\n' "$*" >&2; }
@@ -77,26 +81,26 @@ start_all=$(date +%s)
 
 # ---- base -------------------------------------------------------------------------
 HASH[base]=$(hash_dir "$IMAGES/base" "debian-bookworm-minbase")
-base_tag="ner11/base:${HASH[base]:0:12}"
+base_tag="$NS/base:${HASH[base]:0:12}"
 if [ "$FORCE" != 1 ] && image_exists "$base_tag"; then
   STATUS[base]=skipped
   SECONDS_TAKEN[base]=0
 else
   command -v debootstrap >/dev/null 2>&1 ||
-    die "debootstrap is missing (needed to build ner11/base); run scripts/bootstrap-docker.sh"
-  [ "$(id -u)" = 0 ] || die "building ner11/base runs debootstrap, which needs root"
+    die "debootstrap is missing (needed to build $NS/base); run scripts/bootstrap-docker.sh"
+  [ "$(id -u)" = 0 ] || die "building $NS/base runs debootstrap, which needs root"
   log "building $base_tag (debootstrap, about 40 s)"
   t0=$(date +%s)
   if ! bash "$IMAGES/base/build-rootfs.sh" "$base_tag" \
     "org.ner11.image=base" "org.ner11.source-hash=${HASH[base]}" >"$tmp/base.log" 2>&1; then
-    log "building ner11/base failed; its log:"
+    log "building $NS/base failed; its log:"
     cat "$tmp/base.log" >&2
     exit 1
   fi
   STATUS[base]=built
   SECONDS_TAKEN[base]=$(($(date +%s) - t0))
 fi
-docker tag "$base_tag" ner11/base:ref
+docker tag "$base_tag" "$NS/base:ref"
 
 # ---- children, in parallel ----------------------------------------------------------
 build_child() {
@@ -109,18 +113,23 @@ build_child() {
     -t "$tag" "$IMAGES/$name"
 }
 
-declare -A PID TAG T0
+declare -A PID TAG
 for name in "${CHILDREN[@]}"; do
   HASH[$name]=$(hash_dir "$IMAGES/$name" "${HASH[base]}")
-  TAG[$name]="ner11/$name:${HASH[$name]:0:12}"
+  TAG[$name]="$NS/$name:${HASH[$name]:0:12}"
   if [ "$FORCE" != 1 ] && image_exists "${TAG[$name]}"; then
     STATUS[$name]=skipped
     SECONDS_TAKEN[$name]=0
     continue
   fi
   log "building ${TAG[$name]} (log: $tmp/$name.log)"
-  T0[$name]=$(date +%s)
-  build_child "$name" "${TAG[$name]}" "${HASH[$name]}" >"$tmp/$name.log" 2>&1 &
+  (
+    t0=$(date +%s)
+    rc=0
+    build_child "$name" "${TAG[$name]}" "${HASH[$name]}" >"$tmp/$name.log" 2>&1 || rc=$?
+    echo $(($(date +%s) - t0)) >"$tmp/$name.secs"
+    exit "$rc"
+  ) &
   PID[$name]=$!
   pids+=("$!")
 done
@@ -134,18 +143,18 @@ for name in "${CHILDREN[@]}"; do
     STATUS[$name]=FAILED
     failed+=("$name")
   fi
-  SECONDS_TAKEN[$name]=$(($(date +%s) - T0[$name]))
+  SECONDS_TAKEN[$name]=$(cat "$tmp/$name.secs" 2>/dev/null || echo "?")
 done
 pids=()
 
 for name in "${failed[@]}"; do
-  log "building ner11/$name failed; last 150 lines of its log:"
+  log "building $NS/$name failed; last 150 lines of its log:"
   tail -n 150 "$tmp/$name.log" | sed 's/^/    /' >&2
 done
 [ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
 
 for name in "${CHILDREN[@]}"; do
-  docker tag "${TAG[$name]}" "ner11/$name:ref"
+  docker tag "${TAG[$name]}" "$NS/$name:ref"
 done
 TAG[base]=$base_tag
 
@@ -154,10 +163,10 @@ human() {
   awk -v b="$1" 'BEGIN { split("B KB MB GB", u); i = 1; while (b >= 1000 && i < 4) { b /= 1000; i++ }
                          printf (i == 1 ? "%d %s" : "%.1f %s"), b, u[i] }'
 }
-printf '\n%-16s %-32s %-10s %-9s %s\n' IMAGE TAG SIZE STATUS SECONDS
+printf '\n%-24s %-22s %-10s %-9s %s\n' IMAGE TAG SIZE STATUS SECONDS
 for name in base "${CHILDREN[@]}"; do
   size=$(docker image inspect -f '{{.Size}}' "${TAG[$name]}")
-  printf '%-16s %-32s %-10s %-9s %s\n' "ner11/$name" "${TAG[$name]#*:} (+ref)" "$(human "$size")" \
+  printf '%-24s %-22s %-10s %-9s %s\n' "$NS/$name" "${TAG[$name]#*:}" "$(human "$size")" \
     "${STATUS[$name]}" "${SECONDS_TAKEN[$name]}"
 done
 printf 'total %ss\n' "$(($(date +%s) - start_all))"

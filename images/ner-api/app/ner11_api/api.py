@@ -6,8 +6,7 @@ import logging
 import socket
 import sys
 import time
-from datetime import datetime, timezone
-from typing import Optional
+from datetime import UTC, datetime
 
 import psycopg2
 import psycopg2.errors
@@ -86,8 +85,8 @@ app = FastAPI(
 
 # ---- metrics middleware (pure ASGI) ---------------------------------------------------
 class MetricsMiddleware:
-    def __init__(self, asgi_app):
-        self.app = asgi_app
+    def __init__(self, app):  # starlette passes app=...
+        self.app = app
         self._paths = None
 
     def _route_path(self, scope):
@@ -95,7 +94,7 @@ class MetricsMiddleware:
         if route is not None and getattr(route, "path", None):
             return route.path
         if self._paths is None:
-            self._paths = {r.endpoint: r.path for r in app.routes if getattr(r, "endpoint", None)}
+            self._paths = {r.endpoint: r.path for r in _APP.routes if getattr(r, "endpoint", None)}
         endpoint = scope.get("endpoint")
         return self._paths.get(endpoint, "<unmatched>") if endpoint is not None else "<unmatched>"
 
@@ -117,6 +116,7 @@ class MetricsMiddleware:
             registry.observe_request(scope["method"], self._route_path(scope), status[0], time.perf_counter() - started)
 
 
+_APP = app
 app.add_middleware(MetricsMiddleware)
 
 
@@ -151,7 +151,7 @@ def _shutdown():
 
 # ---- helpers --------------------------------------------------------------------------
 def _now():
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _health_body():
@@ -294,7 +294,7 @@ def _module_router(module_id: str, module_name: str) -> APIRouter:
     module_health.__name__ = "health_%s" % module_id.replace("-", "_")
     router.add_api_route("/health", module_health, methods=["GET"])
 
-    sql: Optional[str] = LISTINGS.get(module_id)
+    sql: str | None = LISTINGS.get(module_id)
     if sql:
 
         def listing():
@@ -303,6 +303,7 @@ def _module_router(module_id: str, module_name: str) -> APIRouter:
 
         listing.__name__ = "list_%s" % module_id.replace("-", "_")
         router.add_api_route("/", listing, methods=["GET"])
+        router.add_api_route("", listing, methods=["GET"], include_in_schema=False)
     return router
 
 

@@ -31,8 +31,14 @@ class DatabaseUnavailable(Exception):
 
 
 def one_line(exc):
+    """First line of an error; psycopg2 errors keep their class name (log signatures)."""
+    if isinstance(exc, DatabaseUnavailable):
+        return str(exc)
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+    first = text[0] if text else ""
+    if isinstance(exc, psycopg2.Error):
+        first = "%s.%s: %s" % (type(exc).__module__.split(".")[0], type(exc).__name__, first)
+    return first[:300]
 
 
 MIGRATIONS = [
