@@ -659,3 +659,540 @@ def new_tag():
 
 def is_enoent(exc):
     return isinstance(exc, OSError) and exc.errno == errno.ENOENT
+
+
+# -- the jobs the modules run ---------------------------------------------------------
+def _catalog():
+    # imported lazily so the pure functions above stay importable on their own
+    from ansible_collections.ner11.ops.plugins.module_utils import catalog
+
+    return catalog
+
+
+def _hostname():
+    import socket
+
+    return socket.gethostname()
+
+
+def _abs(path, option):
+    if not isinstance(path, str) or not path or not os.path.isabs(path):
+        raise ArtifactError("%s must be an absolute path, got %r" % (option, path))
+    return os.path.normpath(path)
+
+
+HELPER_LABEL = "io.ner11.helper=artifact"
+
+
+def helper_run_args(image, volume, mount, read_only, stdin=False):
+    """``docker run`` arguments of a short-lived helper container: no network, root, never pulled."""
+    args = ["run", "--rm"]
+    if stdin:
+        args.append("-i")
+    args += ["--pull=never", "--network", "none", "--user", "0:0", "--label", HELPER_LABEL]
+    args += ["-v", "%s:%s%s" % (volume, mount, ":ro" if read_only else "")]
+    return args + ["--entrypoint"]
+
+
+class ArtifactBackup:
+    """``artifact_backup``: stream a source into ``data.tar`` of a catalog partial, describe, publish."""
+
+    def __init__(self, params, runner, check_mode=False, tmpdir=None, now=None):
+        cat = _catalog()
+        self.cat = cat
+        self.p = params
+        self.kind = params.get("kind")
+        if self.kind not in KINDS:
+            raise ArtifactError("invalid kind %r: use one of %s" % (self.kind, ", ".join(KINDS)))
+        self.catalog = cat.Catalog(params.get("backup_dir"))
+        self.docker = Docker(runner, params.get("docker_cli") or "docker")
+        excludes = params.get("excludes")
+        self.excludes = list(DEFAULT_EXCLUDES if excludes is None else excludes)
+        self.period = params.get("period") or "manual"
+        self.force = bool(params.get("force"))
+        self.check_mode = check_mode
+        self.tmpdir = tmpdir
+        self.now = now or cat.utcnow()
+        self.warnings = []
+        cat.period_key(self.period, self.now)  # validates the period
+
+    # -- sources -----------------------------------------------------------------------
+    def resolve(self):
+        """Return (source dict, id name, stream(tar_path))."""
+        src = self.p.get("src")
+        if isinstance(src, str):
+            src = [src]
+        src = list(src or [])
+        host = _hostname()
+        if self.kind == "config":
+            root = config_root(src)
+            paths = sorted(os.path.normpath(p) for p in src)
+
+            def stream(tar_path):
+                _root, entries = list_config(paths, self.excludes)
+                write_tar(tar_path, root, entries)
+
+            return {"host": host, "path": root, "paths": paths}, "config-%s" % (os.path.basename(root) or "root"), stream
+        if self.kind == "volume":
+            if len(src) != 1:
+                raise ArtifactError("kind volume takes one volume name in src, got %r" % (src,))
+            return self._volume_source(src[0], host)
+        container = self.p.get("container")
+        if container:
+            if len(src) > 1:
+                raise ArtifactError("kind models takes one directory in src, got %r" % (src,))
+            path = _abs(src[0] if src else DEFAULT_MODELS_PATH, "src")
+            return self._container_source(container, path, host)
+        if len(src) != 1:
+            raise ArtifactError(
+                "kind models needs container (the api container, src defaults to /app/models) "
+                "or one absolute host directory in src"
+            )
+        path = _abs(src[0], "src")
+        if not os.path.isdir(path):
+            raise ArtifactError(
+                "models directory %s does not exist on this host (G27: /app/models is a container path); "
+                "set container to the api container name, or src to the host directory" % path
+            )
+
+        def stream_host(tar_path):
+            write_tar(tar_path, path, list_host_tree(path, self.excludes))
+
+        return {"host": host, "path": path}, "models-%s" % (os.path.basename(path) or "root"), stream_host
+
+    def _container_source(self, container, path, host):
+        info = self.docker.inspect("container", container)
+        if info is None:
+            raise ArtifactError("container %s not found; check the name with `docker ps -a`" % container)
+        mount = mount_for_path(info, path)
+        if not (info.get("State") or {}).get("Running"):
+            hint = " or back up its volume instead: kind: volume, src: %s" % mount if mount else ""
+            raise ArtifactError(
+                "container %s is not running (state %s): start it%s" % (container, (info.get("State") or {}).get("Status"), hint)
+            )
+        rc, _out, _err = self.docker.run(["exec", container, "test", "-d", path], check=False)
+        if rc != 0:
+            raise ArtifactError("%s is not a directory in container %s; fix src (default /app/models)" % (path, container))
+        source = {"host": host, "container": container, "path": path, "image": (info.get("Config") or {}).get("Image")}
+        if mount:
+            source["mount"] = mount
+
+        def stream(tar_path):
+            rc, _out, err = self.docker.shell(
+                ["exec", container] + tar_create_args(path, self.excludes),
+                stdout_to=tar_path,
+                ok_rcs=(0, 1),
+                what="streaming %s out of container %s" % (path, container),
+            )
+            if rc == 1:
+                self.warnings.append("tar reported files changing during the copy: %s" % last_line(err))
+
+        return source, "models-%s" % container, stream
+
+    def _volume_source(self, volume, host):
+        info = self.docker.inspect("volume", volume)
+        if info is None:
+            raise ArtifactError("Docker volume %s not found; list volumes with `docker volume ls`" % volume)
+        users = self.docker.volume_users(volume)
+        live = live_postgres_users(users)
+        if live and not self.p.get("allow_live"):
+            raise ArtifactError(
+                "volume %s is the data directory of the running PostgreSQL container %s: a file copy of a live "
+                "database is not crash-consistent (G28). Stop %s first (e.g. ner11.ops.service), use pg_backup "
+                "for a logical backup, or set allow_live: true to copy it anyway" % (volume, ", ".join(live), live[0])
+            )
+        if live:
+            self.warnings.append(
+                "copying the live PostgreSQL data volume %s (allow_live): the copy may not be crash-consistent (G28)" % volume
+            )
+        image, image_name = self._helper_image(volume, users, None)
+        source = {
+            "host": host,
+            "volume": volume,
+            "driver": info.get("Driver"),
+            "labels": info.get("Labels") or {},
+            "helper_image": image_name,
+            "users": [u["name"] for u in users],
+            "live": bool(live),
+        }
+
+        def stream(tar_path):
+            args = helper_run_args(image, volume, "/src", True) + ["tar", image] + tar_create_args("/src", self.excludes)[1:]
+            rc, _out, err = self.docker.shell(
+                args, stdout_to=tar_path, ok_rcs=(0, 1) if live else (0,), what="copying volume %s" % volume
+            )
+            if rc == 1:
+                self.warnings.append("tar reported files changing during the copy: %s" % last_line(err))
+
+        return source, volume, stream
+
+    def _helper_image(self, volume, users, recorded):
+        return choose_helper_image(self.docker, self.p.get("helper_image"), volume, users, recorded)
+
+    # -- the run -----------------------------------------------------------------------
+    def _new_id(self, name):
+        base = self.cat.new_backup_id(name, self.now)
+        backup_id, n = base, 1
+        while os.path.exists(self.catalog.path(self.kind, backup_id)) or os.path.exists(
+            self.catalog.partial_path(self.kind, backup_id)
+        ):
+            n += 1
+            backup_id = "%s-%d" % (base, n)
+        return backup_id
+
+    def run(self):
+        started = time.monotonic()
+        source, name, stream = self.resolve()
+        source["instance"] = source_instance(self.kind, source)
+        latest = self.catalog.latest(self.kind, instance=source["instance"])
+        if self.check_mode:
+            import tempfile
+
+            tmp = tempfile.mkdtemp(prefix="ner11-artifact-", dir=self.tmpdir)
+            try:
+                tar_path = os.path.join(tmp, ARCHIVE)
+                stream(tar_path)
+                contents = scan_tar(tar_path, self.excludes)
+                archive_size = os.path.getsize(tar_path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return self._check_result(source, name, contents, archive_size, latest)
+        with self.catalog.lock(self.kind, wait=int(self.p.get("lock_timeout") or 0) > 0, timeout=self.p.get("lock_timeout") or 0):
+            cleaned = [os.path.basename(p) for p in self.catalog.clean_stale_partials(self.kind, 0)]
+            latest = self.catalog.latest(self.kind, instance=source["instance"])
+            backup_id = self._new_id(name)
+            partial = self.catalog.begin(self.kind, backup_id)
+            try:
+                tar_path = os.path.join(partial, ARCHIVE)
+                stream(tar_path)
+                contents = scan_tar(tar_path, self.excludes)
+                digest = content_digest(contents)
+                if latest and latest.get("content_sha256") == digest and not self.force:
+                    self.catalog.discard(self.kind, backup_id)
+                    return self._existing_result(latest, contents, cleaned)
+                sha = self.cat.sha256_file(tar_path)
+                archive = {"path": ARCHIVE, "size": os.path.getsize(tar_path), "sha256": sha, "mode": "0600"}
+                duration = time.monotonic() - started
+                manifest = build_manifest(
+                    self.kind,
+                    backup_id,
+                    source,
+                    contents,
+                    archive,
+                    self.cat.isoformat(self.now),
+                    self.cat.isoformat(self.cat.utcnow()),
+                    self.period,
+                    self.cat.period_key(self.period, self.now),
+                    duration,
+                    excludes=self.excludes,
+                    tool={"name": "ner11.ops.artifact_backup", "version": None},
+                    previous_backup_id=latest["backup_id"] if latest else None,
+                )
+                final = self.catalog.publish(self.kind, backup_id, manifest)
+            except BaseException:
+                self.catalog.discard(self.kind, backup_id)
+                raise
+        manifest = self.catalog.read_manifest(self.kind, backup_id)
+        result = self._result(manifest, True, final)
+        result["changed_paths"] = changed_paths(latest.get("contents") or [], contents) if latest else None
+        result["cleaned_partials"] = cleaned
+        return result
+
+    def _plan(self, source, backup_id, contents, archive_size, latest, action, reason):
+        summary = summarize(contents)
+        return {
+            "action": action,
+            "reason": reason,
+            "backup_id": backup_id,
+            "kind": self.kind,
+            "source": source,
+            "file_count": summary["file_count"],
+            "content_bytes": summary["content_bytes"],
+            "archive_bytes": archive_size,
+            "content_sha256": content_digest(contents),
+            "unchanged": bool(latest and latest.get("content_sha256") == content_digest(contents)),
+            "latest_backup_id": latest["backup_id"] if latest else None,
+            "excludes": self.excludes,
+        }
+
+    def _check_result(self, source, name, contents, archive_size, latest):
+        unchanged = bool(latest and latest.get("content_sha256") == content_digest(contents))
+        if unchanged and not self.force:
+            plan = self._plan(source, latest["backup_id"], contents, archive_size, latest, "none", "content unchanged")
+            result = self._result(latest, False, self.catalog.path(self.kind, latest["backup_id"]))
+        else:
+            backup_id = self.cat.new_backup_id(name, self.now)
+            reason = "force" if unchanged else ("content changed" if latest else "no backup of this source yet")
+            plan = self._plan(source, backup_id, contents, archive_size, latest, "create", reason)
+            result = {
+                "changed": True,
+                "backup_id": backup_id,
+                "path": self.catalog.path(self.kind, backup_id),
+                "sha256": None,
+                "content_sha256": plan["content_sha256"],
+                "size_bytes": archive_size,
+                "duration_s": 0.0,
+                "file_count": plan["file_count"],
+                "content_bytes": plan["content_bytes"],
+                "changed_paths": changed_paths(latest.get("contents") or [], contents) if latest else None,
+            }
+        result["plan"] = plan
+        return result
+
+    def _existing_result(self, latest, contents, cleaned):
+        result = self._result(latest, False, self.catalog.path(self.kind, latest["backup_id"]))
+        result["changed_paths"] = []
+        result["cleaned_partials"] = cleaned
+        result["plan"] = {"action": "none", "reason": "content unchanged", "backup_id": latest["backup_id"]}
+        return result
+
+    def _result(self, manifest, changed, path):
+        return {
+            "changed": changed,
+            "backup_id": manifest["backup_id"],
+            "path": path,
+            "manifest": manifest,
+            "sha256": manifest.get("sha256"),
+            "content_sha256": manifest.get("content_sha256"),
+            "size_bytes": manifest.get("size_bytes"),
+            "duration_s": manifest.get("duration_s", 0.0) if changed else 0.0,
+            "file_count": manifest.get("file_count"),
+            "content_bytes": manifest.get("content_bytes"),
+        }
+
+
+def choose_helper_image(docker, wanted, volume, users, recorded):
+    """(image to run, image name to record): the option, else a user's image, else the recorded one."""
+    if wanted:
+        if not docker.image_exists(wanted):
+            raise ArtifactError(
+                "helper_image %s is not present locally; images are never pulled: build or load it, "
+                "or name a local image that has tar" % wanted
+            )
+        return wanted, wanted
+    for u in sorted(users, key=lambda u: not u["running"]):
+        if u.get("image_id") and docker.image_exists(u["image_id"]):
+            return u["image_id"], u.get("image") or u["image_id"]
+    if recorded and docker.image_exists(recorded):
+        return recorded, recorded
+    raise ArtifactError(
+        "no local image to run the copy of volume %s in (no container uses it%s): set helper_image to a local "
+        "image that has tar, e.g. the stack's postgres or api image; images are never pulled"
+        % (volume, ", and the recorded image %s is not present" % recorded if recorded else "")
+    )
+
+
+class ArtifactRestore:
+    """``artifact_restore``: verify a backup, plan against the target, swap it in, verify the target."""
+
+    def __init__(self, params, runner, check_mode=False, diff=False, tmpdir=None):
+        cat = _catalog()
+        self.cat = cat
+        self.p = params
+        self.kind = params.get("kind")
+        if self.kind not in KINDS:
+            raise ArtifactError("invalid kind %r: use one of %s" % (self.kind, ", ".join(KINDS)))
+        self.catalog = cat.Catalog(params.get("backup_dir"))
+        self.docker = Docker(runner, params.get("docker_cli") or "docker")
+        self.check_mode = check_mode
+        self.diff = diff
+        self.tmpdir = tmpdir
+        self.warnings = []
+        if bool(params.get("backup_id")) == bool(params.get("latest")):
+            raise ArtifactError("set exactly one of backup_id or latest: true")
+        if params.get("backup_id"):
+            cat.validate_backup_id(params["backup_id"])
+        if params.get("dest") is not None:
+            _abs(params["dest"], "dest")
+        if params.get("volume") and (params.get("dest") or params.get("container")):
+            raise ArtifactError("volume restores take no dest or container; set either volume, or dest (with container)")
+        if params.get("container") and not params.get("dest"):
+            raise ArtifactError("container needs dest: the absolute directory inside the container, e.g. /app/models")
+
+    # -- selection and verification ------------------------------------------------------
+    def manifest(self):
+        if self.p.get("latest"):
+            found = self.catalog.latest(self.kind)
+            if not found:
+                raise ArtifactError(
+                    "no verified %s backup in %s; run ner11.ops.artifact_backup first" % (self.kind, self.catalog.root)
+                )
+            return found
+        return self.catalog.read_manifest(self.kind, self.p["backup_id"])
+
+    def verify(self, manifest):
+        backup_id = manifest["backup_id"]
+        if manifest.get("artifact") != ARCHIVE or not isinstance(manifest.get("contents"), list):
+            raise ArtifactError(
+                "backup %s/%s was not written by artifact_backup (no %s/contents)" % (self.kind, backup_id, ARCHIVE)
+            )
+        problems = self.catalog.verify(self.kind, backup_id)
+        if problems:
+            tar_path = os.path.join(self.catalog.path(self.kind, backup_id), ARCHIVE)
+            members = corrupt_members(tar_path, manifest["contents"]) if os.path.exists(tar_path) else []
+            detail = " (damaged members: %s)" % ", ".join(members[:10]) if members else ""
+            raise ArtifactError(
+                "backup %s/%s is corrupt, nothing was restored: %s%s; restore another backup (backup_id) or take a "
+                "new one with artifact_backup" % (self.kind, backup_id, "; ".join(problems), detail)
+            )
+
+    # -- targets -----------------------------------------------------------------------
+    def target(self, manifest):
+        """(type, name, details): host / container / volume, defaulting to where the backup came from."""
+        src = manifest.get("source") or {}
+        if self.p.get("volume"):
+            return "volume", self.p["volume"], {}
+        if self.p.get("container"):
+            return "container", self.p["dest"], {"container": self.p["container"]}
+        if self.p.get("dest"):
+            return "host", os.path.normpath(self.p["dest"]), {}
+        if src.get("volume"):
+            return "volume", src["volume"], {}
+        if src.get("container"):
+            return "container", src["path"], {"container": src["container"]}
+        if src.get("path"):
+            return "host", src["path"], {}
+        raise ArtifactError("set dest (host path), container + dest, or volume: the backup records no source")
+
+    def listing(self, ttype, name, details, manifest):
+        """The target's current contents (None when it does not exist)."""
+        excludes = manifest.get("excludes") or ()
+        if ttype == "host":
+            if self.kind == "config":
+                found = []
+                for e in manifest["contents"]:
+                    full = os.path.join(name, e["path"])
+                    if os.path.lexists(full):
+                        found.append(host_entry(full, e["path"]))
+                return found if os.path.isdir(name) else None
+            if not os.path.lexists(name):
+                return None
+            if not os.path.isdir(name) or os.path.islink(name):
+                raise ArtifactError("dest %s exists and is not a directory; remove it or choose another dest" % name)
+            return list_host_tree(name, excludes)
+        if ttype == "container":
+            container = details["container"]
+            if self.docker.run(["exec", container, "test", "-d", name], check=False)[0] != 0:
+                return None
+            return self._stream_listing(["exec", container] + tar_create_args(name, excludes), excludes)
+        if self.docker.inspect("volume", name) is None:
+            return None
+        image, _name = choose_helper_image(
+            self.docker, self.p.get("helper_image"), name, self._users(name), self._recorded(manifest)
+        )
+        args = helper_run_args(image, name, "/dst", True) + ["tar", image] + tar_create_args("/dst", excludes)[1:]
+        return self._stream_listing(args, excludes)
+
+    def _users(self, volume):
+        if not hasattr(self, "_users_cache"):
+            self._users_cache = self.docker.volume_users(volume)
+        return self._users_cache
+
+    @staticmethod
+    def _recorded(manifest):
+        return (manifest.get("source") or {}).get("helper_image") or (manifest.get("source") or {}).get("image")
+
+    def _stream_listing(self, args, excludes):
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="ner11-artifact-", dir=self.tmpdir)
+        try:
+            tar_path = os.path.join(tmp, "target.tar")
+            self.docker.shell(args, stdout_to=tar_path, ok_rcs=(0, 1), what="reading the restore target")
+            return scan_tar(tar_path, excludes)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- the run -----------------------------------------------------------------------
+    def run(self):
+        manifest = self.manifest()
+        backup_id = manifest["backup_id"]
+        self.verify(manifest)
+        ttype, name, details = self.target(manifest)
+        if self.kind == "config" and ttype != "host":
+            raise ArtifactError("config backups restore to a host directory: set dest (default: the original directory)")
+        mode = "overlay" if self.kind == "config" else "mirror"
+        contents = manifest["contents"]
+        if ttype == "container":
+            info = self.docker.inspect("container", details["container"])
+            if info is None or not (info.get("State") or {}).get("Running"):
+                raise ArtifactError(
+                    "container %s is not running; start it (docker start %s), or restore into its volume with volume: <name>"
+                    % (details["container"], details["container"])
+                )
+        if ttype == "volume":
+            live = live_postgres_users(self._users(name)) if self.docker.inspect("volume", name) else []
+            if live:
+                raise ArtifactError(
+                    "volume %s is the data directory of the running PostgreSQL container %s: stop %s before restoring "
+                    "its files (G28)" % (name, ", ".join(live), live[0])
+                )
+        current = self.listing(ttype, name, details, manifest)
+        plan = restore_plan(contents, current, mode)
+        plan.update({"backup_id": backup_id, "target_type": ttype, "target": name})
+        if details.get("container"):
+            plan["container"] = details["container"]
+        needs_confirm = plan_needs_confirm(plan, current)
+        plan["confirm_required"] = needs_confirm
+        force = bool(self.p.get("force"))
+        result = {"backup_id": backup_id, "plan": plan, "files": summarize(contents)["file_count"], "target": name}
+        if self.diff:
+            changed = plan["write"] + plan["replace"] + plan["remove"]
+            result["diff"] = {
+                "before_header": "%s %s" % (ttype, name),
+                "after_header": "%s/%s" % (self.kind, backup_id),
+                "before": diff_lines(changed, current),
+                "after": diff_lines(changed, contents),
+            }
+        if plan["identical"] and not force:
+            result.update(changed=False, restored=False)
+            return result
+        if self.check_mode:
+            if needs_confirm and self.p.get("confirm") != name:
+                self.warnings.append("the real run needs confirm: %s (it replaces or removes data in the target)" % name)
+            result.update(changed=True, restored=False)
+            return result
+        if needs_confirm and self.p.get("confirm") != name:
+            raise ArtifactError(
+                "restoring %s/%s would replace %d and remove %d entries in %s %s; set confirm: %s to proceed "
+                "(take an artifact_backup of the target first if its content matters)"
+                % (self.kind, backup_id, len(plan["replace"]), len(plan["remove"]), ttype, name, name)
+            )
+        tar_path = os.path.join(self.catalog.path(self.kind, backup_id), ARCHIVE)
+        tag = new_tag()
+        if ttype == "host":
+            if mode == "overlay":
+                paths = [e["path"] for e in contents] if force else plan["write"] + plan["replace"]
+                plan["strategy"] = host_restore_overlay(tar_path, name, paths)
+            else:
+                plan["strategy"] = host_restore_mirror(tar_path, name, tag)
+        elif ttype == "container":
+            self.docker.shell(
+                ["exec", "-i", details["container"], "sh", "-c", SWAP_SCRIPT, "sh", name, tag],
+                stdin_from=tar_path,
+                what="restoring into %s:%s" % (details["container"], name),
+            )
+            plan["strategy"] = "contents-swap"
+        else:
+            if self.docker.inspect("volume", name) is None:
+                labels = (manifest.get("source") or {}).get("labels") or {}
+                args = ["volume", "create"]
+                for key in sorted(labels):
+                    args += ["--label", "%s=%s" % (key, labels[key])]
+                self.docker.run(args + [name], what="creating volume %s" % name)
+            image, _n = choose_helper_image(
+                self.docker, self.p.get("helper_image"), name, self._users(name), self._recorded(manifest)
+            )
+            args = helper_run_args(image, name, "/dst", False, stdin=True) + ["sh", image, "-c", SWAP_SCRIPT, "sh", "/dst", tag]
+            self.docker.shell(args, stdin_from=tar_path, what="restoring volume %s" % name)
+            plan["strategy"] = "contents-swap"
+        after = self.listing(ttype, name, details, manifest)
+        check = restore_plan(contents, after, mode)
+        if not check["identical"]:
+            raise ArtifactError(
+                "restore of %s/%s into %s finished but the target differs from the backup: %s; check free space and "
+                "permissions, then run again"
+                % (self.kind, backup_id, name, ", ".join((check["write"] + check["replace"] + check["remove"])[:10]))
+            )
+        result.update(changed=True, restored=True)
+        return result
