@@ -445,12 +445,12 @@ CREATE TABLE IF NOT EXISTS %(table)s (
 );
 """ % {"schema": LOG_SCHEMA, "table": LOG_TABLE}
 
+HAS_LOG_SQL = "SELECT to_regclass('%s') IS NOT NULL;" % LOG_TABLE
 LATEST_LOG_SQL = (
-    "SELECT CASE WHEN to_regclass('%s') IS NULL THEN NULL ELSE "
-    "(SELECT row_to_json(r)::text FROM (SELECT backup_id, sha256, scope, tables, "
+    "SELECT row_to_json(r)::text FROM (SELECT backup_id, sha256, scope, tables, "
     "extract(epoch FROM applied_at)::float8 AS applied_at, "
     "extract(epoch FROM source_created_at)::float8 AS source_created_at "
-    "FROM %s ORDER BY applied_at DESC, id DESC LIMIT 1) r) END;" % (LOG_TABLE, LOG_TABLE)
+    "FROM %s ORDER BY applied_at DESC, id DESC LIMIT 1) r;" % LOG_TABLE
 )
 
 
@@ -588,10 +588,10 @@ class Restorer:
             args.insert(0, "--single-transaction")
         return self.target.run("psql", args, data=sql)
 
-    def shell(self, line, what):
+    def shell(self, line, what, display=None):
         """Run a bash pipeline (pipefail) with the target's environment; raise on failure."""
         cmd = "set -o pipefail; " + line
-        self.commands.append(line)
+        self.commands.append(display or line)
         rc, out, err = self.runner(
             cmd, use_unsafe_shell=True, executable="/bin/bash", environ_update=self.target.environ(), binary_data=False
         )
@@ -621,7 +621,7 @@ class Restorer:
         rows = self.q(USER_TABLES_SQL, db) or []
         state["user_tables"] = len(rows)
         state["tables"] = ["%s.%s" % (r[0], r[1]) for r in rows]
-        raw = self.target.scalar(LATEST_LOG_SQL, db)
+        raw = self.target.scalar(LATEST_LOG_SQL, db) if self.target.scalar(HAS_LOG_SQL, db) == "t" else None
         state["applied"] = json.loads(raw) if raw else None
         state["newest"] = self.newest(db, newer_columns)
         values = [v for v in state["newest"].values() if v is not None]
@@ -644,7 +644,7 @@ class Restorer:
         return {row[0]: (float(row[1]) if row[1] not in ("", None) else None) for row in self.q(sql, db) or []}
 
     def counts(self, db, tables):
-        present = {"%s.%s" % r for r in (self.q(USER_TABLES_SQL, db) or [])}
+        present = {"%s.%s" % tuple(r) for r in (self.q(USER_TABLES_SQL, db) or [])}
         out = {}
         sqls = []
         for table in tables:
@@ -818,7 +818,8 @@ class Restorer:
             shlex.quote(post),
             psql,
         )
-        self.shell(line, "restoring tables %s" % ", ".join(tables))
+        shown = "{ <pre.sql>; %s%s; <post.sql>; } | %s" % (dump, redirect, psql)
+        self.shell(line, "restoring tables %s" % ", ".join(tables), display=shown)
         return sequences
 
     def terminate(self, db):
@@ -900,7 +901,7 @@ def run_restore(params, runner, check_mode=False, now=None):
                 observed = r.counts(db, list(expected))
                 state["counts_match"] = not count_mismatches(expected, observed)
             decision = decide(db, backup, state, params.get("if_exists") or "fail", params.get("confirm"), force, tables)
-            result["action"] = decision["action"]
+            result["operation"] = decision["action"]
             result["reason"] = decision["reason"]
             if decision["action"] in ("none", "skip"):
                 result["row_counts"] = r.counts(db, tables or canaries)

@@ -53,7 +53,8 @@ options:
     type: path
   latest:
     description:
-      - Restore the newest verified FULL backup of O(source_db_name) in O(backup_dir). Partial,
+      - Restore the newest verified FULL backup of O(source_db_name) in O(backup_dir) (ignored when
+        O(backup_id) or O(path) is set). Partial,
         single-table and schema- or data-only backups and backups that fail their checksums are
         skipped (reported in RV(skipped_backups)), per G9.
     type: bool
@@ -151,7 +152,7 @@ restored:
   description: Whether data was restored by this run.
   returned: always
   type: bool
-action:
+operation:
   description: V(none) (already applied), V(skip), V(create), V(replace) or V(tables).
   returned: success
   type: str
@@ -236,7 +237,7 @@ def main():
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
-        mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE + [("backup_id", "latest"), ("path", "latest")],
+        mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE + [("backup_id", "path")],
         required_one_of=POSTGRES_REQUIRED_ONE_OF + [("backup_id", "path", "latest")],
         supports_check_mode=True,
     )
