@@ -591,9 +591,16 @@ def eval_db(rc, out, err, latency_ms, params, target, timed_out=False, at=None):
             at,
         )
     ]
+    # A run that stopped after SELECT 1 (timeout, statement error) leaves later checks unproven.
+    stopped = None
+    if rc != 0:
+        if timed_out:
+            stopped = "psql did not finish within %ss (database slow or overloaded)" % _fmt_num(params["check_timeout"])
+        else:
+            stopped = "psql stopped with rc=%s: %s" % (rc, _last_line(err))
     # db:query -- an authenticated SELECT 1 (DESIGN 5: pg_isready is not enough).
-    if data["query"] != "1" or rc != 0:
-        last = _last_line(err) if err else "SELECT 1 returned %r" % data["query"]
+    if data["query"] != "1":
+        last = stopped or "SELECT 1 returned %r" % data["query"]
         checks.append(make_check("db", "query", "fail", "query failed: %s" % last, None, None, latency_ms, at))
     elif server.get("in_recovery"):
         checks.append(
@@ -621,8 +628,14 @@ def eval_db(rc, out, err, latency_ms, params, target, timed_out=False, at=None):
                 at,
             )
         )
-    checks.append(eval_db_pool(data["states"], data["max"], params, latency_ms, at))
-    checks.append(eval_db_canary(data["canary"], params["canary_tables"], db_name, latency_ms, at))
+    if stopped and (not data["max"] or not data["states"]):
+        checks.append(make_check("db", "pool", "fail", "not checked: " + stopped, None, "percent", latency_ms, at))
+    else:
+        checks.append(eval_db_pool(data["states"], data["max"], params, latency_ms, at))
+    if stopped:
+        checks.append(make_check("db", "canary", "fail", "not checked: " + stopped, None, "rows", latency_ms, at))
+    else:
+        checks.append(eval_db_canary(data["canary"], params["canary_tables"], db_name, latency_ms, at))
     return checks
 
 

@@ -374,11 +374,22 @@ def test_db_timeout():
     assert checks["connect"]["status"] == "fail" and "no answer within 5s" in checks["connect"]["output"]
 
 
-def test_db_query_failure_after_connect():
-    out = db_out(query="1")
+def test_db_run_that_stops_after_select_1_does_not_invent_results():
+    out = "query\x1f1\nserver\x1f15.10\x1ffalse\x1fner11_db\x1fpostgres\n"
     checks = by_name(h.eval_db(3, out, "ERROR:  canceling statement due to statement timeout", 10.0, params(), "c"))
-    assert checks["connect"]["status"] == "pass"
-    assert checks["query"]["status"] == "fail" and "statement timeout" in checks["query"]["output"]
+    assert checks["connect"]["status"] == "pass" and checks["query"]["status"] == "pass"
+    assert checks["pool"]["status"] == "fail" and "statement timeout" in checks["pool"]["output"]
+    assert checks["canary"]["status"] == "fail" and checks["canary"]["output"].startswith("not checked: psql stopped")
+    # killed by the timeout after the pool rows: pool is judged, canary is not
+    out = db_out(canary={})
+    checks = by_name(h.eval_db(124, out, "", 5000.0, params(), "c", timed_out=True))
+    assert checks["pool"]["status"] == "pass"
+    assert checks["canary"]["status"] == "fail" and "did not finish within 5s" in checks["canary"]["output"]
+
+
+def test_db_select_1_not_answered():
+    checks = by_name(h.eval_db(3, "query\x1f\n", "ERROR: boom", 10.0, params(), "c"))
+    assert checks["query"]["status"] == "fail" and "boom" in checks["query"]["output"]
 
 
 def test_db_recovery_warns():

@@ -1,0 +1,330 @@
+"""ner11.ops.ner_health and playbooks/health.yml against real stacks (issue 3).
+
+Read-only tests use the session's shared stack; every scenario that breaks a stack
+(pause, stop, too many connections, corrupt model) runs on one own_stack, in an order
+that restores the stack between scenarios.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from conftest import docker, run_module, run_playbook, unique_project
+
+MODULE = "ner11.ops.ner_health"
+API_CHECKS = ("api:http", "api:model", "api:db", "api:modules", "api:latency")
+DB_CHECKS = ("db:connect", "db:query", "db:pool", "db:canary")
+
+
+def health_args(stack, **over):
+    args = {
+        "api_url": stack.api_url,
+        "frontend_url": stack.frontend_url,
+        "container": stack.container("postgres"),
+        "containers": [stack.container(s) for s in ("postgres", "api", "frontend")],
+        "fail_on": "never",
+    }
+    args.update(over)
+    return args
+
+
+def explain(res):
+    checks = res.get("checks") or {}
+    lines = ["%s %s: %s" % (n, c["status"], c["output"]) for n, c in sorted(checks.items())]
+    return "%s\n%s\n%s" % (res.get("msg"), "\n".join(lines), res.get("_stderr", "")[-1500:])
+
+
+def statuses(res, names):
+    return {n: res["checks"][n]["status"] for n in names}
+
+
+# ---- healthy stack ------------------------------------------------------------------------
+def test_healthy_stack_passes_fast_and_never_changes_anything(shared_stack, record_property):
+    # api:latency measures real latency; on this shared 2-core machine other suites run in
+    # parallel (load averages of 8-10 were seen), so the 200 ms goal is relaxed here to 2 s.
+    # The 200 ms rule itself is unit-tested and forced to warn in the next test. For the same
+    # reason docker exec may take seconds here: check_timeout is raised from 5 to 15 s.
+    args = health_args(shared_stack, latency_warn_ms=2000, check_timeout=15)
+    runs = [run_module(MODULE, args, check=c) for c in (True, False, True, False)]  # check, apply, check, apply
+    names = None
+    for res in runs:
+        assert not res.get("failed"), explain(res)
+        assert res["changed"] is False
+        assert res["status"] == "pass", explain(res)
+        assert res["summary"] == {"pass": len(res["checks"]), "warn": 0, "fail": 0}
+        assert res["failed_checks"] == [] and res["attempts"] == 1
+        names = names or set(res["checks"])
+        assert set(res["checks"]) == names  # check mode runs the very same checks
+    expected = set(API_CHECKS + DB_CHECKS) | {"frontend:http", "disk:/", "memory"}
+    expected |= {"container:%s" % shared_stack.container(s) for s in ("postgres", "api", "frontend")}
+    assert names == expected
+    res = runs[-1]
+    for check in res["checks"].values():
+        assert set(check) == {
+            "status",
+            "component",
+            "measurement",
+            "observed_value",
+            "observed_unit",
+            "latency_ms",
+            "output",
+            "time",
+        }
+        assert check["time"].endswith("Z")
+    assert res["checks"]["api:http"]["observed_value"] == "healthy"
+    assert res["checks"]["api:model"]["observed_value"] is True
+    assert set(res["checks"]["db:canary"]["observed_value"]) == {
+        "vendor_equipment",
+        "threat_intelligence",
+        "compliance_frameworks",
+    }
+    assert res["checks"]["db:query"]["observed_value"].startswith("15.")
+    durations = [r["duration_ms"] for r in runs]
+    record_property("health_duration_ms", durations)
+    print("ner_health full check duration_ms (4 runs):", durations)
+    # Goal: well under a second on an idle machine (bench/RESULTS.md). Other suites share this
+    # machine's 2 cores (load averages up to 24 were seen, docker exec then takes seconds), so
+    # the generous bound applies to the best of the four runs.
+    assert min(durations) < 3000, durations
+
+
+def test_thresholds_turn_into_warn_and_fail_on_decides(shared_stack):
+    # memory floor above any real host: memory warns, the rest passes
+    res = run_module(MODULE, health_args(shared_stack, checks=["memory", "disk"], memory_min_available_gb=100000))
+    assert res["status"] == "warn" and not res.get("failed"), explain(res)
+    assert res["checks"]["memory"]["status"] == "warn" and "below 100000 GiB" in res["checks"]["memory"]["output"]
+    res = run_module(MODULE, health_args(shared_stack, checks=["memory"], memory_min_available_gb=100000, fail_on="fail"))
+    assert not res.get("failed"), explain(res)
+    res = run_module(MODULE, health_args(shared_stack, checks=["memory"], memory_min_available_gb=100000, fail_on="warn"))
+    assert res.get("failed") and res["status"] == "warn"
+    assert "memory warn:" in res["msg"] and "below 100000 GiB" in res["msg"]
+    assert res["checks"]["memory"]["status"] == "warn"  # the result comes back with the failure
+
+    # a path that is not there fails; fail_on=fail fails the task and names the check and its output
+    res = run_module(MODULE, health_args(shared_stack, checks=["disk"], disks=["/", "/nonexistent-ner11"], fail_on="fail"))
+    assert res.get("failed") and res["status"] == "fail"
+    assert res["failed_checks"] == ["disk:/nonexistent-ner11"]
+    assert "disk:/nonexistent-ner11 fail: /nonexistent-ner11 does not exist" in res["msg"]
+    assert "disk:/ " not in res["msg"]
+
+    # a latency goal no API meets: api:latency warns with the measured value
+    res = run_module(MODULE, health_args(shared_stack, checks=["api"], latency_warn_ms=0.001))
+    assert res["checks"]["api:latency"]["status"] == "warn" and res["checks"]["api:latency"]["observed_value"] > 0
+
+
+def test_bad_input_is_refused_with_the_fix(shared_stack):
+    res = run_module(MODULE, {"checks": ["db"]})
+    assert res.get("failed") and "checks includes db but its input is not set" in res["msg"]
+    res = run_module(MODULE, {"api_url": "127.0.0.1:18000"})
+    assert res.get("failed") and "http(s) URL" in res["msg"]
+    res = run_module(MODULE, {"container": "x", "login_host": "y"})
+    assert res.get("failed") and "mutually exclusive" in res["msg"]
+    res = run_module(MODULE, {"disks": ["/"], "disk_warn_percent": 95})
+    assert res.get("failed") and "disk_warn_percent" in res["msg"]
+
+
+def test_missing_stack_fails_with_clear_outputs():
+    project = unique_project("itnone")
+    res = run_module(
+        MODULE,
+        {
+            "api_url": "http://127.0.0.1:1",
+            "frontend_url": "http://127.0.0.1:2",
+            "container": "%s-postgres-1" % project,
+            "containers": ["%s-api-1" % project],
+            "check_timeout": 2,
+        },
+    )
+    assert res.get("failed") and res["status"] == "fail"
+    assert "connection refused" in res["checks"]["api:http"]["output"]
+    assert "does not exist" in res["checks"]["container:%s-api-1" % project]["output"]
+    assert "deploy the stack" in res["checks"]["db:connect"]["output"]
+    assert res["duration_ms"] < 5000
+
+
+# ---- breaking one stack, scenario by scenario ---------------------------------------------
+class PsqlSessions:
+    """Hold idle client sessions open: psql processes sleeping inside the postgres container."""
+
+    def __init__(self, stack, count):
+        self.stack = stack
+        self.count = count
+        self.tag = "ner11_health_it_%s" % stack.project
+
+    def __enter__(self):
+        container = self.stack.container("postgres")
+        for _ in range(self.count):
+            docker(
+                "exec", "-d", "-u", "postgres", "-e", "PGAPPNAME=%s" % self.tag, container,
+                "psql", "-X", "-d", self.stack.model["db_name"], "-c", "SELECT pg_sleep(120)",
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            n = int(self.stack.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s'" % self.tag))
+            if n >= self.count:
+                return self
+            time.sleep(0.5)
+        raise AssertionError("only %s of %s sessions opened" % (n, self.count))
+
+    def __exit__(self, *exc):
+        self.stack.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '%s'" % self.tag)
+        return False
+
+
+def wait_pass(stack, checks, timeout=120):
+    res = run_module(MODULE, health_args(stack, checks=checks, wait_for="pass", timeout=timeout, interval=1, fail_on="fail"))
+    assert res["status"] == "pass" and not res.get("failed"), explain(res)
+    return res
+
+
+@pytest.mark.slow
+def test_broken_stack_scenarios(own_stack, record_property):
+    stack = own_stack()
+    api = stack.container("api")
+    pg = stack.container("postgres")
+    wait_pass(stack, ["api", "db", "frontend", "container"])
+
+    # 1. API frozen (docker pause): its checks fail within check_timeout instead of hanging.
+    docker("pause", api)
+    try:
+        started = time.monotonic()
+        res = run_module(MODULE, health_args(stack, checks=["api", "container"], check_timeout=2))
+        wall = time.monotonic() - started
+    finally:
+        docker("unpause", api)
+    record_property("paused_api_duration_ms", res["duration_ms"])
+    assert res["status"] == "fail"
+    assert statuses(res, API_CHECKS) == {n: "fail" for n in API_CHECKS}, explain(res)
+    assert "no answer within 2s" in res["checks"]["api:http"]["output"]
+    assert "paused" in res["checks"]["api:http"]["output"]
+    assert "API overloaded" in res["checks"]["api:modules"]["output"]
+    assert res["checks"]["container:%s" % api]["status"] == "fail"
+    assert "docker unpause" in res["checks"]["container:%s" % api]["output"]
+    assert res["duration_ms"] < 2000 + 1500, res["duration_ms"]  # check_timeout + margin
+    assert wall < 2 + 10  # + ansible-playbook start-up
+    wait_pass(stack, ["api"])
+
+    # 2. API stopped: api:* and container:<api> fail and say so; the frontend proxy fails too.
+    docker("stop", "-t", "60", api)
+    res = run_module(MODULE, health_args(stack, fail_on="fail"))
+    assert res.get("failed") and res["status"] == "fail"
+    for name in API_CHECKS[:-1]:
+        assert res["checks"][name]["status"] == "fail"
+        assert "connection refused" in res["checks"][name]["output"], explain(res)
+    assert res["checks"]["api:latency"]["status"] == "fail"
+    assert "not running" in res["checks"]["container:%s" % api]["output"]
+    assert res["checks"]["frontend:http"]["status"] == "fail"
+    assert statuses(res, DB_CHECKS) == {n: "pass" for n in DB_CHECKS}  # the database is fine
+    assert "api:http fail: " in res["msg"] and "container:%s fail: not running" % api in res["msg"]
+
+    # 3. wait_for=pass while the API starts: polls (no fixed sleep) and returns pass once ready.
+    box = {}
+    waiter = threading.Thread(
+        target=lambda: box.update(
+            res=run_module(MODULE, health_args(stack, checks=["api"], wait_for="pass", timeout=120, interval=1, fail_on="fail"))
+        )
+    )
+    waiter.start()
+    time.sleep(4)  # let the first attempts see the API down
+    docker("start", api)
+    waiter.join(180)
+    res = box["res"]
+    record_property("wait_for_pass_attempts", res["attempts"])
+    assert res["status"] == "pass" and not res.get("failed"), explain(res)
+    assert res["attempts"] >= 2 and res["duration_ms"] > 3000
+
+    # 4. PostgreSQL stopped: db:* and api:db fail.
+    docker("stop", "-t", "120", pg)
+    try:
+        res = run_module(MODULE, health_args(stack, checks=["api", "db", "container"], check_timeout=3))
+        assert res["status"] == "fail"
+        assert statuses(res, DB_CHECKS) == {n: "fail" for n in DB_CHECKS}, explain(res)
+        assert "not running" in res["checks"]["db:connect"]["output"]
+        assert res["checks"]["api:db"]["status"] == "fail"
+        assert "disconnected" in res["checks"]["api:db"]["output"], explain(res)
+        assert res["checks"]["container:%s" % pg]["status"] == "fail"
+    finally:
+        docker("start", pg)
+    wait_pass(stack, ["api", "db"])
+
+    # 5. Many open connections: db:pool warns above 80 % of max_connections (G71).
+    with PsqlSessions(stack, 85):
+        res = run_module(MODULE, health_args(stack, checks=["db"]))
+        pool = res["checks"]["db:pool"]
+        assert pool["status"] == "warn", explain(res)
+        assert 85 < pool["observed_value"] < 95 and pool["observed_unit"] == "percent"
+        assert "/100 connections" in pool["output"] and "pg_sessions" in pool["output"]
+        assert res["status"] == "warn"
+    res = run_module(MODULE, health_args(stack, checks=["db"]))
+    assert res["checks"]["db:pool"]["status"] == "pass", explain(res)
+
+    # 6. A corrupted model file: the API restarts with models_loaded false -> api:model fails.
+    manifest = json.loads(docker("exec", api, "cat", "/app/models/manifest.json").stdout)
+    model_file = manifest["models"][0]["files"][0]["path"]
+    docker("exec", "-u", "0", api, "sh", "-c", "printf 'corrupt' >> /app/models/%s" % model_file)
+    docker("restart", "-t", "60", api)
+    # The container turns healthy again (its probe only needs HTTP 200; the body says 'degraded').
+    wait_pass(stack, ["container"])
+    res = run_module(MODULE, health_args(stack, checks=["api"]))
+    assert res["checks"]["api:model"]["status"] == "fail", explain(res)
+    assert "models_loaded is false" in res["checks"]["api:model"]["output"]
+    assert res["checks"]["api:http"]["status"] in ("warn", "fail")
+    assert res["status"] == "fail"
+
+
+# ---- the playbook --------------------------------------------------------------------------
+SHOW_STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
+
+
+def test_health_playbook_on_a_healthy_stack(shared_stack):
+    # shared, loaded machine: see test_healthy_stack_passes_fast_and_never_changes_anything
+    extra = {
+        "ner11_stack": shared_stack.vars["ner11_stack"],
+        "ner11_health_check_timeout": 15,
+        "ner11_health_latency_warn_ms": 2000,
+    }
+    result = run_playbook("playbooks/health.yml", extra, env=SHOW_STATS)
+    assert result.rc == 0, result.explain()
+    assert result.changed() == 0
+    table = result.task("Show the health report")["msg"]
+    assert table[0].split() == ["CHECK", "STATUS", "VALUE", "LATENCY", "OUTPUT"]
+    rows = {line.split()[0]: line for line in table[1:-1]}
+    assert rows["api:http"].split()[1] == "pass" and "ms" in rows["api:http"]
+    assert "container:%s" % shared_stack.container("api") in rows
+    assert table[-1].startswith("PASS: ")
+    stats = result.custom_stats["ner11_health"]["localhost"]
+    assert stats["status"] == "pass" and stats["failed_checks"] == []
+
+    # check mode: the same report, nothing changed
+    result = run_playbook("playbooks/health.yml", extra, check=True, env=SHOW_STATS)
+    assert result.rc == 0 and result.changed() == 0, result.explain()
+    assert result.custom_stats["ner11_health"]["localhost"]["status"] == "pass"
+
+
+def test_health_playbook_fails_when_the_stack_is_down():
+    stack = {
+        "project": unique_project("itdown"),
+        "services": {
+            "postgres": {"ports": [{"host": 1, "container": 5432}]},
+            "api": {"ports": [{"host": 2, "container": 8000}]},
+            "frontend": {"ports": [{"host": 3, "container": 3000}]},
+        },
+    }
+    result = run_playbook("playbooks/health.yml", {"ner11_stack": stack, "ner11_health_check_timeout": 2}, env=SHOW_STATS)
+    assert result.rc != 0
+    failure = result.task("Fail when the stack is not healthy")
+    assert failure.get("failed") and "api:http: " in failure["msg"] and "connection refused" in failure["msg"]
+    stats = result.custom_stats["ner11_health"]["localhost"]
+    assert stats["status"] == "fail" and "api:http" in stats["failed_checks"]
+
+    # ner11_health_fail_on=never only reports
+    result = run_playbook(
+        "playbooks/health.yml",
+        {"ner11_stack": stack, "ner11_health_fail_on": "never", "ner11_health_checks": ["api"]},
+        env=SHOW_STATS,
+    )
+    assert result.rc == 0, result.explain()
+    assert result.custom_stats["ner11_health"]["localhost"]["status"] == "fail"
