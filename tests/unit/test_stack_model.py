@@ -113,3 +113,25 @@ def test_container_spec_env_mode_names_the_secret_vars_only():
 def test_frontend_upstream_follows_the_api_container_port():
     model = normalize({"services": {"api": {"ports": [{"host": 18000, "container": 8080}]}}})
     assert container_spec(model, "frontend")["env"]["NER11_API_UPSTREAM"] == "api:8080"
+
+
+def test_port_owners_names_the_container_holding_a_port():
+    from ansible_collections.ner11.ops.plugins.filter.stack_model import port_owners
+
+    containers = [
+        {"Names": ["/web"], "Ports": [{"PublicPort": 8000, "PrivatePort": 80}]},
+        {"Names": ["/db"], "Ports": [{"PrivatePort": 5432}]},
+        {"Names": ["/other"]},
+    ]
+    assert port_owners(containers, [8000, 5432]) == [["8000", "web"]]
+    assert port_owners(containers, []) == []
+
+
+def test_stack_model_filter_reports_invalid_models_as_filter_errors():
+    from ansible.errors import AnsibleFilterError
+
+    from ansible_collections.ner11.ops.plugins.filter.stack_model import stack_model
+
+    with pytest.raises(AnsibleFilterError, match="invalid ner11_stack: unknown key"):
+        stack_model({"nope": 1})
+    assert stack_model(None)["project"] == "ner11"
