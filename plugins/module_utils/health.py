@@ -839,7 +839,7 @@ def parse_meminfo(text):
     """/proc/meminfo -> {key: bytes}."""
     out = {}
     for line in (text or "").splitlines():
-        key, _, rest = line.partition(":")
+        key, _sep, rest = line.partition(":")
         parts = rest.split()
         if parts and parts[0].isdigit():
             factor = 1024 if len(parts) > 1 and parts[1].lower() == "kb" else 1
@@ -988,7 +988,10 @@ class HealthChecker:
 
     # -- bounded helpers --------------------------------------------------------------
     def _get(self, url, deadline):
-        remaining = max(0.05, deadline - self.clock())
+        remaining = deadline - self.clock()
+        if remaining < 0.05:
+            # The check's deadline has passed (an earlier request of it hung): do not ask again.
+            return HttpResponse(url, latency_ms=0.0, error="timed out", error_kind="timeout")
         return self.http_get(url, min(self.p["check_timeout"], remaining))
 
     def _bounded(self, cmd):
@@ -1067,7 +1070,7 @@ class HealthChecker:
             return [make_check("api", "latency", "fail", "not measured: the API did not answer (see api:http)", None, "ms")]
         deadline = self.clock() + timeout
         responses = []
-        for _ in range(LATENCY_SAMPLES):
+        for _sample in range(LATENCY_SAMPLES):
             resp = self._get(self.p["api_url"] + "/api/v1/vendor-equipment/", deadline)
             responses.append(resp)
             if resp.error or resp.status != 200:
@@ -1158,7 +1161,7 @@ class HealthChecker:
                     else:
                         text = "did not finish within %ss: the component does not answer" % _fmt_num(self.p["check_timeout"])
                     for name in names:
-                        component, _, measurement = name.partition(":")
+                        component, _sep, measurement = name.partition(":")
                         checks[name] = make_check(component, measurement or "available", "fail", text)
             finally:
                 pool.shutdown(wait=False, cancel_futures=True)

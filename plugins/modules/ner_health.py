@@ -144,7 +144,7 @@ seealso:
     description: The shape of each check result.
     link: https://datatracker.ietf.org/doc/html/draft-inadarei-api-health-check
 author:
-  - ner11.ops maintainers
+  - ner11.ops maintainers (@ner11-ops)
 """
 
 EXAMPLES = r"""

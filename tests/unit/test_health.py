@@ -732,9 +732,10 @@ def test_frozen_api_fails_within_check_timeout(tmp_path):
     for name in ("api:http", "api:model", "api:db", "api:modules", "api:latency"):
         assert result["checks"][name]["status"] == "fail"
     assert "no answer within 0.5s" in result["checks"]["api:http"]["output"]
-    # six module requests share one deadline: the later ones get what is left of it
-    module_timeouts = [t for u, t in api.calls if "/api/v1/" in u and u.endswith("/health") and "/db/" not in u]
-    assert module_timeouts[0] == pytest.approx(0.5, abs=0.01) and all(t <= 0.5 for t in module_timeouts)
+    # six module requests share one deadline: once the first hung, the others are not sent
+    module_calls = [u for u, t in api.calls if "/api/v1/" in u and u.endswith("/health") and "/db/" not in u]
+    assert len(module_calls) == 1
+    assert result["checks"]["api:modules"]["output"].startswith("0/6 modules healthy")
 
 
 def test_a_check_that_never_returns_fails_at_the_deadline(tmp_path):
@@ -781,7 +782,7 @@ def test_frontend_uses_the_bundle_the_page_references(tmp_path):
     api = FakeApi(HEALTHY)
     result = make_checker(tmp_path, api=api, checks=["frontend"]).run_once()
     assert result["checks"]["frontend:http"]["status"] == "pass"
-    assert any(u == "http://fe:2/static/js/main.abc.js" for u, _ in api.calls)
+    assert any(u == "http://fe:2/static/js/main.abc.js" for u, _timeout in api.calls)
 
 
 def test_real_host_disk_and_memory(tmp_path):
@@ -858,7 +859,7 @@ def test_latency_is_measured_after_the_other_api_requests(tmp_path):
     api = FakeApi(HEALTHY, delay=0.05)
     result = make_checker(tmp_path, api=api, checks=["api"]).run_once()
     assert result["checks"]["api:latency"]["status"] == "pass"
-    urls = [u for u, _ in api.calls]
+    urls = [u for u, _timeout in api.calls]
     assert urls[-3:] == ["http://api:1/api/v1/vendor-equipment/"] * 3 and urls.count(urls[-1]) == 3
 
 
@@ -867,4 +868,4 @@ def test_latency_is_not_measured_when_the_api_is_frozen(tmp_path):
     result = make_checker(tmp_path, api=api, checks=["api"], modules=[], check_timeout=0.3).run_once()
     assert result["checks"]["api:http"]["status"] == "fail"
     assert result["checks"]["api:latency"]["output"] == "not measured: the API did not answer (see api:http)"
-    assert not any(u.endswith("/vendor-equipment/") for u, _ in api.calls)
+    assert not any(u.endswith("/vendor-equipment/") for u, _timeout in api.calls)
