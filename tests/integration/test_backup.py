@@ -17,10 +17,11 @@ import threading
 import time
 
 import pytest
-from conftest import Stack, docker, run_module, unique_project
+from conftest import Stack, docker, run_module, run_playbook, unique_project
 
 from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
 
+STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
 CANARIES = {"vendor_equipment": 1234, "threat_intelligence": 56, "compliance_frameworks": 7}
 
 
@@ -309,6 +310,42 @@ def test_killed_pg_dump_leaves_no_backup_and_next_run_cleans(db, tmp_path):
         assert [n for n in os.listdir(partial_root) if n.startswith(".")] == [".lock"]
     finally:
         db.psql("DROP TABLE IF EXISTS big")
+
+
+def _stats(result):
+    return result.custom_stats.get("localhost", result.custom_stats)
+
+
+def test_backup_playbook_four_steps_and_verify_playbook(db, tmp_path):
+    ev = {
+        "ner11_stack": db.vars["ner11_stack"],
+        "ner11_db_password": db.password,
+        "ner11_backup_dir": str(tmp_path / "bk"),
+        "ner11_backup_components": ["db"],
+        "ner11_backup_metrics_dir": str(tmp_path / "metrics"),
+    }
+    plan = run_playbook("playbooks/backup.yml", ev, check=True, env=STATS)
+    assert plan.rc == 0, plan.explain()
+    assert plan.task("Back up the database")["changed"] is True
+    assert not (tmp_path / "bk" / "database").exists() or cat.Catalog(str(tmp_path / "bk")).list("database") == []
+    first = run_playbook("playbooks/backup.yml", ev, env=STATS)
+    assert first.rc == 0, first.explain()
+    backup_id = _stats(first)["ner11_backup"]["db"]
+    assert [m["backup_id"] for m in cat.Catalog(str(tmp_path / "bk")).list("database")] == [backup_id]
+    prom = (tmp_path / "metrics" / "ner11_backup.prom").read_text()
+    assert 'ner11_backup_last_success_timestamp_seconds{kind="database"}' in prom
+    assert 'ner11_backup_verify_ok{kind="database"} 1' in prom and 'ner11_backup_size_bytes{kind="database"}' in prom
+    recheck = run_playbook("playbooks/backup.yml", ev, check=True, env=STATS)
+    assert recheck.rc == 0 and recheck.changed() == 0, (recheck.explain(), recheck.changed_tasks())
+    again = run_playbook("playbooks/backup.yml", ev, env=STATS)
+    assert again.rc == 0 and again.changed() == 0, (again.explain(), again.changed_tasks())
+    assert _stats(again)["ner11_backup"]["db"] == backup_id
+    assert db.password not in first.stdout + again.stdout
+
+    verify = run_playbook("playbooks/verify_backups.yml", dict(ev, ner11_test_restore=True))
+    assert verify.rc == 0 and verify.changed() == 0, verify.explain()
+    restored = verify.task("Verify the backups of each component")["results"][0]["test_restore"]
+    assert restored["row_counts"] == CANARIES and restored["errors"] == []
 
 
 def test_zz_database_down_fails_clearly(db, tmp_path):
