@@ -1,0 +1,120 @@
+import pytest
+
+from ansible_collections.ner11.ops.plugins.module_utils import pgbackup as pb
+
+
+@pytest.mark.parametrize(
+    "fmt,value,expected",
+    [
+        ("directory", "gzip:1", ("gzip", 1)),
+        ("custom", "5", ("gzip", 5)),
+        ("custom", "none", ("none", 0)),
+        ("plain", "0", ("none", 0)),
+        ("plain", "zstd:3", ("zstd", 3)),
+        ("plain", "zstd", ("zstd", 3)),
+    ],
+)
+def test_parse_compression(fmt, value, expected):
+    assert pb.parse_compression(fmt, value) == expected
+
+
+@pytest.mark.parametrize(
+    "fmt,value,needle",
+    [
+        ("custom", "zstd:3", "only available for format=plain"),
+        ("plain", "gzip:12", "gzip level must be 1-9"),
+        ("plain", "zstd:30", "zstd level must be 1-19"),
+        ("plain", "lz4", "unknown compression"),
+    ],
+)
+def test_parse_compression_errors_name_the_fix(fmt, value, needle):
+    with pytest.raises(pb.PgBackupError, match=needle):
+        pb.parse_compression(fmt, value)
+
+
+def test_artifacts_and_format_choice():
+    assert pb.artifact_name("directory", "gzip") == "dump"
+    assert pb.artifact_name("plain", "zstd") == "dump.sql.zst"
+    assert pb.choose_format(None, True) == "directory"
+    assert pb.choose_format(None, False) == "custom"
+    assert pb.choose_format("plain", True) == "plain"
+
+
+@pytest.mark.parametrize(
+    "params,needle",
+    [
+        ({"format": "tar"}, "unknown format"),
+        ({"backup_dir": "rel"}, "absolute path"),
+        ({"jobs": 0}, "jobs must be between 1 and 64"),
+        ({"db_name": "x; drop"}, "not a plain database name"),
+        ({"canary_tables": ["a b"]}, "canary table"),
+        ({"space_factor": -1.0}, "space_factor"),
+        ({"lock_timeout": -1}, "lock_timeout"),
+    ],
+)
+def test_validate_params(params, needle):
+    base = {"backup_dir": "/b", "db_name": "ner11_db", "jobs": 2}
+    base.update(params)
+    with pytest.raises(pb.PgBackupError, match=needle):
+        pb.validate_params(base)
+
+
+def test_count_toc_ignores_comments():
+    listing = ";\n; Archive created at\n;     dbname: x\n215; 1259 16385 TABLE public t postgres\n3356; 0 16385 TABLE DATA public t postgres\n\n"
+    assert pb.count_toc(listing) == 2
+
+
+def test_tree_sha256_matches_sha256sum_lines():
+    import hashlib
+
+    files = [{"path": "a", "sha256": "00" * 32, "size": 1}, {"path": "dump/toc.dat", "sha256": "11" * 32, "size": 2}]
+    text = "%s  a\n%s  dump/toc.dat\n" % ("00" * 32, "11" * 32)
+    assert pb.tree_sha256(files) == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_restore_commands_use_stock_tools_and_on_error_stop():
+    d = pb.restore_commands("directory", "gzip", "dump", 2, True)["commands"]
+    assert d == [
+        "psql -X -d postgres -f globals.sql",
+        "createdb -T template0 {target_db}",
+        "pg_restore --exit-on-error -j 2 -d {target_db} dump",
+    ]
+    p = pb.restore_commands("plain", "gzip", "dump.sql.gz", 1, False)["commands"]
+    assert p[-1] == "gzip -dc dump.sql.gz | psql -X -v ON_ERROR_STOP=1 --single-transaction -d {target_db}"
+    n = pb.restore_commands("plain", "none", "dump.sql", 1, False)["commands"]
+    assert "ON_ERROR_STOP=1" in n[-1] and n[-1].endswith("-f dump.sql")
+
+
+def test_space_error_names_both_numbers_and_the_fix():
+    assert pb.space_error(100, 1.0, 100, "/b") is None
+    msg = pb.space_error(1000, 1.5, 10, "/b/database")
+    assert "10 bytes free" in msg and "1500 bytes" in msg and "backup_prune" in msg and "G69" in msg
+
+
+def test_row_counts_and_match():
+    sql = pb.row_count_sql(["vendor_equipment", "s.t"])
+    assert "to_regclass('\"vendor_equipment\"')" in sql and '"s"."t"' in sql and "UNION ALL" in sql
+    assert pb.parse_row_counts([["a", "3"], ["b", ""]]) == {"a": 3, "b": None}
+    assert pb.counts_match({"a": 3, "b": None}, None, {"a": 3}) == []
+    assert pb.counts_match({"a": 3}, None, {"a": 2}) == ["a: restored 2 rows, manifest says 3"]
+    # writes during the dump: anything between the before and after counts is right
+    assert pb.counts_match({"a": 3}, {"a": 5}, {"a": 4}) == []
+    assert pb.counts_match({"a": 3}, {"a": 5}, {"a": 6}) == ["a: restored 6 rows, manifest says 3-5"]
+
+
+def test_instance_identity():
+    assert pb.instance_of({"container": "c1"}) == "container:c1"
+    assert pb.instance_of({"login_host": "db", "login_port": 5433}) == "host:db:5433"
+
+
+def test_test_stream_gzip(tmp_path):
+    import gzip
+
+    good = tmp_path / "a.sql.gz"
+    with gzip.open(good, "wb") as fh:
+        fh.write(b"SELECT 1;\n" * 1000)
+    pb.test_stream(str(good), "gzip")
+    bad = tmp_path / "b.sql.gz"
+    bad.write_bytes(good.read_bytes()[:-20])
+    with pytest.raises(pb.PgBackupError, match="b.sql.gz is not a valid gzip stream"):
+        pb.test_stream(str(bad), "gzip")
