@@ -21,8 +21,8 @@ DB = "ner11_db"
 CANARIES = ["vendor_equipment", "threat_intelligence", "compliance_frameworks"]
 
 
-def counts(stack, db=DB, tables=CANARIES):
-    return {t: int(stack.psql("SELECT count(*) FROM %s" % t, db=db)) for t in tables}
+def counts(stack, db=DB, tables=None):
+    return {t: int(stack.psql("SELECT count(*) FROM %s" % t, db=db)) for t in tables or CANARIES}
 
 
 def databases(stack):
