@@ -78,7 +78,7 @@ kept:
   returned: always
   type: dict
 deleted:
-  description: Backup ids deleted (check mode: that would be deleted), newest first.
+  description: Backup ids deleted (in check mode, those that would be deleted), newest first.
   returned: always
   type: list
   elements: str
