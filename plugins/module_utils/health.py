@@ -558,8 +558,8 @@ def db_error_hint(text, target, db_name):
         return "connection slots exhausted: terminate idle sessions (pg_sessions) or raise max_connections"
     if "starting up" in low or "shutting down" in low or "recovery" in low:
         return "PostgreSQL is starting or stopping: wait for it (wait_for=pass)"
-    if "timed out" in low or "timeout" in low:
-        return "PostgreSQL did not answer in time: check its load and logs"
+    if "timed out" in low or "timeout" in low or "no answer" in low:
+        return "PostgreSQL (or docker exec) did not answer in time: check the host load and the PostgreSQL logs"
     if "connection refused" in low or "could not connect" in low or "no such file" in low:
         return "PostgreSQL is not accepting connections on %s: start it and read its logs" % target
     return "read the PostgreSQL logs"

@@ -259,8 +259,8 @@ def test_broken_stack_scenarios(own_stack, record_property):
         assert 85 < pool["observed_value"] < 95 and pool["observed_unit"] == "percent"
         assert "/100 connections" in pool["output"] and "pg_sessions" in pool["output"]
         assert res["status"] == "warn"
-    res = run_module(MODULE, health_args(stack, checks=["db"]))
-    assert res["checks"]["db:pool"]["status"] == "pass", explain(res)
+    res = wait_pass(stack, ["db"])  # the 85 backends take a moment to go away
+    assert res["checks"]["db:pool"]["observed_value"] < 80
 
     # 6. A corrupted model file: the API restarts with models_loaded false -> api:model fails.
     manifest = json.loads(docker("exec", api, "cat", "/app/models/manifest.json").stdout)

@@ -372,6 +372,7 @@ def test_db_connect_failures_name_cause_and_fix(err, hint):
 def test_db_timeout():
     checks = by_name(h.eval_db(124, "", "", 5000.0, params(), "container pg", timed_out=True))
     assert checks["connect"]["status"] == "fail" and "no answer within 5s" in checks["connect"]["output"]
+    assert "check the host load" in checks["connect"]["output"]
 
 
 def test_db_run_that_stops_after_select_1_does_not_invent_results():
