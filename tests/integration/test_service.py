@@ -125,7 +125,7 @@ def test_stop_start_restart_keep_data_in_dependency_order(own_stack, tmp_path):
     docker("exec", "-d", "-u", "postgres", pg, "psql", "-X", "-d", "dbname=%s application_name=other_tool" % db,
            "-c", "SELECT pg_sleep(600)")  # fmt: skip
     count = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = '%s'"
-    for _ in range(50):
+    for _attempt in range(50):
         if stack.psql(count % "other_tool") == "1" and int(stack.psql(count % "fastapi")) >= 1:
             break
         time.sleep(0.2)
