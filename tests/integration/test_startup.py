@@ -39,11 +39,11 @@ def summary(result):
     return result.custom_stats["localhost"]["ner11_startup"]
 
 
-def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack):
+def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack, tmp_path):
     stack = own_stack()
     stack.psql("INSERT INTO vendor_equipment (vendor, model) VALUES ('acme', 'rtu-7')")
     before = counts(stack)
-    down = run_playbook("playbooks/shutdown.yml", dict(stack.vars, service_log_dir="/tmp/%s-logs" % stack.project))
+    down = run_playbook("playbooks/shutdown.yml", dict(stack.vars, service_log_dir=str(tmp_path)))
     assert down.rc == 0, down.explain()
     assert running(stack) == {"postgres": False, "api": False, "frontend": False}
 
