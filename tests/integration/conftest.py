@@ -78,7 +78,7 @@ class PlaybookResult:
         """The last result of the task whose name contains ``name``."""
         found = [res for tname, res in self.tasks(host) if name in tname]
         if not found:
-            raise AssertionError("no task %r ran; tasks: %s" % (name, [t for t, _ in self.tasks(host)]))
+            raise AssertionError("no task %r ran; tasks: %s" % (name, [t for t, _res in self.tasks(host)]))
         return found[-1]
 
     def changed_tasks(self, host="localhost"):
@@ -98,7 +98,7 @@ def run_playbook(playbook, extra_vars=None, check=False, inventory=LOCAL_INVENTO
         cmd += ["--check", "--diff"]
     if limit:
         cmd += ["--limit", limit]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), cwd=ROOT, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), cwd=ROOT, timeout=timeout, check=False)
     start = proc.stdout.find("{")
     try:
         data = json.loads(proc.stdout[start:]) if start >= 0 else {}
@@ -125,7 +125,7 @@ def run_module(module, args, check=False, diff=False, timeout=600, env=None):
             cmd.append("--check")
         if diff:
             cmd.append("--diff")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), cwd=ROOT, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), cwd=ROOT, timeout=timeout, check=False)
     finally:
         os.unlink(path)
     start = proc.stdout.find("{")
@@ -142,7 +142,7 @@ def run_module(module, args, check=False, diff=False, timeout=600, env=None):
 
 
 def docker(*args, check=True, timeout=300):
-    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError("docker %s failed: %s" % (" ".join(args), proc.stderr))
     return proc
@@ -246,11 +246,11 @@ def wait_http(url, deadline_s=60, expect=200):
 
 @pytest.fixture(scope="session", autouse=True)
 def docker_engine():
-    proc = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60, check=False)
     if proc.returncode != 0:
         pytest.fail("no Docker engine answers: run `make docker` (scripts/bootstrap-docker.sh) first")
     for image in ("ner11/postgres:ref", "ner11/ner-api:ref", "ner11/frontend:ref"):
-        if subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60).returncode != 0:
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60, check=False).returncode != 0:
             pytest.fail("image %s is missing: run `make images` first" % image)
 
 

@@ -51,22 +51,22 @@ def test_secrets_never_reach_the_container_environment(shared_stack):
 
 def test_api_contract(shared_stack):
     api = shared_stack.api_url
-    status, _, body = get(api + "/health")
+    status, _hdrs, body = get(api + "/health")
     health = json.loads(body)
     assert status == 200 and health["status"] == "healthy"
     assert {"timestamp", "version", "uptime_seconds"} <= set(health)
 
-    status, _, body = get(api + "/api/v1/db/health")
+    status, _hdrs, body = get(api + "/api/v1/db/health")
     db = json.loads(body)
     assert status == 200 and db["database"] == "connected"
     assert db["pool_size"] == 10 and isinstance(db["active_connections"], int)
 
-    status, _, body = get(api + "/api/v1/models/status")
+    status, _hdrs, body = get(api + "/api/v1/models/status")
     models = json.loads(body)
     assert status == 200 and models["models_loaded"] is True
     assert models["available_models"] and isinstance(models["load_time_seconds"], (int, float))
 
-    status, _, _ = get(api + "/docs")
+    status, _hdrs, _body = get(api + "/docs")
     assert status == 200
 
     for path in (
@@ -77,10 +77,10 @@ def test_api_contract(shared_stack):
         "demographics",
         "prioritization",
     ):
-        status, _, body = get("%s/api/v1/%s/health" % (api, path))
+        status, _hdrs, body = get("%s/api/v1/%s/health" % (api, path))
         assert status == 200 and json.loads(body)["status"] == "healthy", path
 
-    status, _, body = get(api + "/api/v1/vendor-equipment/")
+    status, _hdrs, body = get(api + "/api/v1/vendor-equipment/")
     assert status == 200 and "items" in json.loads(body)
 
 
@@ -110,14 +110,14 @@ def test_metrics_are_prometheus_text(shared_stack):
 
 def test_frontend_contract(shared_stack):
     fe = shared_stack.frontend_url
-    status, _, body = get(fe + "/")
+    status, _hdrs, body = get(fe + "/")
     page = body.decode()
     assert status == 200
     assert "<title>NER11 Gold Model</title>" in page and '<div id="root">' in page
-    status, headers, _ = get(fe + "/static/js/main.chunk.js")
+    status, headers, _js = get(fe + "/static/js/main.chunk.js")
     assert status == 200 and headers["Content-Type"].startswith("application/javascript")
-    status, _, proxied = get(fe + "/api/v1/health")
-    _, _, direct = get(shared_stack.api_url + "/api/v1/health")
+    status, _hdrs, proxied = get(fe + "/api/v1/health")
+    _code, _hdrs, direct = get(shared_stack.api_url + "/api/v1/health")
     assert status == 200
     assert json.loads(proxied)["status"] == json.loads(direct)["status"] == "healthy"
 
