@@ -8,6 +8,13 @@ import urllib.request
 from conftest import docker, run_playbook
 from test_restore import DB, raw_backup
 
+STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
+
+
+def restore_stats(result):
+    stats = result.custom_stats.get("localhost", result.custom_stats)["ner11_restore"]
+    return stats.get("localhost", stats)
+
 
 def started_at(name):
     return json.loads(docker("inspect", name).stdout)[0]["State"]["StartedAt"]
@@ -34,26 +41,24 @@ def test_restore_playbook_rolls_back_a_seeded_row(own_stack, tmp_path):
     api_started = started_at(stack.container("api"))
 
     # Without ner11_confirm: fails before anything is stopped.
-    res = run_playbook("playbooks/restore.yml", ev)
+    res = run_playbook("playbooks/restore.yml", ev, env=STATS)
     assert res.rc != 0 and "ner11_confirm=ner11_db" in res.explain()
     assert started_at(stack.container("api")) == api_started
     assert stack.psql(seeded) == "1"
 
     # The seeded row is newer than the backup: force is the operator's explicit choice.
     ev.update(ner11_confirm=DB, ner11_force=True)
-    res = run_playbook("playbooks/restore.yml", ev)
+    res = run_playbook("playbooks/restore.yml", ev, env=STATS)
     assert res.rc == 0, res.explain()
     assert stack.psql(seeded) == "0"
-    summary = (
-        res.custom_stats["localhost"]["ner11_restore"] if "localhost" in res.custom_stats else res.custom_stats["ner11_restore"]
-    )
+    summary = restore_stats(res)
     assert summary["backup_id"] == backup and summary["restored"] is True and summary["health"] == "pass"
     assert summary["row_counts"]["vendor_equipment"] == 8
     restarted = started_at(stack.container("api"))
     assert restarted != api_started
 
     # Same backup again: nothing stopped, nothing restored.
-    res = run_playbook("playbooks/restore.yml", ev)
+    res = run_playbook("playbooks/restore.yml", ev, env=STATS)
     assert res.rc == 0, res.explain()
     assert res.changed() == 0, res.changed_tasks()
     assert started_at(stack.container("api")) == restarted
