@@ -16,7 +16,7 @@ description:
   - Never deletes the newest (so never the only) verified backup. Entries without a valid, verified manifest are
     neither counted nor deleted; they are reported in RV(unverified).
   - Takes the kind's catalog lock, so it never races a running backup.
-author: ner11.ops maintainers
+author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
   - ner11.ops.attributes
   - ner11.ops.attributes.ACTIONGROUP_BACKUP

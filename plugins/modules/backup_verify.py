@@ -18,7 +18,7 @@ description:
   - With O(test_restore=true) the newest database backup is restored into the scratch database O(scratch_db) on
     the same server (dropped first if it exists, and dropped again afterwards, also on failure), and the canary row
     counts are compared with the manifest, connecting with an explicit database (G23, G24).
-author: ner11.ops maintainers
+author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
   - ner11.ops.attributes
   - ner11.ops.attributes.ACTIONGROUP_BACKUP
@@ -33,7 +33,7 @@ attributes:
     support: full
     details:
       - Never changes the catalog and always reports C(changed=false). A test restore creates and drops the scratch
-        database; RV(test_restore.actions) says so.
+        database; the C(actions) list of RV(test_restore) says so.
 options:
   backup_dir:
     description: Absolute path of the backup catalog.

@@ -21,7 +21,7 @@ description:
     local socket (no password needed).
   - Idempotent per calendar period; O(period=manual) always creates a backup.
   - Checks free space before dumping (C(pg_database_size) x O(space_factor), G69).
-author: ner11.ops maintainers
+author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
   - ner11.ops.attributes
   - ner11.ops.attributes.ACTIONGROUP_BACKUP
