@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 import urllib.request
 
 import pytest
@@ -173,15 +174,19 @@ def test_dr_restore_onto_bare_container_host(backed_up, tmp_path):
     target = Stack(unique_project("itdrh"))
     host = "%s-host" % target.project
     config_dir = target.model["config_dir"]
+    # The host's own catalog starts empty: the first run copies the pinned backups from the
+    # source host (the controller's catalog, ner11_dr_source_host), the second finds them there.
+    host_catalog = str(tmp_path / "host-backups")
     client = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
     try:
         os.makedirs(config_dir, mode=0o700)
+        os.makedirs(host_catalog, mode=0o700)
         lists, archives = _apt_seed(str(tmp_path / "apt"))
         docker(
             "run", "-d", "--name", host, "--network", "host",
             "--label", "io.ner11.project=%s" % target.project, "--label", "io.ner11.test=1",
             "-v", "/var/run/docker.sock:/var/run/docker.sock",
-            "-v", "%s:%s" % (config_dir, config_dir), "-v", "%s:%s" % (backup_dir, backup_dir),
+            "-v", "%s:%s" % (config_dir, config_dir), "-v", "%s:%s" % (host_catalog, host_catalog),
             "-v", "%s:/usr/bin/docker:ro" % client,
             "-v", "%s:/var/lib/apt/lists" % lists, "-v", "%s:/var/cache/apt/archives" % archives,
             "ner11/base:ref", "sleep", "infinity",
@@ -190,19 +195,24 @@ def test_dr_restore_onto_bare_container_host(backed_up, tmp_path):
         inventory.write_text(
             json.dumps(
                 {
+                    "controller": {
+                        "hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}}
+                    },
                     "ner11": {
                         "hosts": {host: {}},
                         "vars": {
                             "ansible_connection": "community.docker.docker",
                             "ansible_python_interpreter": "/usr/bin/python3",
-                            "ner11_dr_backup_dir": backup_dir,
+                            "ner11_dr_backup_dir": host_catalog,
+                            "ner11_dr_source_host": "localhost",
+                            "ner11_dr_source_backup_dir": backup_dir,
                             "ner11_backup_ids": {
                                 "database": backed_up["db"]["backup_id"],
                                 "models": backed_up["models"]["backup_id"],
                             },
                             **target.vars,
                         },
-                    }
+                    },
                 }
             )
         )
@@ -211,6 +221,11 @@ def test_dr_restore_onto_bare_container_host(backed_up, tmp_path):
         assert first.rc == 0, first.explain()
         assert first.task("Install the Python libraries of the Docker modules", host).get("changed") is True
         assert first.task("Install the Docker package", host).get("skipped") is True
+        copied = first.task("Copy the files onto this host", host)
+        assert copied.get("changed") is True
+        for kind, key in (("database", "db"), ("models", "models")):
+            manifest = os.path.join(host_catalog, kind, backed_up[key]["backup_id"], "manifest.json")
+            assert os.stat(manifest).st_mode & 0o777 == 0o600
         summary = first.custom_stats["ner11_dr_restore"][host]
         assert summary["health"] == "pass"
         assert summary["database_backup_id"] == backed_up["db"]["backup_id"]
