@@ -30,7 +30,7 @@ demo: setup images ## clean machine -> running, healthy reference stack
 	@start=$$(date +%s); \
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/deploy.yml && \
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/health.yml && \
-	if [ -f playbooks/demo.yml ]; then $(BIN)/ansible-playbook -i $(INVENTORY) playbooks/demo.yml; fi && \
+	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/demo.yml -e ner11_confirm=ner11_db && \
 	echo "demo: finished in $$(( $$(date +%s) - start )) s" 
 
 test: setup images lint sanity units molecule integration ## everything CI runs
