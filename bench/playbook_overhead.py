@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 
-from benchlib import BIN, load, median, run_playbook, timed
+from benchlib import BIN, DATA, load, median, run_playbook, timed
 
 PLAYBOOKS = ["playbooks/startup.yml", "playbooks/deploy.yml"]
 
@@ -38,14 +38,29 @@ def write_inventory(stack, path, nhosts):
     return list(hosts)
 
 
-def one_run(playbook, inventory, hosts):
+def failure_summary(res, hosts):
+    """The first failed task per failing host (max 3 hosts), for the results table."""
+    out = []
+    for h in hosts:
+        for name, r in res.tasks(h):
+            if (r.get("failed") and not r.get("ignore_errors")) or r.get("unreachable"):
+                out.append("%s: %s: %s" % (h, name, str(r.get("msg", ""))[:200]))
+                break
+        if len(out) >= 3:
+            break
+    return "; ".join(out) or "rc=%s, no failed task in the JSON output: %s" % (res.rc, (res.stderr or res.stdout)[-300:])
+
+
+def one_run(playbook, inventory, hosts, workdir):
     wall, res = timed(run_playbook, playbook, inventory=inventory, env={"ANSIBLE_FORKS": "50"}, timeout=3600)
     changed = sum(res.stats.get(h, {}).get("changed", 0) for h in hosts)
-    failed = sum(res.failures(h) for h in hosts)
-    missing = [h for h in hosts if h not in res.stats]
-    if res.rc != 0 or failed or missing:
-        raise RuntimeError("%s on %d hosts failed: %s missing=%s" % (playbook, len(hosts), res.explain(), missing[:3]))
-    return {"s": wall, "changed": changed}
+    failed = [h for h in hosts if res.failures(h) or h not in res.stats]
+    if res.rc != 0 or failed:
+        # keep the whole output for the post-mortem; the table reports the run as failed
+        with open(os.path.join(DATA, "failed-%s-%d.log" % (os.path.basename(playbook), len(hosts))), "w") as fh:
+            fh.write(res.stdout + "\n--- stderr ---\n" + res.stderr)
+        return {"s": wall, "changed": changed, "failed_hosts": len(failed), "error": failure_summary(res, hosts)}
+    return {"s": wall, "changed": changed, "failed_hosts": 0}
 
 
 def run(stack, workdir, host_counts, reps, log=print, deploy_reps=None):
@@ -67,13 +82,18 @@ def run(stack, workdir, host_counts, reps, log=print, deploy_reps=None):
                 continue
             for n in host_counts:
                 log("  rep %d %s %d host(s)" % (rep + 1, playbook, n))
-                r = one_run(playbook, invs[n][0], invs[n][1])
+                r = one_run(playbook, invs[n][0], invs[n][1], workdir)
                 out[playbook][n].append(r)
-                log("    %.1f s changed=%d" % (r["s"], r["changed"]))
+                log("    %.1f s changed=%d failed hosts=%d %s" % (r["s"], r["changed"], r["failed_hosts"], r.get("error", "")))
     loads.append(load())
     summary = {
         p: {
-            n: {"s": median(r["s"] for r in rs), "all": [r["s"] for r in rs], "changed": sum(r["changed"] for r in rs)}
+            n: {
+                "s": median(r["s"] for r in rs if not r["failed_hosts"]),
+                "all": [r["s"] for r in rs],
+                "changed": sum(r["changed"] for r in rs),
+                "errors": [r["error"] for r in rs if r.get("error")],
+            }
             for n, rs in d.items()
         }
         for p, d in out.items()
@@ -81,12 +101,14 @@ def run(stack, workdir, host_counts, reps, log=print, deploy_reps=None):
     return summary, loads
 
 
-def section_lines(summary, loads, reps, host_counts):
+def section_lines(summary, loads, reps, host_counts, deploy_reps=None):
+    deploy_reps = reps if deploy_reps is None else deploy_reps
     lines = [
         "Idempotent runs on the running bench stack; N inventory aliases of localhost "
         "(`ansible_connection: local`) that all point at the same stack, `forks: 50`; "
-        "median of %d run(s), interleaved; load %.1f → %.1f. Every run: changed=0 and no failure on every host."
-        % (reps, loads[0], loads[1]),
+        "%d run(s) of startup.yml and %d of deploy.yml per host count, interleaved, median; load %.1f → %.1f "
+        "(1-minute average at start → end). A run counts when it ends rc=0 with changed=0 and no failure on every "
+        "host; failed runs are listed below the table and left out of the median." % (reps, deploy_reps, loads[0], loads[1]),
         "",
         "| playbook | "
         + " | ".join("%d host(s) s" % n for n in host_counts)
@@ -95,18 +117,28 @@ def section_lines(summary, loads, reps, host_counts):
         + " | runs s |",
         "|---|" + "---:|" * (2 * len(host_counts) - 1) + "---|",
     ]
+
+    def cell(v, fmt="%.1f"):
+        return fmt % v if v is not None else "failed"
+
+    errors = []
     for p, d in summary.items():
         base = d[host_counts[0]]["s"]
+        for n in host_counts:
+            for e in d[n]["errors"]:
+                errors.append("- `%s`, %d host(s), failed run: %s" % (p, n, e.replace("|", "\\|")))
         lines.append(
             "| `%s` | " % p
-            + " | ".join("%.1f" % d[n]["s"] for n in host_counts)
+            + " | ".join(cell(d[n]["s"]) for n in host_counts)
             + " | "
-            + " | ".join("%.2f" % (d[n]["s"] / base) for n in host_counts[1:])
+            + " | ".join(cell(d[n]["s"] / base if d[n]["s"] and base else None, "%.2f") for n in host_counts[1:])
             + " | "
-            + "; ".join("%d: %s" % (n, ", ".join("%.1f" % v for v in d[n]["all"])) for n in host_counts)
+            + "; ".join("%d: %s" % (n, ", ".join("%.1f" % v for v in d[n]["all"]) or "-") for n in host_counts)
             + " |"
         )
     lines.append("")
+    if errors:
+        lines += errors + [""]
     return lines
 
 
