@@ -694,18 +694,25 @@ def helper_run_args(image, volume, mount, read_only, stdin=False):
     return args + ["--entrypoint"]
 
 
-class ArtifactBackup:
-    """``artifact_backup``: stream a source into ``data.tar`` of a catalog partial, describe, publish."""
+class _ArtifactJob:
+    """What backup and restore share: the validated kind, the catalog and the docker runner."""
 
-    def __init__(self, params, runner, check_mode=False, tmpdir=None, now=None):
-        cat = _catalog()
-        self.cat = cat
+    def __init__(self, params, runner):
+        self.cat = _catalog()
         self.p = params
         self.kind = params.get("kind")
         if self.kind not in KINDS:
             raise ArtifactError("invalid kind %r: use one of %s" % (self.kind, ", ".join(KINDS)))
-        self.catalog = cat.Catalog(params.get("backup_dir"))
+        self.catalog = self.cat.Catalog(params.get("backup_dir"))
         self.docker = Docker(runner, params.get("docker_cli") or "docker")
+
+
+class ArtifactBackup(_ArtifactJob):
+    """``artifact_backup``: stream a source into ``data.tar`` of a catalog partial, describe, publish."""
+
+    def __init__(self, params, runner, check_mode=False, tmpdir=None, now=None):
+        super().__init__(params, runner)
+        cat = self.cat
         excludes = params.get("excludes")
         self.excludes = list(DEFAULT_EXCLUDES if excludes is None else excludes)
         self.period = params.get("period") or "manual"
@@ -982,18 +989,12 @@ def choose_helper_image(docker, wanted, volume, users, recorded):
     )
 
 
-class ArtifactRestore:
+class ArtifactRestore(_ArtifactJob):
     """``artifact_restore``: verify a backup, plan against the target, swap it in, verify the target."""
 
     def __init__(self, params, runner, check_mode=False, diff=False, tmpdir=None):
-        cat = _catalog()
-        self.cat = cat
-        self.p = params
-        self.kind = params.get("kind")
-        if self.kind not in KINDS:
-            raise ArtifactError("invalid kind %r: use one of %s" % (self.kind, ", ".join(KINDS)))
-        self.catalog = cat.Catalog(params.get("backup_dir"))
-        self.docker = Docker(runner, params.get("docker_cli") or "docker")
+        super().__init__(params, runner)
+        cat = self.cat
         self.check_mode = check_mode
         self.diff = diff
         self.tmpdir = tmpdir
