@@ -51,17 +51,17 @@ class CatalogLocked(CatalogError):
 
 
 def utcnow():
-    return datetime.datetime.now(datetime.UTC)
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def isoformat(dt):
-    return dt.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text):
     """Parse the catalog's UTC timestamps (``2026-11-29T02:00:00Z``)."""
     try:
-        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
     except (TypeError, ValueError):
         raise CatalogError("invalid timestamp %r in a manifest; expected YYYY-MM-DDTHH:MM:SSZ" % (text,)) from None
 
@@ -90,7 +90,7 @@ def new_backup_id(name, now=None):
 
 def period_key(period, dt):
     """The calendar bucket a backup of ``period`` covers: one per day, ISO week or month."""
-    dt = dt.astimezone(datetime.UTC)
+    dt = dt.astimezone(datetime.timezone.utc)
     if period == "daily":
         return dt.strftime("%Y-%m-%d")
     if period == "weekly":

@@ -98,7 +98,7 @@ class HealthError(ValueError):
 # ---------------------------------------------------------------------------
 def utc_iso(wall=None):
     ts = time.time() if wall is None else wall
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def check_name(component, measurement):

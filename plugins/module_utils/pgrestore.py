@@ -411,7 +411,7 @@ def newer_tables(target_newest, backup_newest):
 def _iso(epoch):
     if epoch is None:
         return None
-    return isoformat(datetime.datetime.fromtimestamp(epoch, datetime.UTC))
+    return isoformat(datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc))
 
 
 def epoch(text):

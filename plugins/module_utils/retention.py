@@ -31,9 +31,9 @@ class RetentionError(ValueError):
 
 def _as_datetime(value):
     if isinstance(value, datetime.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
     try:
-        return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
     except (TypeError, ValueError):
         raise RetentionError("invalid created_at %r: expected YYYY-MM-DDTHH:MM:SSZ" % (value,)) from None
 

@@ -94,7 +94,7 @@ def test_lock_is_exclusive_and_names_the_holder(tmp_path):
 
 
 def test_period_keys():
-    dt = datetime.datetime(2026, 1, 1, 3, 0, tzinfo=datetime.UTC)
+    dt = datetime.datetime(2026, 1, 1, 3, 0, tzinfo=datetime.timezone.utc)
     assert cat.period_key("daily", dt) == "2026-01-01"
     assert cat.period_key("weekly", dt) == "2026-W01"
     assert cat.period_key("monthly", dt) == "2026-01"
@@ -104,7 +104,7 @@ def test_period_keys():
 
 
 def test_new_backup_id_is_sortable_and_safe():
-    dt = datetime.datetime(2026, 11, 29, 2, 0, 5, tzinfo=datetime.UTC)
+    dt = datetime.datetime(2026, 11, 29, 2, 0, 5, tzinfo=datetime.timezone.utc)
     assert cat.new_backup_id("ner11_db", dt) == "ner11_db-20261129T020005Z"
     assert cat.new_backup_id("../x y", dt) == "x_y-20261129T020005Z"
 

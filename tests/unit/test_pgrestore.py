@@ -79,7 +79,7 @@ def test_newer_tables_compares_the_target_with_the_restored_copy():
 # -- names and SQL ---------------------------------------------------------------------------
 def test_names_fit_postgres_identifiers():
     assert pr.temp_db_name("ner11_db") == "ner11_db__ner11_restore"
-    now = datetime.datetime(2026, 11, 29, 2, 0, 0, tzinfo=datetime.UTC)
+    now = datetime.datetime(2026, 11, 29, 2, 0, 0, tzinfo=datetime.timezone.utc)
     assert pr.old_db_name("ner11_db", now) == "ner11_db__ner11_old_20261129T020000"
     assert len(pr.old_db_name("x" * 63, now)) == 63
     with pytest.raises(pr.RestoreError):

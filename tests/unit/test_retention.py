@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from ansible_collections.ner11.ops.plugins.module_utils import retention
 
-UTC = datetime.UTC
+UTC = datetime.timezone.utc
 BASE = datetime.datetime(2026, 1, 1, tzinfo=UTC)
 
 
