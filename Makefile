@@ -12,7 +12,7 @@ INVENTORY ?= inventories/local
 SANITY_ROOT := $(CURDIR)/build/sanity-$(shell date +%s%N)/ansible_collections/ner11/ops
 PYTEST_ARGS ?=
 
-.PHONY: help setup docker images demo test lint ruff ansible-lint sanity units molecule integration bench clean
+.PHONY: help setup docker images compose demo test lint ruff ansible-lint sanity units molecule integration bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ docker: ## make a Docker engine answer (installs docker.io on Debian as root)
 
 images: docker ## build the reference images (skipped when their source hash exists)
 	bash scripts/build-images.sh
+
+compose: images ## docker compose v2 for the adoption tests (Debian 12: the next release's package)
+	bash scripts/install-compose.sh
 
 demo: setup images ## clean machine -> running, healthy reference stack
 	@start=$$(date +%s); \
@@ -58,7 +61,7 @@ units: setup ## unit tests of the pure core (module_utils, filters)
 molecule: setup images ## molecule scenarios (docker driver, local images)
 	for s in $$(ls molecule); do (cd . && $(BIN)/molecule test -s $$s) || exit 1; done
 
-integration: setup images ## pytest against the real Docker engine, PostgreSQL and HTTP
+integration: setup images compose ## pytest against the real Docker engine, PostgreSQL and HTTP
 	$(BIN)/python -m pytest tests/integration -q $(PYTEST_ARGS)
 
 bench: setup images ## benchmarks (not part of test); writes bench/RESULTS.md
