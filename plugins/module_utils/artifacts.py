@@ -97,15 +97,17 @@ def _entry(path, kind, mode, size=0, sha256=None, link=None, uid=0, gid=0):
     return out
 
 
-def scan_tar(tar_path, excludes=()):
+def scan_tar(tar_path, excludes=(), fileobj=None):
     """List every member of an (uncompressed) tar: type, mode, owner, size, sha256. Sorted by path.
 
     Hard links are listed as files with their target's size and sha256.
     Device files, FIFOs and sockets are refused (they are never model or config data).
+    With ``fileobj`` the tar is read as a stream (a pipe) and ``tar_path`` only names it.
     """
     entries = {}
     try:
-        with tarfile.open(tar_path, "r:") as tf:
+        how = {"fileobj": fileobj, "mode": "r|"} if fileobj is not None else {"name": tar_path, "mode": "r:"}
+        with tarfile.open(**how) as tf:
             for m in tf:
                 rel = member_path(m.name)
                 if is_excluded(rel, excludes):
@@ -131,6 +133,15 @@ def scan_tar(tar_path, excludes=()):
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ArtifactError("%s is not a readable tar archive (%s)" % (tar_path, exc)) from None
     return [entries[k] for k in sorted(entries)]
+
+
+# Check mode lists a container or volume without writing anything: the tar stream is piped into
+# this script (run by the module's own Python), which prints the scan_tar listing as JSON.
+# sys.argv[1]: this file's directory (module_utils/artifacts.py is plain Python, importable alone).
+LIST_STREAM_SCRIPT = (
+    "import json, sys; sys.path.insert(0, sys.argv[1]); import artifacts; "
+    "json.dump(artifacts.scan_tar('<stream>', json.loads(sys.argv[2]), fileobj=sys.stdin.buffer), sys.stdout)"
+)
 
 
 def list_host_tree(root, excludes=(), include_root=True):
@@ -569,6 +580,15 @@ class Docker:
             raise ArtifactError("%s failed (rc=%s): %s" % (what or shlex.join(cmd[:3]), rc, last_line(err or out)))
         return rc, out, err
 
+    def pipe(self, args, into, ok_rcs=(0,), what=None):
+        """Run docker with its stdout piped into the command ``into`` (argv); returns ``into``'s output."""
+        line = "%s | %s" % (shlex.join([self.cli] + list(args)), shlex.join(into))
+        self.commands.append(line)
+        rc, out, err = self.runner(["/bin/bash", "-o", "pipefail", "-c", line])
+        if rc not in ok_rcs:
+            raise ArtifactError("%s failed (rc=%s): %s" % (what or "docker", rc, last_line(err or out)))
+        return rc, out, err
+
     def shell(self, args, stdout_to=None, stdin_from=None, ok_rcs=(0,), what=None):
         """Run docker with stdout streamed to a file or stdin from a file (never held in memory)."""
         line = shlex.join([self.cli] + list(args))
@@ -682,6 +702,7 @@ def _abs(path, option):
 
 
 HELPER_LABEL = "io.ner11.helper=artifact"
+PIN_REASON = "pinned by artifact_backup keep_until"
 
 
 def helper_run_args(image, volume, mount, read_only, stdin=False):
@@ -722,15 +743,22 @@ class ArtifactBackup(_ArtifactJob):
         self.now = now or cat.utcnow()
         self.warnings = []
         cat.period_key(self.period, self.now)  # validates the period
+        # source identity (docs/backup-catalog.md): the name the role passes, else this machine's
+        self.source_host = params.get("source_host") or _hostname()
+        self.pins = cat.new_backup_pins(params.get("keep_until"), params.get("keep_reason"), self.now, PIN_REASON)
 
     # -- sources -----------------------------------------------------------------------
     def resolve(self):
-        """Return (source dict, id name, stream(tar_path))."""
+        """Return (source dict, id name, stream(tar_path), listing()).
+
+        ``listing()`` lists the source's content like :func:`scan_tar` lists the
+        tar ``stream`` writes, without writing anything (check mode).
+        """
         src = self.p.get("src")
         if isinstance(src, str):
             src = [src]
         src = list(src or [])
-        host = _hostname()
+        host = self.source_host
         if self.kind == "config":
             root = config_root(src)
             paths = sorted(os.path.normpath(p) for p in src)
@@ -739,7 +767,11 @@ class ArtifactBackup(_ArtifactJob):
                 _root, entries = list_config(paths, self.excludes)
                 write_tar(tar_path, root, entries)
 
-            return {"host": host, "path": root, "paths": paths}, "config-%s" % (os.path.basename(root) or "root"), stream
+            def listing():
+                return [e for e in list_config(paths, self.excludes)[1] if not is_excluded(e["path"], self.excludes)]
+
+            source = {"host": host, "path": root, "paths": paths}
+            return source, "config-%s" % (os.path.basename(root) or "root"), stream, listing
         if self.kind == "volume":
             if len(src) != 1:
                 raise ArtifactError("kind volume takes one volume name in src, got %r" % (src,))
@@ -765,7 +797,10 @@ class ArtifactBackup(_ArtifactJob):
         def stream_host(tar_path):
             write_tar(tar_path, path, list_host_tree(path, self.excludes))
 
-        return {"host": host, "path": path}, "models-%s" % (os.path.basename(path) or "root"), stream_host
+        def listing():
+            return list_host_tree(path, self.excludes)
+
+        return {"host": host, "path": path}, "models-%s" % (os.path.basename(path) or "root"), stream_host, listing
 
     def _container_source(self, container, path, host):
         info = self.docker.inspect("container", container)
@@ -794,7 +829,12 @@ class ArtifactBackup(_ArtifactJob):
             if rc == 1:
                 self.warnings.append("tar reported files changing during the copy: %s" % last_line(err))
 
-        return source, "models-%s" % container, stream
+        def listing():
+            return self._list_stream(
+                ["exec", container] + tar_create_args(path, self.excludes), "listing %s in %s" % (path, container)
+            )
+
+        return source, "models-%s" % container, stream, listing
 
     def _volume_source(self, volume, host):
         info = self.docker.inspect("volume", volume)
@@ -831,7 +871,25 @@ class ArtifactBackup(_ArtifactJob):
             if rc == 1:
                 self.warnings.append("tar reported files changing during the copy: %s" % last_line(err))
 
-        return source, volume, stream
+        def listing():
+            args = helper_run_args(image, volume, "/src", True) + ["tar", image] + tar_create_args("/src", self.excludes)[1:]
+            return self._list_stream(args, "listing volume %s" % volume)
+
+        return source, volume, stream, listing
+
+    def _list_stream(self, docker_args, what):
+        """The tar the docker command streams, listed by the module's own Python reading the pipe: nothing is written."""
+        import sys
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        into = [sys.executable or "python3", "-c", LIST_STREAM_SCRIPT, here, json.dumps(self.excludes)]
+        _rc, out, _err = self.docker.pipe(docker_args, into, ok_rcs=(0, 1), what=what)
+        try:
+            return json.loads(out)
+        except ValueError:
+            raise ArtifactError(
+                "%s gave no listing (%s); check that tar exists in the container" % (what, last_line(out))
+            ) from None
 
     def _helper_image(self, volume, users, recorded):
         return choose_helper_image(self.docker, self.p.get("helper_image"), volume, users, recorded)
@@ -849,24 +907,16 @@ class ArtifactBackup(_ArtifactJob):
 
     def run(self):
         started = time.monotonic()
-        source, name, stream = self.resolve()
+        source, name, stream, listing = self.resolve()
         source["instance"] = source_instance(self.kind, source)
-        latest = self.catalog.latest(self.kind, instance=source["instance"])
+        source["machine"] = _hostname()
         if self.check_mode:
-            import tempfile
-
-            tmp = tempfile.mkdtemp(prefix="ner11-artifact-", dir=self.tmpdir)
-            try:
-                tar_path = os.path.join(tmp, ARCHIVE)
-                stream(tar_path)
-                contents = scan_tar(tar_path, self.excludes)
-                archive_size = os.path.getsize(tar_path)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            return self._check_result(source, name, contents, archive_size, latest)
+            # Decide from a listing of the source: nothing is written, not even a temp file.
+            latest = self._latest(source)
+            return self._check_result(source, name, listing(), None, latest)
         with self.catalog.lock(self.kind, wait=int(self.p.get("lock_timeout") or 0) > 0, timeout=self.p.get("lock_timeout") or 0):
             cleaned = [os.path.basename(p) for p in self.catalog.clean_stale_partials(self.kind, 0)]
-            latest = self.catalog.latest(self.kind, instance=source["instance"])
+            latest = self._latest(source)
             backup_id = self._new_id(name)
             partial = self.catalog.begin(self.kind, backup_id)
             try:
@@ -876,7 +926,7 @@ class ArtifactBackup(_ArtifactJob):
                 digest = content_digest(contents)
                 if latest and latest.get("content_sha256") == digest and not self.force:
                     self.catalog.discard(self.kind, backup_id)
-                    return self._existing_result(latest, contents, cleaned)
+                    return self._existing_result(latest, contents, cleaned, digest)
                 sha = self.cat.sha256_file(tar_path)
                 archive = {"path": ARCHIVE, "size": os.path.getsize(tar_path), "sha256": sha, "mode": "0600"}
                 duration = time.monotonic() - started
@@ -895,7 +945,7 @@ class ArtifactBackup(_ArtifactJob):
                     tool={"name": "ner11.ops.artifact_backup", "version": None},
                     previous_backup_id=latest["backup_id"] if latest else None,
                 )
-                final = self.catalog.publish(self.kind, backup_id, manifest)
+                final = self.catalog.publish(self.kind, backup_id, manifest, pins=self.pins)
             except BaseException:
                 self.catalog.discard(self.kind, backup_id)
                 raise
@@ -903,7 +953,12 @@ class ArtifactBackup(_ArtifactJob):
         result = self._result(manifest, True, final)
         result["changed_paths"] = changed_paths(latest.get("contents") or [], contents) if latest else None
         result["cleaned_partials"] = cleaned
+        result["pins"] = self.pins
         return result
+
+    def _latest(self, source):
+        """The newest good backup of this source identity (a failed verification does not count)."""
+        return self.catalog.latest(self.kind, instance=source["instance"], host=self.source_host)
 
     def _plan(self, source, backup_id, contents, archive_size, latest, action, reason):
         summary = summarize(contents)
@@ -926,11 +981,14 @@ class ArtifactBackup(_ArtifactJob):
         unchanged = bool(latest and latest.get("content_sha256") == content_digest(contents))
         if unchanged and not self.force:
             plan = self._plan(source, latest["backup_id"], contents, archive_size, latest, "none", "content unchanged")
-            result = self._result(latest, False, self.catalog.path(self.kind, latest["backup_id"]))
+            plan["freshness"] = "would record that %s is still current" % latest["backup_id"]
+            pin_changed = cat_pin_plan(self, latest["backup_id"])
+            result = self._result(latest, pin_changed, self.catalog.path(self.kind, latest["backup_id"]))
         else:
             backup_id = self.cat.new_backup_id(name, self.now)
             reason = "force" if unchanged else ("content changed" if latest else "no backup of this source yet")
             plan = self._plan(source, backup_id, contents, archive_size, latest, "create", reason)
+            plan["pins"] = self.pins
             result = {
                 "changed": True,
                 "backup_id": backup_id,
@@ -946,11 +1004,17 @@ class ArtifactBackup(_ArtifactJob):
         result["plan"] = plan
         return result
 
-    def _existing_result(self, latest, contents, cleaned):
-        result = self._result(latest, False, self.catalog.path(self.kind, latest["backup_id"]))
+    def _existing_result(self, latest, contents, cleaned, digest):
+        """Unchanged content: record that the latest backup is still current (an audit entry, not a change)."""
+        backup_id = latest["backup_id"]
+        freshness = self.catalog.record_freshness(self.kind, backup_id, digest, self.source_host, self.cat.utcnow())
+        pin_changed = cat_pin_plan(self, backup_id, apply=True)
+        result = self._result(latest, pin_changed, self.catalog.path(self.kind, backup_id))
         result["changed_paths"] = []
         result["cleaned_partials"] = cleaned
-        result["plan"] = {"action": "none", "reason": "content unchanged", "backup_id": latest["backup_id"]}
+        result["freshness"] = freshness
+        result["pins"] = self.catalog.pins(self.kind, backup_id)
+        result["plan"] = {"action": "none", "reason": "content unchanged", "backup_id": backup_id}
         return result
 
     def _result(self, manifest, changed, path):
@@ -966,6 +1030,21 @@ class ArtifactBackup(_ArtifactJob):
             "file_count": manifest.get("file_count"),
             "content_bytes": manifest.get("content_bytes"),
         }
+
+
+def cat_pin_plan(job, backup_id, apply=False):
+    """keep_until on a run that makes no new backup pins the existing one; True when that pin changes.
+
+    Called with the kind's lock held when ``apply`` (the real run), so plan and write are one step.
+    """
+    keep_until = job.p.get("keep_until")
+    if not keep_until:
+        return False
+    reason = (job.p.get("keep_reason") or "").strip() or PIN_REASON
+    changed, _before, after = job.catalog.plan_pin(job.kind, backup_id, keep_until, reason, "present", job.now)
+    if changed and apply:
+        job.catalog.set_pins(job.kind, backup_id, after)
+    return changed
 
 
 def choose_helper_image(docker, wanted, volume, users, recorded):

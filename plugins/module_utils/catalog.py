@@ -5,14 +5,28 @@
 Layout::
 
     <backup_dir>/<kind>/<backup_id>/            a published, verified backup
-        manifest.json                           the catalog entry (schema below)
+        manifest.json                           the catalog entry (immutable once published)
         <artifact files>                        0600
+        pins.json                               optional: pins (keep_until + reason), see set_pin
+        verify.json                             optional: the last backup_verify result (+ history)
+        freshness.json                          optional: when unchanged content was confirmed current
     <backup_dir>/<kind>/.partial-<backup_id>/   work in progress: never listed
     <backup_dir>/<kind>/.lock                   one writer per kind (flock)
 
 A backup becomes visible only after it is complete, fsynced and verified: it is
 written under ``.partial-<id>``, hashed, its manifest written atomically, and
 the directory renamed into place (G58). Directories are 0700, files 0600.
+
+The three optional files beside the manifest are *records about* a backup, not
+part of it: they are written atomically after publication, never listed in the
+manifest's ``files`` and ignored by checksum verification, so the manifest and
+its checksums keep meaning the same (docs/backup-catalog.md).
+
+Source identity (:func:`source_identity`): kind, host (the name the role passes,
+by default the inventory hostname), instance (container or server) and object
+(database, volume, container path or config paths). Retention, ``latest``,
+period idempotence and RPO work per identity. 1.0.0 manifests already carry
+``source.host`` (the machine's hostname) and ``source.instance``.
 
 Plain Python: no Ansible import, unit-tested in tests/unit.
 """
@@ -34,6 +48,11 @@ import time
 SCHEMA = "ner11.backup/v1"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+PINS = "pins.json"
+VERIFY_RECORD = "verify.json"
+FRESHNESS = "freshness.json"
+SIDECARS = (PINS, VERIFY_RECORD, FRESHNESS)
+VERIFY_HISTORY = 10
 PARTIAL_PREFIX = ".partial-"
 LOCK_FILE = ".lock"
 KINDS = ("database", "models", "config", "volume")
@@ -103,6 +122,96 @@ def period_key(period, dt):
     raise CatalogError("invalid period %r: use one of %s" % (period, ", ".join(PERIODS)))
 
 
+_RELATIVE_RE = re.compile(r"^\s*(\d{1,5})\s*([dh])\s*$")
+
+
+def parse_keep_until(value, base):
+    """``keep_until`` as a UTC datetime: ``YYYY-MM-DDTHH:MM:SSZ`` or ``<n>d`` / ``<n>h`` after ``base``.
+
+    ``base`` is the backup's creation time (for a new backup: now), so a relative
+    pin of an existing backup means the same on every run (idempotent).
+    """
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    match = _RELATIVE_RE.match(text)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        return base + datetime.timedelta(**{"days" if unit == "d" else "hours": amount})
+    try:
+        return parse_time(text)
+    except CatalogError:
+        raise CatalogError(
+            "keep_until %r is not a time: use a UTC time like 2026-12-31T00:00:00Z, or a duration after the "
+            "backup was made like 14d or 36h" % (value,)
+        ) from None
+
+
+def is_sidecar(rel):
+    """True for the records kept beside a manifest (and their atomic-write temp files)."""
+    if rel in SIDECARS:
+        return True
+    return any(rel.startswith(".%s.tmp-" % name) for name in SIDECARS)
+
+
+def source_identity(manifest):
+    """What a backup is a backup *of*: {kind, host, instance, object, key}.
+
+    Works for 1.0.0 manifests too (they have ``source.host`` = the machine's
+    hostname and ``source.instance``); missing parts are derived from the other
+    source fields, or are ``"?"``.
+    """
+    kind = manifest.get("kind") or "?"
+    src = manifest.get("source") or {}
+    host = src.get("host") or "?"
+    instance = src.get("instance")
+    if not instance:
+        if src.get("volume"):
+            instance = "volume:%s" % src["volume"]
+        elif src.get("container"):
+            instance = "container:%s" % src["container"] + (":%s" % src["path"] if kind != "database" and src.get("path") else "")
+        elif src.get("login_host"):
+            instance = "host:%s:%s" % (src["login_host"], src.get("login_port") or 5432)
+        elif src.get("path"):
+            instance = "host:%s:%s" % (host, src["path"])
+        else:
+            instance = "?"
+    if kind == "database":
+        obj = src.get("db_name") or "?"
+    elif src.get("volume"):
+        obj = src["volume"]
+    elif kind == "config" and src.get("paths"):
+        obj = ",".join(src["paths"])
+    else:
+        obj = src.get("path") or "?"
+    return {
+        "kind": kind,
+        "host": host,
+        "instance": instance,
+        "object": obj,
+        "key": "%s|%s|%s|%s" % (kind, host, instance, obj),
+    }
+
+
+def identity_key(manifest):
+    return source_identity(manifest)["key"]
+
+
+def effective_keep_until(pins, now=None):
+    """The latest ``keep_until`` of the pins (datetime), or None; with ``now``, only pins still active."""
+    best = None
+    for pin in pins or []:
+        try:
+            until = parse_time(pin.get("keep_until"))
+        except CatalogError:
+            continue
+        if now is not None and until <= now:
+            continue
+        if best is None or until > best:
+            best = until
+    return best
+
+
 def sha256_file(path):
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -115,14 +224,17 @@ def sha256_file(path):
 
 
 def hash_tree(root, exclude=(MANIFEST,)):
-    """Every regular file below ``root`` with relative path, size and sha256, sorted."""
+    """Every regular file below ``root`` with relative path, size and sha256, sorted.
+
+    The records beside the manifest (:data:`SIDECARS`) are never part of a backup.
+    """
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
-            if rel in exclude:
+            if rel in exclude or is_sidecar(rel):
                 continue
             st = os.lstat(full)
             if not stat.S_ISREG(st.st_mode):
@@ -233,7 +345,7 @@ class Catalog:
         os.chmod(partial, 0o700)
         return partial
 
-    def publish(self, kind, backup_id, manifest):
+    def publish(self, kind, backup_id, manifest, pins=None):
         """Secure, hash-check, fsync and rename a partial backup into place.
 
         ``manifest['files']`` must already hold the checksums the caller
@@ -259,6 +371,9 @@ class Catalog:
         manifest["kind"] = kind
         manifest["status"] = "verified"
         atomic_write(os.path.join(partial, MANIFEST), dump_manifest(manifest))
+        if pins:
+            # pinned before it becomes visible: no prune can ever see it unpinned
+            atomic_write(os.path.join(partial, PINS), dump_manifest({"pins": pins}))
         fsync_tree(partial)
         os.rename(partial, final)
         fsync_path(os.path.dirname(final))
@@ -321,22 +436,145 @@ class Catalog:
         out.sort(key=lambda e: (e[1]["created_at"] if e[1] else "", e[0]))
         return out
 
-    def list(self, kind, **match):
-        """Verified backups of ``kind`` (oldest first) whose manifest matches ``match``.
+    def list(self, kind, include_failed=False, **match):
+        """Good backups of ``kind`` (oldest first) whose manifest matches ``match``.
 
+        Good: published as verified and not failed by a later recorded
+        verification (``verify.json``), unless ``include_failed``.
         ``match`` compares top-level keys or ``source.<key>`` (e.g. ``db_name``).
         """
         out = []
-        for _backup_id, manifest, _error in self.entries(kind):
+        for backup_id, manifest, _error in self.entries(kind):
             if manifest is None or manifest.get("status") != "verified":
                 continue
             if all(_lookup(manifest, key) == value for key, value in match.items()):
+                if not include_failed and self.verification_failed(kind, backup_id):
+                    continue
                 out.append(manifest)
         return out
 
     def latest(self, kind, **match):
         found = self.list(kind, **match)
         return found[-1] if found else None
+
+    # -- records beside the manifest (pins, verification, freshness) ----------------
+    def read_record(self, kind, backup_id, name):
+        """A record file beside the manifest as a dict; None when absent or unreadable."""
+        path = os.path.join(self.path(kind, backup_id), name)
+        try:
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read().decode("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_record(self, kind, backup_id, name, data):
+        if name not in SIDECARS:
+            raise CatalogError("%s is not a catalog record file" % name)
+        final = self.path(kind, backup_id)
+        if not os.path.isfile(os.path.join(final, MANIFEST)):
+            raise CatalogError("backup %s/%s not found in %s; list the catalog for valid ids" % (kind, backup_id, self.root))
+        atomic_write(os.path.join(final, name), dump_manifest(data))
+
+    def pins(self, kind, backup_id):
+        return list((self.read_record(kind, backup_id, PINS) or {}).get("pins") or [])
+
+    def verification(self, kind, backup_id):
+        return self.read_record(kind, backup_id, VERIFY_RECORD)
+
+    def verification_failed(self, kind, backup_id):
+        record = self.verification(kind, backup_id)
+        return bool(record and record.get("status") == "failed")
+
+    def freshness(self, kind, backup_id):
+        return self.read_record(kind, backup_id, FRESHNESS)
+
+    def plan_pin(self, kind, backup_id, keep_until=None, reason=None, state="present", now=None):
+        """(changed, pins before, pins after) for pinning or unpinning; writes nothing.
+
+        One pin per ``reason``: pinning again with the same reason and time is a
+        no-op, with another time it moves that pin. ``state=absent`` removes the
+        pin of ``reason`` (every pin when ``reason`` is empty).
+        """
+        manifest = self.read_manifest(kind, backup_id)
+        before = self.pins(kind, backup_id)
+        reason = (reason or "").strip()
+        if state == "absent":
+            after = [p for p in before if reason and p.get("reason") != reason]
+            return after != before, before, after
+        if state != "present":
+            raise CatalogError("state must be present or absent, got %r" % (state,))
+        if not reason:
+            raise CatalogError(
+                "a pin needs a reason (e.g. 'before maintenance window 2026-12-02'), so a human knows why it is kept"
+            )
+        until = parse_keep_until(keep_until, parse_time(manifest["created_at"]))
+        if until is None:
+            raise CatalogError(
+                "a pin needs keep_until (a UTC time or a duration like 14d) so the catalog cannot grow without bound"
+            )
+        pin = {"reason": reason, "keep_until": isoformat(until)}
+        after = [p for p in before if p.get("reason") != reason]
+        old = [p for p in before if p.get("reason") == reason]
+        if old and old[0].get("keep_until") == pin["keep_until"]:
+            return False, before, before
+        pin["pinned_at"] = isoformat(now or utcnow())
+        after.append(pin)
+        after.sort(key=lambda p: (p.get("keep_until") or "", p.get("reason") or ""))
+        return True, before, after
+
+    def set_pins(self, kind, backup_id, pins):
+        self.write_record(kind, backup_id, PINS, {"pins": pins})
+
+    def record_verification(self, kind, backup_id, status, checks, errors, now=None):
+        """Keep a backup_verify result beside the backup (the previous ones in ``history``)."""
+        previous = self.verification(kind, backup_id) or {}
+        history = list(previous.get("history") or [])
+        if previous.get("verified_at"):
+            history.insert(0, {k: previous.get(k) for k in ("verified_at", "status", "errors")})
+        record = {
+            "verified_at": isoformat(now or utcnow()),
+            "status": status,
+            "checks": list(checks),
+            "errors": list(errors),
+            "history": history[:VERIFY_HISTORY],
+        }
+        self.write_record(kind, backup_id, VERIFY_RECORD, record)
+        return record
+
+    def record_freshness(self, kind, backup_id, content_sha256, source_host, now=None):
+        """An unchanged source was confirmed equal to this backup at ``now`` (an audit entry, not a change)."""
+        previous = self.freshness(kind, backup_id) or {}
+        record = {
+            "confirmed_at": isoformat(now or utcnow()),
+            "content_sha256": content_sha256,
+            "source_host": source_host,
+            "confirmations": int(previous.get("confirmations") or 0) + 1,
+        }
+        self.write_record(kind, backup_id, FRESHNESS, record)
+        return record
+
+    def records(self, kind):
+        """Every published entry of ``kind`` with what the policies need, oldest first.
+
+        Dicts with ``backup_id``, ``manifest`` (or None), ``error``, ``identity``,
+        ``state`` (``good`` / ``failed`` / ``unverified``), ``pins``,
+        ``verification``, ``freshness``.
+        """
+        out = []
+        for backup_id, manifest, error in self.entries(kind):
+            rec = {"backup_id": backup_id, "manifest": manifest, "error": error, "identity": None, "pins": [],
+                   "verification": None, "freshness": None, "state": "unverified"}  # fmt: skip
+            if manifest is not None:
+                rec["identity"] = source_identity(manifest)
+                rec["pins"] = self.pins(kind, backup_id)
+                rec["verification"] = self.verification(kind, backup_id)
+                rec["freshness"] = self.freshness(kind, backup_id)
+                if manifest.get("status") == "verified":
+                    failed = rec["verification"] and rec["verification"].get("status") == "failed"
+                    rec["state"] = "failed" if failed else "good"
+            out.append(rec)
+        return out
 
     def verify(self, kind, backup_id):
         """Recompute every checksum; return a list of problems naming the files (empty when sound)."""
@@ -460,3 +698,59 @@ class _KindLock:
             os.close(self.fd)
             self.fd = None
         return False
+
+
+def apply_pin(
+    catalog, kind, backup_id, keep_until=None, reason=None, state="present", check_mode=False, lock_timeout=60, now=None
+):
+    """Pin or unpin one backup (module ``backup_pin``); under the kind's lock so no prune races it.
+
+    Returns ``changed``, ``backup_id``, ``path``, ``pins`` (after), ``pins_before``, ``keep_until``
+    (the latest active pin, or None).
+    """
+    validate_kind(kind)
+    validate_backup_id(backup_id)
+    if not os.path.isdir(catalog.path(kind, backup_id)):
+        raise CatalogError("backup %s/%s not found in %s; list the catalog for valid ids" % (kind, backup_id, catalog.root))
+
+    def decide():
+        return catalog.plan_pin(kind, backup_id, keep_until, reason, state, now)
+
+    if check_mode:
+        changed, before, after = decide()
+    else:
+        with catalog.lock(kind, wait=lock_timeout > 0, timeout=lock_timeout):
+            changed, before, after = decide()
+            if changed:
+                catalog.set_pins(kind, backup_id, after)
+    until = effective_keep_until(after, now or utcnow())
+    return {
+        "changed": changed,
+        "backup_id": backup_id,
+        "path": catalog.path(kind, backup_id),
+        "pins": after,
+        "pins_before": before,
+        "keep_until": isoformat(until) if until else None,
+    }
+
+
+def new_backup_pins(keep_until, keep_reason, created, default_reason):
+    """The pins a new backup is published with (``keep_until`` / ``keep_reason`` of the backup modules)."""
+    until = parse_keep_until(keep_until, created)
+    if until is None:
+        if keep_reason:
+            raise CatalogError("keep_reason needs keep_until (a UTC time or a duration like 14d): until when to keep it?")
+        return []
+    return [
+        {"reason": (keep_reason or "").strip() or default_reason, "keep_until": isoformat(until), "pinned_at": isoformat(created)}
+    ]
+
+
+def pin_existing(catalog, kind, backup_id, keep_until, keep_reason, default_reason, check_mode, lock_timeout=30):
+    """Pin a backup a backup module returned instead of making a new one; True when the pin changed."""
+    if not keep_until:
+        return False
+    result = apply_pin(
+        catalog, kind, backup_id, keep_until, (keep_reason or "").strip() or default_reason, "present", check_mode, lock_timeout
+    )
+    return result["changed"]

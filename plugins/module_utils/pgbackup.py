@@ -60,6 +60,7 @@ ARTIFACTS = {
     ("plain", "zstd"): "dump.sql.zst",
 }
 SIDECAR_LABEL = "io.ner11.pg_backup.catalog"
+PIN_REASON = "pinned by pg_backup keep_until"
 _DB_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
 
 
@@ -262,6 +263,10 @@ class PgBackup:
         self.tables = list(params.get("canary_tables") or DEFAULT_CANARY_TABLES)
         self.jobs = int(params.get("jobs") or 2)
         self.image = None
+        # source identity (docs/backup-catalog.md): the name the role passes, else this machine's
+        self.source_host = params.get("source_host") or socket.gethostname()
+        self.pins = cat.new_backup_pins(params.get("keep_until"), params.get("keep_reason"), self.now, PIN_REASON)
+        self.pin_changed = False
 
     # every command goes through here so executed_commands is complete (and secret-free)
     def _run_logged(self, cmd, **kwargs):
@@ -338,11 +343,15 @@ class PgBackup:
         return fmt, method, level, jobs
 
     def existing(self):
-        """The verified backup that already covers this period, or None."""
+        """The good backup of this source identity that already covers this period, or None.
+
+        A backup whose recorded verification failed does not count: the period gets a new one.
+        """
         if self.period == "manual" or self.p.get("force"):
             return None
         key = cat.period_key(self.period, self.now)
-        for manifest in reversed(self.catalog.list(KIND, db_name=self.db, instance=instance_of(self.p), period=self.period)):
+        found = self.catalog.list(KIND, db_name=self.db, instance=instance_of(self.p), host=self.source_host, period=self.period)
+        for manifest in reversed(found):
             if manifest.get("period_key") == key:
                 return manifest
         return None
@@ -463,6 +472,8 @@ class PgBackup:
             "estimated_size_bytes": required_space(facts["db_size_bytes"], factor),
             "db_size_bytes": facts["db_size_bytes"],
             "exists": bool(found),
+            "source_host": self.source_host,
+            "pins": self.pins,
             "commands": [
                 display(self.dump_command(fmt, method, level, jobs, partial, artifact)[1]),
                 display(self.globals_command(partial)[1]),
@@ -487,7 +498,7 @@ class PgBackup:
         started = time.monotonic()
         plan, found, facts, (fmt, method, level, jobs) = self.plan()
         if found:
-            return self._result(found, changed=False, plan=plan)
+            return self._existing(found, plan)
         if self.check_mode:
             return {"changed": True, "backup_id": plan["backup_id"], "path": plan["path"], "plan": plan}
         timeout = int(self.p.get("lock_timeout") or 0)
@@ -499,10 +510,25 @@ class PgBackup:
                 self.cleaned = self._clean_partials()
                 found = self.existing()  # a concurrent run may have made it while we waited
                 if found:
-                    return self._result(found, changed=False, plan=plan)
-                return self._create(plan, facts, fmt, method, level, jobs, started)
+                    existing = found
+                else:
+                    return self._create(plan, facts, fmt, method, level, jobs, started)
         except cat.CatalogLocked as exc:
             raise PgBackupError(str(exc)) from None
+        return self._existing(existing, plan)
+
+    def _existing(self, found, plan):
+        """The period already has a good backup: pin it when asked (keep_until), else change nothing."""
+        try:
+            self.pin_changed = cat.pin_existing(
+                self.catalog, KIND, found["backup_id"], self.p.get("keep_until"), self.p.get("keep_reason"),
+                PIN_REASON, self.check_mode, max(int(self.p.get("lock_timeout") or 0), 30),
+            )  # fmt: skip
+        except cat.CatalogLocked as exc:
+            raise PgBackupError(str(exc)) from None
+        result = self._result(found, changed=self.pin_changed, plan=plan)
+        result["pins"] = self.catalog.pins(KIND, found["backup_id"])
+        return result
 
     def _clean_partials(self):
         self._remove_orphan_sidecars()
@@ -544,7 +570,8 @@ class PgBackup:
                 "period": self.period,
                 "period_key": cat.period_key(self.period, self.now),
                 "source": {
-                    "host": socket.gethostname(),
+                    "host": self.source_host,
+                    "machine": socket.gethostname(),
                     "db_name": self.db,
                     "instance": instance_of(self.p),
                     "container": self.p.get("container"),
@@ -574,13 +601,15 @@ class PgBackup:
             if counts_after != counts_before:
                 # Writes happened during the dump: the dump holds a count between the two (G23).
                 manifest["row_counts_after"] = counts_after
-            self.catalog.publish(KIND, backup_id, manifest)
+            self.catalog.publish(KIND, backup_id, manifest, pins=self.pins)
         except BaseException:
             self._remove_orphan_sidecars()
             self.catalog.discard(KIND, backup_id)
             raise
         manifest = self.catalog.read_manifest(KIND, backup_id)
-        return self._result(manifest, changed=True, plan=plan)
+        result = self._result(manifest, changed=True, plan=plan)
+        result["pins"] = self.pins
+        return result
 
     def _verify_artifact(self, fmt, method, partial, artifact):
         path = os.path.join(partial, artifact)

@@ -33,12 +33,16 @@ attributes:
     support: full
     details:
       - Returns the plan (file count, bytes, whether the content is unchanged, the backup id it would create).
-      - To know whether the content changed, check mode reads the source once into a temporary file that is removed.
+      - To know whether the content changed, check mode lists the source (host files are hashed in place; a container
+        or volume tar stream is piped into the module's Python and hashed) - nothing is written anywhere.
   diff_mode:
     support: none
   idempotent:
     support: full
-    details: A second run with unchanged source content returns the existing backup with C(changed=false).
+    details:
+      - A second run with unchanged source content returns the existing backup with C(changed=false).
+      - It records in C(freshness.json) beside that backup that its content was confirmed current (an audit entry,
+        not a change), so the RPO of M(ner11.ops.backup_verify) is judged on it.
 options:
   kind:
     description: What is backed up.
@@ -95,6 +99,22 @@ options:
     description: Seconds to wait for another backup of the same kind in this catalog; 0 fails at once naming the holder.
     type: int
     default: 0
+  source_host:
+    description:
+      - The host name recorded as the backup's source (C(source.host), part of its source identity). "Unchanged",
+        retention, RPO and C(latest) work per identity, so two hosts writing one catalog never answer for each other.
+        The backup role passes the inventory hostname.
+      - Defaults to this machine's hostname (what 1.0.0 recorded).
+    type: str
+  keep_until:
+    description:
+      - Pin the backup - M(ner11.ops.backup_prune) never deletes it before this UTC time (V(2026-12-31T00:00:00Z)) or
+        for this duration after it was made (V(14d), V(36h)). See M(ner11.ops.backup_pin) to move or release the pin.
+      - When the content is unchanged, the existing backup is pinned instead.
+    type: str
+  keep_reason:
+    description: Why the backup is pinned (the pin's name; default C(pinned by artifact_backup keep_until)).
+    type: str
 notes:
   - Stale C(.partial-*) directories of the kind are removed at the start of a run while the kind's lock is held.
   - The archive restores with stock tools - C(tar -xpf data.tar --numeric-owner -C <dir>) (see the manifest's C(restore)).
@@ -177,6 +197,15 @@ plan:
       unchanged, latest_backup_id.
   returned: always
   type: dict
+pins:
+  description: The backup's pins (C(reason), C(keep_until), C(pinned_at)); empty when it is not pinned.
+  returned: when not check mode
+  type: list
+  elements: dict
+freshness:
+  description: When the content was unchanged, the record written beside the backup (C(confirmed_at), C(content_sha256)).
+  returned: when the content was unchanged and not check mode
+  type: dict
 cleaned_partials:
   description: Leftover partial directories removed at the start.
   returned: when not check mode
@@ -209,6 +238,9 @@ def main():
             helper_image=dict(type="str"),
             docker_cli=dict(type="str", default="docker"),
             lock_timeout=dict(type="int", default=0),
+            source_host=dict(type="str"),
+            keep_until=dict(type="str"),
+            keep_reason=dict(type="str"),
         ),
         supports_check_mode=True,
     )

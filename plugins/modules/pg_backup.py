@@ -101,6 +101,22 @@ options:
         and reported in RV(cleaned_partials).
     type: int
     default: 3600
+  source_host:
+    description:
+      - The host name recorded as the backup's source (C(source.host), part of its source identity). Period
+        idempotence, retention, RPO and C(latest) work per identity, so two hosts writing one catalog never answer for
+        each other. The backup role passes the inventory hostname.
+      - Defaults to this machine's hostname (what 1.0.0 recorded).
+    type: str
+  keep_until:
+    description:
+      - Pin the backup - M(ner11.ops.backup_prune) never deletes it before this UTC time (V(2026-12-31T00:00:00Z)) or
+        for this duration after it was made (V(14d), V(36h)). See M(ner11.ops.backup_pin) to move or release the pin.
+      - When the period already has a backup, that backup is pinned instead.
+    type: str
+  keep_reason:
+    description: Why the backup is pinned (the pin's name; default C(pinned by pg_backup keep_until)).
+    type: str
 """
 
 EXAMPLES = r"""
@@ -117,6 +133,14 @@ EXAMPLES = r"""
     backup_dir: /var/backups/ner11
     container: ner11-postgres-1
     format: custom
+
+- name: Backup before a maintenance window, kept at least 8 days whatever the retention says
+  ner11.ops.pg_backup:
+    backup_dir: /var/backups/ner11
+    container: ner11-postgres-1
+    source_host: "{{ inventory_hostname }}"
+    keep_until: 8d
+    keep_reason: before maintenance window
 """
 
 RETURN = r"""
@@ -154,6 +178,11 @@ cleaned_partials:
   returned: when a backup was made
   type: list
   elements: str
+pins:
+  description: The backup's pins (C(reason), C(keep_until), C(pinned_at)); empty when it is not pinned.
+  returned: success
+  type: list
+  elements: dict
 executed_commands:
   description: Every command run, secret-free.
   returned: always
@@ -190,6 +219,9 @@ def main():
         space_factor=dict(type="float", default=1.0),
         lock_timeout=dict(type="int", default=0),
         partial_grace_s=dict(type="int", default=3600),
+        source_host=dict(type="str"),
+        keep_until=dict(type="str"),
+        keep_reason=dict(type="str"),
     )
     module = AnsibleModule(
         argument_spec=spec,

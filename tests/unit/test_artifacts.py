@@ -292,3 +292,21 @@ def test_tar_args_put_excludes_before_the_operand():
     args = art.tar_create_args("/app/models", ["*.pyc", "__pycache__"])
     assert args[-3:] == ["-cf", "-", "."]
     assert args.index("--exclude=*.pyc") < args.index(".")
+
+
+def test_check_mode_stream_listing_equals_the_backup_scan_and_writes_nothing(tree, tmp_path):
+    """The pipe check mode uses (tar stream -> the module's Python) lists exactly what scan_tar lists."""
+    import json
+    import subprocess  # the test drives the script as the module's run_command would; plugins never use subprocess
+    import sys
+
+    tar_path = _tar_of(tree, tmp_path)
+    here = os.path.dirname(art.__file__)
+    with open(tar_path, "rb") as fh:
+        out = subprocess.run(
+            [sys.executable, "-c", art.LIST_STREAM_SCRIPT, here, json.dumps(list(art.DEFAULT_EXCLUDES))],
+            stdin=fh, capture_output=True, check=True,
+        ).stdout  # fmt: skip
+    streamed = json.loads(out)
+    assert streamed == art.scan_tar(tar_path, art.DEFAULT_EXCLUDES)
+    assert art.content_digest(streamed) == art.content_digest(art.list_host_tree(tree, art.DEFAULT_EXCLUDES))

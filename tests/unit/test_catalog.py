@@ -119,3 +119,108 @@ def test_delete_removes_a_backup(tmp_path):
     _publish(c)
     c.delete("database", "db-20261129T020000Z")
     assert c.list("database") == [] and os.listdir(c.kind_dir("database")) == []
+
+
+# -- source identity, pins, verification and freshness records (issue 8) ---------------------
+T0 = datetime.datetime(2026, 11, 29, 2, 0, tzinfo=datetime.timezone.utc)
+
+
+def _publish_src(c, backup_id, created="2026-11-29T02:00:00Z", source=None, pins=None, kind="database"):
+    partial = c.begin(kind, backup_id)
+    _write(os.path.join(partial, "data"), b"y" * 80)
+    source = source or {"host": "h1", "db_name": "ner11_db", "instance": "container:pg"}
+    manifest = {"created_at": created, "files": cat.hash_tree(partial), "source": source, "period": "daily"}
+    return c.publish(kind, backup_id, manifest, pins=pins)
+
+
+def test_identity_names_kind_host_instance_and_object():
+    new = {"kind": "database", "source": {"host": "db-1", "instance": "container:pg", "db_name": "ner11_db"}}
+    assert cat.source_identity(new)["key"] == "database|db-1|container:pg|ner11_db"
+    vol = {"kind": "volume", "source": {"host": "db-1", "volume": "models", "instance": "volume:models"}}
+    assert cat.identity_key(vol) == "volume|db-1|volume:models|models"
+    # a 1.0.0 manifest without instance: derived from the other source fields
+    old = {"kind": "models", "source": {"host": "m", "container": "api", "path": "/app/models"}}
+    assert cat.source_identity(old)["instance"] == "container:api:/app/models"
+    assert cat.source_identity({"kind": "config"})["key"] == "config|?|?|?"
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("14d", T0 + datetime.timedelta(days=14)), ("36h", T0 + datetime.timedelta(hours=36)),
+     ("2026-12-31T00:00:00Z", datetime.datetime(2026, 12, 31, tzinfo=datetime.timezone.utc)), ("", None), (None, None)],
+)  # fmt: skip
+def test_keep_until_is_a_time_or_a_duration_after_the_backup(value, expected):
+    assert cat.parse_keep_until(value, T0) == expected
+
+
+@pytest.mark.parametrize("bad", ["tomorrow", "14w", "2026-12-31", "-3d"])
+def test_bad_keep_until_names_the_accepted_forms(bad):
+    with pytest.raises(cat.CatalogError, match="UTC time like 2026-12-31T00:00:00Z, or a duration"):
+        cat.parse_keep_until(bad, T0)
+
+
+def test_pin_is_planned_written_idempotent_and_released_by_reason(tmp_path):
+    c = cat.Catalog(str(tmp_path))
+    _publish_src(c, "b1")
+    plan = cat.apply_pin(c, "database", "b1", "7d", "pre-maintenance", check_mode=True, now=T0)
+    assert plan["changed"] and plan["keep_until"] == "2026-12-06T02:00:00Z" and plan["pins_before"] == []
+    assert not os.path.exists(os.path.join(c.path("database", "b1"), cat.PINS))  # check mode wrote nothing
+    first = cat.apply_pin(c, "database", "b1", "7d", "pre-maintenance", now=T0)
+    assert first["changed"] and first["keep_until"] == "2026-12-06T02:00:00Z"
+    assert cat.apply_pin(c, "database", "b1", "7d", "pre-maintenance", now=T0)["changed"] is False
+    cat.apply_pin(c, "database", "b1", "2026-12-20T00:00:00Z", "pre-restore", now=T0)
+    assert [p["reason"] for p in c.pins("database", "b1")] == ["pre-maintenance", "pre-restore"]
+    released = cat.apply_pin(c, "database", "b1", reason="pre-restore", state="absent", now=T0)
+    assert released["changed"] and [p["reason"] for p in released["pins"]] == ["pre-maintenance"]
+    assert stat.S_IMODE(os.stat(os.path.join(c.path("database", "b1"), cat.PINS)).st_mode) == 0o600
+    # the records are not part of the backup: checksums still verify, nothing "not in the manifest"
+    c.record_verification("database", "b1", "ok", ["manifest", "sha256"], [], now=T0)
+    c.record_freshness("database", "b1", "abc", "h1", now=T0)
+    assert c.verify("database", "b1") == []
+
+
+def test_pin_needs_reason_and_expiry_and_an_existing_backup(tmp_path):
+    c = cat.Catalog(str(tmp_path))
+    _publish_src(c, "b1")
+    with pytest.raises(cat.CatalogError, match="needs a reason"):
+        cat.apply_pin(c, "database", "b1", "7d", "")
+    with pytest.raises(cat.CatalogError, match="needs keep_until"):
+        cat.apply_pin(c, "database", "b1", None, "why")
+    with pytest.raises(cat.CatalogError, match="not found"):
+        cat.apply_pin(c, "database", "nope", "7d", "why")
+
+
+def test_new_backup_is_published_already_pinned(tmp_path):
+    c = cat.Catalog(str(tmp_path))
+    pins = cat.new_backup_pins("2d", "before upgrade", T0, "default")
+    _publish_src(c, "b1", pins=pins)
+    assert c.pins("database", "b1") == [
+        {"reason": "before upgrade", "keep_until": "2026-12-01T02:00:00Z", "pinned_at": "2026-11-29T02:00:00Z"}
+    ]
+    assert c.verify("database", "b1") == []
+    assert cat.new_backup_pins(None, None, T0, "x") == []
+    with pytest.raises(cat.CatalogError, match="keep_reason needs keep_until"):
+        cat.new_backup_pins(None, "why", T0, "x")
+
+
+def test_a_recorded_failed_verification_hides_the_backup_from_latest(tmp_path):
+    c = cat.Catalog(str(tmp_path))
+    _publish_src(c, "old", "2026-11-28T02:00:00Z")
+    _publish_src(c, "new", "2026-11-29T02:00:00Z")
+    assert c.latest("database")["backup_id"] == "new"
+    c.record_verification("database", "new", "failed", ["sha256"], ["data: sha256 mismatch"], now=T0)
+    assert c.latest("database")["backup_id"] == "old"
+    assert [m["backup_id"] for m in c.list("database", include_failed=True)] == ["old", "new"]
+    states = {r["backup_id"]: r["state"] for r in c.records("database")}
+    assert states == {"old": "good", "new": "failed"}
+    # a later good verification clears it; the history keeps the failure
+    record = c.record_verification("database", "new", "ok", ["sha256"], [], now=T0 + datetime.timedelta(hours=1))
+    assert record["history"][0]["status"] == "failed" and c.latest("database")["backup_id"] == "new"
+
+
+def test_latest_is_per_host(tmp_path):
+    c = cat.Catalog(str(tmp_path))
+    _publish_src(c, "a", "2026-11-28T02:00:00Z", {"host": "h1", "db_name": "ner11_db", "instance": "container:pg"})
+    _publish_src(c, "b", "2026-11-29T02:00:00Z", {"host": "h2", "db_name": "ner11_db", "instance": "container:pg"})
+    assert c.latest("database", host="h1")["backup_id"] == "a"
+    assert c.latest("database", host="h2")["backup_id"] == "b"
