@@ -52,7 +52,7 @@ log "downloading docker-compose from Debian $SUITE in a throwaway container ($BA
 docker run --rm --name "$name" --network bridge -v "$work:/out" "$BASE" sh -euc '
   src=/etc/apt/sources.list.d/debian.sources
   uri=$(sed -n "s/^URIs: *//p" "$src" | head -n 1)
-  [ -n "$uri" ] || uri=http://deb.debian.org/debian
+  [ -n "$uri" ] || { echo "no mirror in the container apt sources" >&2; exit 1; }
   printf "Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n" \
     "$uri" "$1" > /etc/apt/sources.list.d/compose.sources
   apt-get update -qq >/dev/null

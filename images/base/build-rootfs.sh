@@ -54,10 +54,11 @@ find_mirror() {
                     if ($(i+1) == suite) { print $i; exit } }' "$f")
     if [ -n "$uri" ]; then printf '%s\n' "$uri"; return; fi
   done
-  printf '%s\n' http://deb.debian.org/debian
+  return 1
 }
 
-mirror=${NER11_DEBIAN_MIRROR:-$(find_mirror)}
+mirror=${NER11_DEBIAN_MIRROR:-$(find_mirror || true)}
+[ -n "$mirror" ] || { log "no Debian mirror found in /etc/apt/sources.list*; set NER11_DEBIAN_MIRROR to the mirror URL your apt uses"; exit 1; }
 log "debootstrap $SUITE from $mirror"
 
 workdir=$(mktemp -d /var/tmp/ner11-base.XXXXXX)
