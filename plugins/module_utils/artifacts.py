@@ -138,6 +138,9 @@ def scan_tar(tar_path, excludes=(), fileobj=None):
 # Check mode lists a container or volume without writing anything: the tar stream is piped into
 # this script (run by the module's own Python), which prints the scan_tar listing as JSON.
 # sys.argv[1]: this file's directory (module_utils/artifacts.py is plain Python, importable alone).
+# df of the nearest existing directory of "$1" (a restore target that may not exist yet).
+SPACE_SCRIPT = 'd="$1"; while [ ! -e "$d" ] && [ "$d" != / ]; do d=$(dirname "$d"); done; df -P -k "$d"'
+
 LIST_STREAM_SCRIPT = (
     "import json, sys; sys.path.insert(0, sys.argv[1]); import artifacts; "
     "json.dump(artifacts.scan_tar('<stream>', json.loads(sys.argv[2]), fileobj=sys.stdin.buffer), sys.stdout)"
@@ -1078,6 +1081,8 @@ class ArtifactRestore(_ArtifactJob):
         self.diff = diff
         self.tmpdir = tmpdir
         self.warnings = []
+        # What this run wrote to the target (reported as changed when it fails afterwards).
+        self.touched = []
         if bool(params.get("backup_id")) == bool(params.get("latest")):
             raise ArtifactError("set exactly one of backup_id or latest: true")
         if params.get("backup_id"):
@@ -1092,12 +1097,21 @@ class ArtifactRestore(_ArtifactJob):
     # -- selection and verification ------------------------------------------------------
     def manifest(self):
         if self.p.get("latest"):
-            found = self.catalog.latest(self.kind)
+            # the newest good backup of one source identity (never another host's by accident)
+            good = self.catalog.list(self.kind)
+            volume = self.p.get("volume")
+            if volume:  # restoring a volume: its own backups first, when there are any
+                good = [m for m in good if (m.get("source") or {}).get("volume") == volume] or good
+            try:
+                found, _ident = self.cat.choose_identity(good, "%s backups" % self.kind, self.p.get("source_host"))
+            except self.cat.CatalogError as exc:
+                raise ArtifactError(str(exc)) from None
             if not found:
                 raise ArtifactError(
-                    "no verified %s backup in %s; run ner11.ops.artifact_backup first" % (self.kind, self.catalog.root)
+                    "no good %s backup%s in %s; run ner11.ops.artifact_backup first"
+                    % (self.kind, " of host %s" % self.p["source_host"] if self.p.get("source_host") else "", self.catalog.root)
                 )
-            return found
+            return found[-1]
         return self.catalog.read_manifest(self.kind, self.p["backup_id"])
 
     def verify(self, manifest):
@@ -1173,15 +1187,73 @@ class ArtifactRestore(_ArtifactJob):
         return (manifest.get("source") or {}).get("helper_image") or (manifest.get("source") or {}).get("image")
 
     def _stream_listing(self, args, excludes):
-        import tempfile
+        """The target's tar, listed from the pipe by the module's own Python: nothing is written (check mode too)."""
+        import sys
 
-        tmp = tempfile.mkdtemp(prefix="ner11-artifact-", dir=self.tmpdir)
+        here = os.path.dirname(os.path.abspath(__file__))
+        into = [sys.executable or "python3", "-c", LIST_STREAM_SCRIPT, here, json.dumps(list(excludes or ()))]
+        _rc, out, _err = self.docker.pipe(args, into, ok_rcs=(0, 1), what="reading the restore target")
         try:
-            tar_path = os.path.join(tmp, "target.tar")
-            self.docker.shell(args, stdout_to=tar_path, ok_rcs=(0, 1), what="reading the restore target")
-            return scan_tar(tar_path, excludes)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            return json.loads(out)
+        except ValueError:
+            raise ArtifactError(
+                "reading the restore target gave no listing (%s); check that tar exists in the container" % last_line(out)
+            ) from None
+
+    # -- space pre-flight ------------------------------------------------------------------
+    def space_check(self, ttype, name, details, manifest, plan, mode):
+        """Free space on the target's filesystem before anything is touched.
+
+        A mirror restore unpacks every file beside the old content and swaps (the old
+        content stays until then), so it needs the backup's whole size; an overlay
+        needs the files it writes. Returns the numbers and ``error`` when they do not fit.
+        """
+        sizes = {e["path"]: int(e.get("size") or 0) for e in manifest["contents"] if e.get("type") == "file"}
+        if mode == "overlay":
+            need = sum(sizes.get(p, 0) for p in plan["write"] + plan["replace"])
+        else:
+            need = sum(sizes.values())
+        out = {"checked": False, "need_bytes": need}
+        free, where = None, name
+        if ttype == "host":
+            probe = name
+            while probe and not os.path.exists(probe):
+                probe = os.path.dirname(probe)
+            st = os.statvfs(probe or "/")
+            free, where = st.f_bavail * st.f_frsize, probe
+        else:
+            if ttype == "container":
+                args = ["exec", details["container"], "sh", "-c", SPACE_SCRIPT, "sh", name]
+            elif self.docker.inspect("volume", name) is not None:
+                image, _n = choose_helper_image(
+                    self.docker, self.p.get("helper_image"), name, self._users(name), self._recorded(manifest)
+                )
+                args = helper_run_args(image, name, "/dst", True) + ["sh", image, "-c", SPACE_SCRIPT, "sh", "/dst"]
+            else:
+                out["note"] = "not checked: volume %s does not exist yet (it is created on Docker's data root)" % name
+                return out
+            rc, text, _err = self.docker.run(args, check=False)
+            rows = [line.split() for line in (text or "").splitlines()[1:] if line.strip()]
+            if rc != 0 or not rows or len(rows[-1]) < 6 or not rows[-1][3].isdigit():
+                out["note"] = "not checked: df failed on the target (%s)" % last_line(text)
+                return out
+            free, where = int(rows[-1][3]) * 1024, rows[-1][-1]
+        out.update(checked=True, free_bytes=free, filesystem=where)
+        if need > free:
+            out["error"] = (
+                "not enough free space to restore %s/%s into %s: it needs %.1f MB (%s) but %s has %.1f MB free. "
+                "Free space there (or restore to another dest); nothing was changed"
+                % (
+                    self.kind,
+                    manifest["backup_id"],
+                    name,
+                    need / 1048576.0,
+                    "the files it writes" if mode == "overlay" else "the backup's files; the old content stays until the swap",
+                    where,
+                    free / 1048576.0,
+                )
+            )
+        return out
 
     # -- the run -----------------------------------------------------------------------
     def run(self):
@@ -1216,6 +1288,10 @@ class ArtifactRestore(_ArtifactJob):
         plan["confirm_required"] = needs_confirm
         force = bool(self.p.get("force"))
         result = {"backup_id": backup_id, "plan": plan, "files": summarize(contents)["file_count"], "target": name}
+        if not plan["identical"] or force:
+            plan["space"] = self.space_check(ttype, name, details, manifest, plan, mode)
+            if plan["space"].get("error"):
+                raise ArtifactError(plan["space"]["error"])
         if self.diff:
             changed = plan["write"] + plan["replace"] + plan["remove"]
             result["diff"] = {
@@ -1240,6 +1316,7 @@ class ArtifactRestore(_ArtifactJob):
             )
         tar_path = os.path.join(self.catalog.path(self.kind, backup_id), ARCHIVE)
         tag = new_tag()
+        self.touched.append("started writing %s %s" % (ttype, name))
         if ttype == "host":
             if mode == "overlay":
                 paths = [e["path"] for e in contents] if force else plan["write"] + plan["replace"]

@@ -754,3 +754,36 @@ def pin_existing(catalog, kind, backup_id, keep_until, keep_reason, default_reas
         catalog, kind, backup_id, keep_until, (keep_reason or "").strip() or default_reason, "present", check_mode, lock_timeout
     )
     return result["changed"]
+
+
+def choose_identity(manifests, what, source_host=None):
+    """Restore's choice of source: the good ``manifests`` of one object (a database, a volume...) of one identity.
+
+    With ``source_host`` only that host's backups count. When one identity remains,
+    returns (its manifests oldest first, identity); none: ([], None). When several
+    hosts or instances hold backups of it, raises CatalogError listing them - a
+    restore never guesses between two sources (DR onto a new host names the source).
+    """
+    groups = {}
+    for manifest in manifests:
+        ident = source_identity(manifest)
+        if source_host and ident["host"] != source_host:
+            continue
+        groups.setdefault(ident["key"], (ident, []))[1].append(manifest)
+    if not groups:
+        return [], None
+    if len(groups) == 1:
+        ident, found = next(iter(groups.values()))
+        return found, ident
+    rows = []
+    for ident, found in sorted(groups.values(), key=lambda g: g[1][-1]["created_at"], reverse=True):
+        rows.append(
+            "host %s (%s): newest %s of %s" % (ident["host"], ident["instance"], found[-1]["backup_id"], found[-1]["created_at"])
+        )
+    hosts = sorted({ident["host"] for ident, _found in groups.values()})
+    hint = (
+        "set source_host to one of %s" % ", ".join(hosts)
+        if len(hosts) > 1
+        else "name the backup with backup_id (the same host has several instances)"
+    )
+    raise CatalogError("backups of %s come from several sources: %s; %s" % (what, "; ".join(rows), hint))

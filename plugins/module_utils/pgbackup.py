@@ -39,6 +39,7 @@ import socket
 import time
 
 from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
+from ansible_collections.ner11.ops.plugins.module_utils import pgrestore
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     APP_NAME,
     PgExecError,
@@ -670,6 +671,73 @@ def _last(text):
     return lines[-1] if lines else "no output"
 
 
+def identity_table(records, now, host=None, results=()):
+    """One row per source identity: newest good backup, the time its content was last confirmed, counts.
+
+    ``records``: ``Catalog.records(kind)``; ``results``: this run's per-backup results (a backup that
+    failed now is not good, even before its record is written, e.g. in check mode).
+    For models/config/volume the content is confirmed current by a newer unchanged run
+    (``freshness.json`` with the same content digest); a database backup counts only by its own time.
+    """
+    failed_now = {r["backup_id"] for r in results if r.get("status") == "failed"}
+    ok_now = {r["backup_id"] for r in results if r.get("status") == "ok"}
+    rows = {}
+    for rec in records:
+        ident = rec["identity"]
+        if ident is None or (host and ident["host"] != host):
+            continue
+        row = rows.setdefault(
+            ident["key"],
+            {"identity": ident["key"], "kind": ident["kind"], "host": ident["host"], "instance": ident["instance"],
+             "object": ident["object"], "good": 0, "failed": 0, "pinned": 0, "scheduled": False,
+             "newest_backup_id": None, "newest_created_at": None, "confirmed_at": None},
+        )  # fmt: skip
+        manifest = rec["manifest"]
+        state = rec["state"]
+        if rec["backup_id"] in failed_now:
+            state = "failed"
+        elif rec["backup_id"] in ok_now and state == "failed":
+            state = "good"
+        if cat.effective_keep_until(rec["pins"], now):
+            row["pinned"] += 1
+        if manifest.get("period") != "manual":
+            row["scheduled"] = True
+        if state != "good":
+            row["failed"] += state == "failed"
+            continue
+        row["good"] += 1
+        if row["newest_created_at"] is None or manifest["created_at"] >= row["newest_created_at"]:
+            row["newest_backup_id"] = rec["backup_id"]
+            row["newest_created_at"] = manifest["created_at"]
+            fresh = rec["freshness"] or {}
+            same = fresh.get("content_sha256") and fresh.get("content_sha256") == manifest.get("content_sha256")
+            row["confirmed_at"] = fresh.get("confirmed_at") if same and ident["kind"] != KIND else None
+    out = []
+    for key in sorted(rows):
+        row = rows[key]
+        basis = max(t for t in (row["newest_created_at"], row["confirmed_at"]) if t) if row["good"] else None
+        row["current_as_of"] = basis
+        row["age_hours"] = round((now - cat.parse_time(basis)).total_seconds() / 3600.0, 2) if basis else None
+        out.append(row)
+    return out
+
+
+def rpo_errors(row, max_age):
+    """RPO problems of one identity row (empty when within ``max_age`` hours; 0 disables)."""
+    if not max_age or max_age <= 0 or not row["scheduled"]:
+        return []  # an identity with only manual backups has no schedule to miss
+    what = "%s backup of %s on host %s (%s)" % (row["kind"], row["object"], row["host"], row["instance"])
+    if not row["good"]:
+        return ["no good %s: every backup of it failed verification; run playbooks/backup.yml and inspect them" % what]
+    if row["age_hours"] > max_age:
+        basis = "confirmed current" if row["confirmed_at"] and row["current_as_of"] == row["confirmed_at"] else "made"
+        return [
+            "the newest good %s (%s) was %s %.1f h ago, more than max_age_hours %s (RPO); run playbooks/backup.yml"
+            % (what, row["newest_backup_id"], basis, row["age_hours"], max_age)
+        ]
+    return []
+
+
 # -- verification (module backup_verify) -----------------------------------------------
 class BackupVerifier:
     """Prove backups usable: manifest, checksums, archive readable, age (RPO), optional test restore (G65)."""
@@ -779,6 +847,7 @@ class BackupVerifier:
 
     def _run(self):
         backup_id = self.p.get("backup_id")
+        host = self.p.get("source_host")
         if backup_id:
             cat.validate_backup_id(backup_id)
             if not os.path.isdir(self.catalog.path(self.kind, backup_id)):
@@ -787,27 +856,34 @@ class BackupVerifier:
                 )
             results = [self.check_one(backup_id)]
         else:
-            results = [self.check_one(bid, m, e) for bid, m, e in self.catalog.entries(self.kind)]
+            results = [
+                self.check_one(bid, m, e)
+                for bid, m, e in self.catalog.entries(self.kind)
+                if not host or m is None or cat.source_identity(m)["host"] == host
+            ]
+        if self.p.get("record", True):
+            self._record(results)
         errors = []
-        newest = self.catalog.latest(self.kind)
+        match = {"host": host} if host else {}
+        newest = self.catalog.latest(self.kind, **match)
         max_age = self.p.get("max_age_hours")
         newest_age = None
-        if newest is None:
-            errors.append("no verified %s backup in %s; run playbooks/backup.yml" % (self.kind, self.catalog.root))
-        else:
-            raw_age = (self.now - cat.parse_time(newest["created_at"])).total_seconds() / 3600.0
-            newest_age = round(raw_age, 2)
-            if max_age is not None and max_age > 0 and raw_age > max_age:
-                errors.append(
-                    "the newest %s backup %s is %.1f h old, more than max_age_hours %s (RPO, G55); run playbooks/backup.yml"
-                    % (self.kind, newest["backup_id"], newest_age, max_age)
-                )
+        if newest is not None:
+            newest_age = round((self.now - cat.parse_time(newest["created_at"])).total_seconds() / 3600.0, 2)
+        identities = identity_table(self.catalog.records(self.kind), self.now, host, results)
+        if not identities or not any(i["good"] for i in identities):
+            errors.append("no good %s backup in %s; run playbooks/backup.yml" % (self.kind, self.catalog.root))
+        for ident in identities:
+            late = rpo_errors(ident, max_age)
+            ident["rpo"] = "failed" if late else ("ok" if ident["scheduled"] and max_age else "not judged")
+            errors += late
         for entry in results:
             for err in entry["errors"]:
                 errors.append("%s: %s" % (entry["backup_id"], err))
         result = {
             "changed": False,
             "backups": results,
+            "identities": identities,
             "newest_backup_id": newest["backup_id"] if newest else None,
             "newest_age_hours": newest_age,
             "errors": errors,
@@ -816,8 +892,26 @@ class BackupVerifier:
             result["test_restore"] = self.test_restore(newest)
             if result["test_restore"]["errors"]:
                 errors += ["test restore of %s: %s" % (newest["backup_id"], e) for e in result["test_restore"]["errors"]]
+                if self.p.get("record", True):
+                    self.catalog.record_verification(
+                        self.kind, newest["backup_id"], "failed", ["manifest", "sha256", "test_restore"],
+                        result["test_restore"]["errors"], self.now,
+                    )  # fmt: skip
         result["status"] = "failed" if errors else "ok"
         return result
+
+    def _record(self, results):
+        """Keep each result beside its backup (verify.json): latest, prune and period idempotence read it."""
+        for entry in results:
+            if entry.get("created_at") is None:
+                continue  # no readable manifest: nothing to record beside
+            try:
+                self.catalog.record_verification(
+                    self.kind, entry["backup_id"], entry["status"], entry["checks"], entry["errors"], self.now
+                )
+            except (cat.CatalogError, OSError) as exc:
+                entry["errors"].append("could not record the result beside the backup: %s; check the catalog's permissions" % exc)
+                entry["status"] = "failed"
 
     # -- test restore into a scratch database ----------------------------------------------
     def test_restore(self, manifest):
@@ -832,12 +926,24 @@ class BackupVerifier:
             raise PgBackupError(
                 "scratch_db %s is the backed-up database itself; choose another name (default ner11_test_restore)" % scratch
             )
+        # Scratch databases are dropped WITH (FORCE): never a system database, and only one
+        # this collection created (marked with a COMMENT), issue 9.
+        refusal = pgrestore.scratch_refusal(scratch, (manifest.get("source") or {}).get("db_name"))
+        if refusal:
+            raise PgBackupError(refusal)
+        existing = self.target.query(pgrestore.marked_sql(scratch))
+        if existing and not existing[0][0].startswith(pgrestore.MARK):
+            raise PgBackupError(
+                "database %s exists and was not created by ner11.ops; choose another scratch_db (default "
+                "ner11_test_restore) or drop it yourself" % scratch
+            )
         if self.p.get("container"):
             self._image()
         drop = "DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(scratch)
         try:
             self.target.query(drop)
             self.target.query("CREATE DATABASE %s TEMPLATE template0;" % quote_ident(scratch))
+            self.target.query("COMMENT ON DATABASE %s IS %s;" % (quote_ident(scratch), quote_literal(pgrestore.SCRATCH_COMMENT)))
             out["actions"] += ["dropped %s if it existed" % scratch, "created %s" % scratch]
             self._restore_into(manifest, scratch)
             out["actions"].append("restored %s into %s" % (manifest["backup_id"], scratch))

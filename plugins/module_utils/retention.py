@@ -1,19 +1,25 @@
 # Copyright (c) ner11.ops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Calendar (grandfather-father-son) retention for the backup catalog (G57).
+"""Retention for the backup catalog: calendar tiers per source identity, manual rule, pins (G57).
 
 The runbooks ask for 7 daily, 4 weekly and 12 monthly backups (e.1, d.6) but
 only ever delete daily dumps by mtime. Here one pure function decides, from the
-manifests' ``created_at`` (never the mtime), which verified backups to keep:
+manifests' ``created_at`` (never the mtime), which backups to keep, **separately
+for each source identity** (kind, host, instance, database/volume/path; see
+catalog.source_identity), so one volume's backups never count for another's:
 
-* the newest backup of each of the last ``keep_daily`` days that have one,
-* the newest of each of the last ``keep_weekly`` ISO weeks that have one,
-* the newest of each of the last ``keep_monthly`` months that have one,
-* the ``keep_min`` newest, and always the newest one (never delete the only
-  verified backup).
+* the newest good backup of the identity, always (never delete the last good one),
+* the newest good scheduled (daily/weekly/monthly) backup of each of the last
+  ``keep_daily`` days, ``keep_weekly`` ISO weeks and ``keep_monthly`` months
+  that have one, and the ``keep_min`` newest scheduled ones,
+* manual backups by their own rule: younger than ``keep_manual_days`` (they
+  never fill or consume a calendar tier),
+* every backup pinned (``pins.json``) until a time still in the future.
 
-Entries that are not verified (no manifest, a broken one, a partial) are never
-counted as kept and never deleted: they are reported for a human to look at.
+Good: published as verified and not failed by a recorded verification. A
+failed backup never fills a tier (an older good one keeps the slot) and is
+never deleted by the policy: it is reported for a human. Entries that are not
+verified at all (no manifest, a broken one) are reported and left alone too.
 
 Plain Python: no Ansible import, unit-tested (with hypothesis) in tests/unit.
 """
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import datetime
 
-POLICY_KEYS = ("keep_daily", "keep_weekly", "keep_monthly", "keep_min")
+POLICY_KEYS = ("keep_daily", "keep_weekly", "keep_monthly", "keep_min", "keep_manual_days")
 
 
 class RetentionError(ValueError):
@@ -38,8 +44,14 @@ def _as_datetime(value):
         raise RetentionError("invalid created_at %r: expected YYYY-MM-DDTHH:MM:SSZ" % (value,)) from None
 
 
-def validate_policy(keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1):
-    policy = {"keep_daily": keep_daily, "keep_weekly": keep_weekly, "keep_monthly": keep_monthly, "keep_min": keep_min}
+def validate_policy(keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1, keep_manual_days=30):
+    policy = {
+        "keep_daily": keep_daily,
+        "keep_weekly": keep_weekly,
+        "keep_monthly": keep_monthly,
+        "keep_min": keep_min,
+        "keep_manual_days": keep_manual_days,
+    }
     for key, value in policy.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise RetentionError("%s must be an integer >= 0, got %r (0 disables that tier)" % (key, value))
@@ -47,7 +59,7 @@ def validate_policy(keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1):
 
 
 def max_kept(policy):
-    """Upper bound of the number of backups a policy keeps."""
+    """Upper bound of the scheduled backups a policy keeps per identity (manual and pinned ones come on top)."""
     return policy["keep_daily"] + policy["keep_weekly"] + policy["keep_monthly"] + max(policy["keep_min"], 1)
 
 
@@ -60,18 +72,23 @@ def _bucket(tier, dt):
     return dt.strftime("%Y-%m")
 
 
-def plan(entries, keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1):
+def plan(entries, keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1, keep_manual_days=30, now=None):
     """Decide what to keep.
 
     ``entries``: iterable of dicts with ``backup_id``, ``created_at`` (datetime or
-    catalog timestamp) and ``verified`` (bool), optionally ``size_bytes``.
+    catalog timestamp) and ``verified`` (bool); optionally ``failed`` (a recorded
+    verification failed), ``identity`` (the source identity key; one group when
+    absent), ``period`` (``manual`` has its own rule), ``keep_until`` (datetime or
+    timestamp of the latest pin) and ``size_bytes``. ``now`` (default: the
+    current time) judges pins and the manual rule.
 
     Returns ``{"kept": {id: [reasons]}, "deleted": [ids newest first],
-    "unverified": [ids]}``.
+    "unverified": [ids], "failed": [ids], "identities": {key: summary}}``.
     """
-    policy = validate_policy(keep_daily, keep_weekly, keep_monthly, keep_min)
-    verified = []
-    unverified = []
+    policy = validate_policy(keep_daily, keep_weekly, keep_monthly, keep_min, keep_manual_days)
+    now = _as_datetime(now) if now is not None else datetime.datetime.now(datetime.timezone.utc)
+    groups = {}
+    unverified, failed = [], []
     seen = set()
     for entry in entries:
         backup_id = entry["backup_id"]
@@ -81,60 +98,102 @@ def plan(entries, keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1):
         if not entry.get("verified"):
             unverified.append(backup_id)
             continue
-        verified.append((_as_datetime(entry["created_at"]), backup_id))
-    # Newest first; ties broken by id so the result does not depend on input order.
-    verified.sort(reverse=True)
+        if entry.get("failed"):
+            failed.append(backup_id)
+            continue
+        until = entry.get("keep_until")
+        groups.setdefault(entry.get("identity") or "", []).append(
+            (_as_datetime(entry["created_at"]), backup_id, entry.get("period") or "", _as_datetime(until) if until else None)
+        )
 
     kept = {}
+    deleted = []
+    identities = {}
 
     def keep(backup_id, reason):
         kept.setdefault(backup_id, []).append(reason)
 
-    for index, (_dt, backup_id) in enumerate(verified):
-        if index == 0:
-            keep(backup_id, "newest")
-        if index < policy["keep_min"]:
-            keep(backup_id, "keep_min")
+    for key in sorted(groups):
+        # Newest first; ties broken by id so the result does not depend on input order.
+        good = sorted(groups[key], reverse=True)
+        scheduled = [g for g in good if g[2] != "manual"]
+        keep(good[0][1], "newest")
+        for index, (_dt, backup_id, _period, _until) in enumerate(scheduled):
+            if index < policy["keep_min"]:
+                keep(backup_id, "keep_min")
+        for tier in ("daily", "weekly", "monthly"):
+            limit = policy["keep_" + tier]
+            buckets = []
+            for dt, backup_id, _period, _until in scheduled:
+                if len(buckets) >= limit:
+                    break
+                bucket = _bucket(tier, dt)
+                if bucket in buckets:
+                    continue  # an older backup of a bucket that already has its newest
+                buckets.append(bucket)
+                keep(backup_id, "%s %s" % (tier, bucket))
+        manual_limit = datetime.timedelta(days=policy["keep_manual_days"])
+        for dt, backup_id, period, until in good:
+            if period == "manual" and now - dt < manual_limit:
+                keep(backup_id, "manual (kept %d days)" % policy["keep_manual_days"])
+            if until is not None and until > now:
+                keep(backup_id, "pinned until %s" % until.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        gone = [backup_id for _dt, backup_id, _p, _u in good if backup_id not in kept]
+        deleted += gone
+        identities[key] = {"newest": good[0][1], "kept": len(good) - len(gone), "deleted": len(gone)}
 
-    for tier in ("daily", "weekly", "monthly"):
-        limit = policy["keep_" + tier]
-        buckets = []
-        for dt, backup_id in verified:
-            if len(buckets) >= limit:
-                break
-            key = _bucket(tier, dt)
-            if key in buckets:
-                continue  # an older backup of a bucket that already has its newest
-            buckets.append(key)
-            keep(backup_id, "%s %s" % (tier, key))
-
-    deleted = [backup_id for _dt, backup_id in verified if backup_id not in kept]
-    return {"kept": kept, "deleted": deleted, "unverified": sorted(unverified)}
+    created = {backup_id: dt for grp in groups.values() for dt, backup_id, _p, _u in grp}
+    deleted.sort(key=lambda b: (created[b], b), reverse=True)
+    return {
+        "kept": kept,
+        "deleted": deleted,
+        "unverified": sorted(unverified),
+        "failed": sorted(failed),
+        "identities": identities,
+    }
 
 
-def prune_catalog(catalog, kind, policy, db_name=None, check_mode=False, lock_timeout=0):
+def catalog_entries(catalog, kind, db_name=None, source_host=None):
+    """The ``plan`` entries of one kind of a ``catalog.Catalog`` (+ sizes by id), from its records.
+
+    ``db_name`` / ``source_host`` limit the candidates to backups of that
+    database / host (other backups are neither counted nor touched).
+    """
+    from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
+
+    entries, sizes = [], {}
+    for rec in catalog.records(kind):
+        manifest = rec["manifest"]
+        if manifest is not None:
+            if db_name and (manifest.get("source") or {}).get("db_name") != db_name:
+                continue
+            if source_host and rec["identity"]["host"] != source_host:
+                continue
+        until = cat.effective_keep_until(rec["pins"])
+        entries.append(
+            {
+                "backup_id": rec["backup_id"],
+                "created_at": manifest["created_at"] if manifest else None,
+                "verified": rec["state"] in ("good", "failed"),
+                "failed": rec["state"] == "failed",
+                "identity": rec["identity"]["key"] if rec["identity"] else None,
+                "period": (manifest or {}).get("period"),
+                "keep_until": until,
+            }
+        )
+        sizes[rec["backup_id"]] = int((manifest or {}).get("size_bytes") or 0)
+    return entries, sizes
+
+
+def prune_catalog(catalog, kind, policy, db_name=None, check_mode=False, lock_timeout=0, source_host=None, now=None):
     """Apply ``plan`` to one kind of a ``catalog.Catalog`` (under the kind's lock unless check mode).
 
-    ``db_name`` limits the candidates to backups whose ``source.db_name`` matches
-    (other backups are neither counted nor touched).
+    The same function backup_prune runs; ``now`` is the clock (tests set it).
     """
 
-    def collect():
-        entries, sizes, ids = [], {}, []
-        for backup_id, manifest, _error in catalog.entries(kind):
-            if db_name and manifest is not None and (manifest.get("source") or {}).get("db_name") != db_name:
-                continue
-            ids.append(backup_id)
-            verified = manifest is not None and manifest.get("status") == "verified"
-            entries.append(
-                {"backup_id": backup_id, "created_at": manifest["created_at"] if manifest else None, "verified": verified}
-            )
-            sizes[backup_id] = int((manifest or {}).get("size_bytes") or 0)
-        return entries, sizes
-
     def decide():
-        entries, sizes = collect()
-        result = plan(entries, **policy)
+        entries, sizes = catalog_entries(catalog, kind, db_name, source_host)
+        result = plan(entries, now=now, **policy)
         result["freed_bytes"] = sum(sizes[b] for b in result["deleted"])
         return result
 

@@ -22,6 +22,10 @@ description:
     entries by rename. Modes and numeric owners are restored. The target is listed again afterwards and must equal
     the backup.
   - Replacing or removing anything in a non-empty target needs O(confirm) equal to the target name.
+  - Before writing, the free space of the target's filesystem is checked (a mirror needs the backup's whole size,
+    the old content stays until the swap; an overlay the files it writes); when it does not fit the module fails
+    with the numbers and touches nothing (RV(plan.space)).
+  - When it fails after it started writing, it reports C(changed=true) and what it did in RV(changes).
 author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
   - ner11.ops.attributes
@@ -29,7 +33,9 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Returns the plan - paths to write, replace and remove, and whether O(confirm) is needed.
+    details:
+      - Returns the plan - paths to write, replace and remove, whether O(confirm) is needed, the space check - and
+        writes nothing anywhere (the target is listed from a tar stream, no temporary file).
   diff_mode:
     support: full
     details: The changed paths with type, mode and sha256 prefix, before (target) and after (backup).
@@ -46,9 +52,18 @@ options:
     description: The backup to restore. Mutually exclusive with O(latest).
     type: str
   latest:
-    description: Restore the newest verified backup of O(kind).
+    description:
+      - Restore the newest good backup of O(kind) (verified, and not failed by a recorded M(ner11.ops.backup_verify)).
+      - It is taken from one source identity (host, instance, volume/path) - with O(volume), that volume's backups
+        first. When backups of several sources qualify the module refuses and lists them - set O(source_host).
     type: bool
     default: false
+  source_host:
+    description:
+      - With O(latest), only consider backups made on this source host (C(source.host) in the manifest - the inventory
+        hostname of the host the backup role ran on). Needed for DR onto a new host when the catalog holds backups of
+        several hosts.
+    type: str
   backup_dir:
     description: Absolute path of the backup catalog.
     type: path
@@ -126,9 +141,14 @@ target:
 plan:
   description:
     - write/replace/remove path lists, unchanged count, identical, mode (mirror/overlay), target,
-      confirm_required, strategy.
+      confirm_required, strategy, space (need_bytes, free_bytes, filesystem, checked).
   returned: success
   type: dict
+changes:
+  description: On failure, what the run had written before it failed (RV(changed) is true when not empty).
+  returned: failure
+  type: list
+  elements: str
 executed_commands:
   description: Every docker command run.
   returned: always
@@ -148,6 +168,7 @@ def main():
             kind=dict(type="str", required=True, choices=["models", "config", "volume"]),
             backup_id=dict(type="str"),
             latest=dict(type="bool", default=False),
+            source_host=dict(type="str"),
             backup_dir=dict(type="path", required=True),
             dest=dict(type="str"),
             container=dict(type="str"),
@@ -168,7 +189,11 @@ def main():
         )
         result = job.run()
     except (ArtifactError, CatalogError, OSError, ValueError) as exc:
-        module.fail_json(msg=str(exc), executed_commands=job.docker.commands if job else [])
+        # changed is true when the run had already written to the target (a created volume, the swap).
+        touched = list(getattr(job, "touched", []) or [])
+        module.fail_json(
+            msg=str(exc), changed=bool(touched), changes=touched, executed_commands=job.docker.commands if job else []
+        )
     for warning in job.warnings:
         module.warn(warning)
     result["executed_commands"] = job.docker.commands

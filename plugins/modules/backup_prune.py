@@ -7,14 +7,20 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: backup_prune
-short_description: Calendar retention (daily/weekly/monthly) for the ner11.ops backup catalog
+short_description: Retention per source for the ner11.ops backup catalog (calendar tiers, manual rule, pins)
 version_added: 1.0.0
 description:
-  - Keeps the newest backup of each of the last O(keep_daily) days, O(keep_weekly) ISO weeks and O(keep_monthly)
-    months that have one, plus the O(keep_min) newest, judged by the manifests' C(created_at), never by mtime (G57).
-    Deletes the other verified backups of O(kind).
-  - Never deletes the newest (so never the only) verified backup. Entries without a valid, verified manifest are
-    neither counted nor deleted; they are reported in RV(unverified).
+  - Applies the policy separately to each source identity (kind, host, instance, database/volume/path - see
+    docs/backup-catalog.md), so the backups of one volume or host never count for another's.
+  - Per identity, keeps the newest good scheduled backup of each of the last O(keep_daily) days, O(keep_weekly) ISO
+    weeks and O(keep_monthly) months that have one, plus the O(keep_min) newest, judged by the manifests'
+    C(created_at), never by mtime (G57).
+  - Manual backups (C(period=manual)) follow their own rule - kept for O(keep_manual_days) - and never fill or
+    consume a calendar tier. Backups pinned with M(ner11.ops.backup_pin) (or C(keep_until)) are kept until the pin
+    expires. The newest good backup of an identity is never deleted.
+  - A backup whose recorded verification failed (M(ner11.ops.backup_verify)) never fills a tier, so an older good
+    backup keeps its slot; it is not deleted but reported in RV(failed). Entries without a valid, verified manifest
+    are neither counted nor deleted; they are reported in RV(unverified).
   - Takes the kind's catalog lock, so it never races a running backup.
 author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
@@ -54,9 +60,18 @@ options:
     type: int
     default: 12
   keep_min:
-    description: The newest this many verified backups are always kept.
+    description: The newest this many good scheduled backups of each identity are always kept.
     type: int
     default: 1
+  keep_manual_days:
+    description: Manual backups younger than this many days are kept (older ones go unless pinned or the newest).
+    type: int
+    default: 30
+  source_host:
+    description:
+      - Only prune the identities of this source host (C(source.host) - the backup role passes the inventory
+        hostname), so hosts sharing one catalog each prune their own backups. Default - every identity.
+    type: str
   lock_timeout:
     description: Seconds to wait for a running backup of the same kind; 0 fails at once naming the holder.
     type: int
@@ -82,6 +97,15 @@ deleted:
   returned: always
   type: list
   elements: str
+failed:
+  description: Backups whose recorded verification failed - never counted as kept, never deleted; inspect them.
+  returned: always
+  type: list
+  elements: str
+identities:
+  description: Per source identity key, C(newest) (the newest good backup), C(kept) and C(deleted) counts.
+  returned: always
+  type: dict
 unverified:
   description: Entries without a valid verified manifest, left alone for a human to inspect.
   returned: always
@@ -109,15 +133,23 @@ def main():
             keep_weekly=dict(type="int", default=4),
             keep_monthly=dict(type="int", default=12),
             keep_min=dict(type="int", default=1),
+            keep_manual_days=dict(type="int", default=30),
+            source_host=dict(type="str"),
             lock_timeout=dict(type="int", default=0),
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
-        policy = validate_policy(p["keep_daily"], p["keep_weekly"], p["keep_monthly"], p["keep_min"])
+        policy = validate_policy(p["keep_daily"], p["keep_weekly"], p["keep_monthly"], p["keep_min"], p["keep_manual_days"])
         result = prune_catalog(
-            Catalog(p["backup_dir"]), p["kind"], policy, p["db_name"], module.check_mode, max(p["lock_timeout"], 0)
+            Catalog(p["backup_dir"]),
+            p["kind"],
+            policy,
+            p["db_name"],
+            module.check_mode,
+            max(p["lock_timeout"], 0),
+            source_host=p["source_host"],
         )
     except (RetentionError, CatalogError) as exc:
         module.fail_json(msg=str(exc))

@@ -12,8 +12,16 @@ version_added: 1.0.0
 description:
   - For one backup or all backups of a kind, checks that the manifest is valid, every file's sha256 and size match
     (naming the file on a mismatch), the archive reads with the stock tools (C(pg_restore --list) for
-    custom/directory dumps, a full decompression test for compressed plain dumps) and that the newest verified
-    backup is younger than O(max_age_hours) (RPO, G55, G65).
+    custom/directory dumps, a full decompression test for compressed plain dumps) and, for each source identity
+    (kind, host, instance, database/volume/path), that its newest good backup is younger than O(max_age_hours)
+    (RPO, G55, G65). Returns one row per identity in RV(identities).
+  - For models, config and volumes an unchanged source makes no new backup; M(ner11.ops.artifact_backup) records
+    when the content was last confirmed current, and the RPO is judged on that time. A database backup counts only
+    by the time it was made.
+  - Records each result (time, checks run, ok/failed, errors) in C(verify.json) beside the backup, written
+    atomically (docs/backup-catalog.md). A backup whose last result is C(failed) is skipped by C(latest), by the
+    period idempotence of the backup modules and by the calendar tiers of M(ner11.ops.backup_prune), until a later
+    verification passes.
   - Replaces C(verify_backups.sh), which checked only today's dump and exited 0 on failures (G36, G65).
   - With O(test_restore=true) the newest database backup is restored into the scratch database O(scratch_db) on
     the same server (dropped first if it exists, and dropped again afterwards, also on failure), and the canary row
@@ -26,14 +34,17 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Read-only checks run in check mode too; the test restore is skipped in check mode and reported as planned.
+    details:
+      - Read-only checks run in check mode too and nothing is recorded; the test restore is skipped in check mode and
+        reported as planned.
   diff_mode:
     support: none
   idempotent:
     support: full
     details:
-      - Never changes the catalog and always reports C(changed=false). A test restore creates and drops the scratch
-        database; the C(actions) list of RV(test_restore) says so.
+      - Never changes a backup and always reports C(changed=false); the C(verify.json) result it keeps beside each
+        backup is an audit record, not a change. A test restore creates and drops the scratch database; the
+        C(actions) list of RV(test_restore) says so.
 options:
   backup_dir:
     description: Absolute path of the backup catalog.
@@ -60,9 +71,14 @@ options:
     type: str
     default: ner11_test_restore
   max_age_hours:
-    description: The newest verified backup must be at most this old (RPO); 0 disables the age check.
+    description: The newest good backup of each source identity must be at most this old (RPO); 0 disables the age check.
     type: float
     default: 26
+  source_host:
+    description:
+      - Only verify and judge the identities of this source host (C(source.host) - the backup role passes the
+        inventory hostname). Default - every backup of O(kind).
+    type: str
   fail_on_error:
     description: Fail the task when any check fails (else only RV(status=failed)).
     type: bool
@@ -98,13 +114,22 @@ errors:
   type: list
   elements: str
 newest_backup_id:
-  description: The newest verified backup of O(kind).
+  description: The newest good backup of O(kind) (of O(source_host) when set).
   returned: always
   type: str
 newest_age_hours:
-  description: Age of the newest verified backup in hours.
+  description: Age of the newest good backup in hours.
   returned: always
   type: float
+identities:
+  description:
+    - One row per source identity - C(identity) key, C(kind), C(host), C(instance), C(object), C(good), C(failed) and
+      C(pinned) counts, C(newest_backup_id), C(newest_created_at), C(confirmed_at) (unchanged content confirmed
+      current), C(current_as_of), C(age_hours), C(scheduled) (false when it has manual backups only - no RPO),
+      C(rpo) (V(ok), V(failed) or V(not judged)).
+  returned: always
+  type: list
+  elements: dict
 test_restore:
   description: C(backup_id), C(scratch_db), C(row_counts), C(errors), C(actions), C(duration_s) of the test restore.
   returned: when O(test_restore=true)
@@ -137,12 +162,14 @@ def main():
         test_restore=dict(type="bool", default=False),
         scratch_db=dict(type="str", default="ner11_test_restore"),
         max_age_hours=dict(type="float", default=26),
+        source_host=dict(type="str"),
         fail_on_error=dict(type="bool", default=True),
     )
     module = AnsibleModule(argument_spec=spec, mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE, supports_check_mode=True)
     params = dict(module.params)
     if module.check_mode and params["test_restore"]:
         params["test_restore"] = False
+    params["record"] = not module.check_mode  # check mode writes nothing
     verifier = None
     try:
         verifier = BackupVerifier(params, module.run_command)

@@ -159,9 +159,23 @@ def test_verify_test_restore_and_flipped_byte(db, tmp_path):
     report = run_module("ner11.ops.backup_verify", dict(verify_args, fail_on_error=False))
     assert not report.get("failed") and report["backups"][0]["status"] == "failed"
 
-    # the RPO: an old newest backup fails the age check
+    # the failure is recorded beside the backup (the manifest is untouched) ...
+    with open(os.path.join(made["path"], "verify.json")) as fh:
+        record = json.load(fh)
+    assert record["status"] == "failed" and "sha256" in record["checks"] and record["verified_at"].endswith("Z")
+    assert any("globals.sql: sha256 mismatch" in e for e in record["errors"])
+    assert record["history"] and record["history"][0]["status"] in ("ok", "failed")
+    with open(os.path.join(made["path"], "manifest.json")) as fh:
+        assert json.load(fh)["status"] == "verified"
+    # ... so the period's idempotence no longer answers with it: the same day gets a good backup
+    redo = run_module("ner11.ops.pg_backup", args(db, bdir))
+    assert redo["changed"] is True and redo["backup_id"] != made["backup_id"], redo.get("msg")
+
+    # the RPO is judged per identity on its newest good backup
     stale = run_module("ner11.ops.backup_verify", {"backup_dir": str(bdir), "max_age_hours": 0.0001, "fail_on_error": False})
-    assert any("max_age_hours" in e for e in stale["errors"])
+    assert any("max_age_hours" in e and redo["backup_id"] in e for e in stale["errors"]), stale["errors"]
+    [row] = stale["identities"]
+    assert row["newest_backup_id"] == redo["backup_id"] and row["good"] == 1 and row["failed"] == 1
 
 
 def _fake_backup(c, backup_id, created):

@@ -224,3 +224,19 @@ def test_latest_is_per_host(tmp_path):
     _publish_src(c, "b", "2026-11-29T02:00:00Z", {"host": "h2", "db_name": "ner11_db", "instance": "container:pg"})
     assert c.latest("database", host="h1")["backup_id"] == "a"
     assert c.latest("database", host="h2")["backup_id"] == "b"
+
+
+def test_restore_chooses_one_identity_or_lists_the_candidates():
+    def m(backup_id, host, created, instance="container:pg"):
+        return {"backup_id": backup_id, "kind": "database", "created_at": created,
+                "source": {"host": host, "db_name": "ner11_db", "instance": instance}}  # fmt: skip
+
+    one = [m("a1", "h1", "2026-11-28T02:00:00Z"), m("a2", "h1", "2026-11-29T02:00:00Z")]
+    found, ident = cat.choose_identity(one, "database ner11_db")
+    assert [x["backup_id"] for x in found] == ["a1", "a2"] and ident["host"] == "h1"
+    two = one + [m("b1", "h2", "2026-11-30T02:00:00Z")]
+    with pytest.raises(cat.CatalogError) as err:
+        cat.choose_identity(two, "database ner11_db")
+    assert "host h2 (container:pg): newest b1" in str(err.value) and "set source_host to one of h1, h2" in str(err.value)
+    assert [x["backup_id"] for x in cat.choose_identity(two, "db", source_host="h2")[0]] == ["b1"]
+    assert cat.choose_identity(two, "db", source_host="h3") == ([], None)

@@ -103,3 +103,45 @@ def test_duplicate_and_bad_timestamp_rejected():
         retention.plan([_entry(1, BASE), _entry(1, BASE)])
     with pytest.raises(retention.RetentionError, match="YYYY-MM-DD"):
         retention.plan([{"backup_id": "x", "created_at": "yesterday", "verified": True}])
+
+
+# -- per identity, manual rule, pins, recorded failures (issue 8) ------------------------------
+NOW = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _e(backup_id, days_ago, identity="a", period="daily", failed=False, keep_until=None):
+    dt = NOW - datetime.timedelta(days=days_ago)
+    return {"backup_id": backup_id, "created_at": dt.strftime("%Y-%m-%dT%H:%M:%SZ"), "verified": True,
+            "failed": failed, "identity": identity, "period": period, "keep_until": keep_until}  # fmt: skip
+
+
+def test_each_identity_keeps_its_own_backups():
+    # two volumes backed up by one run: the older identity's only backup is not "consumed" by the other's
+    entries = [_e("models-1", 0.1, "volume|h|volume:models|models"), _e("other-1", 0.2, "volume|h|volume:other|other")]
+    result = retention.plan(entries, keep_daily=1, keep_weekly=0, keep_monthly=0, keep_min=0, now=NOW)
+    assert set(result["kept"]) == {"models-1", "other-1"} and result["deleted"] == []
+    assert set(result["identities"]) == {"volume|h|volume:models|models", "volume|h|volume:other|other"}
+
+
+def test_manual_backups_have_their_own_rule_and_never_take_a_daily_slot():
+    entries = [_e("daily-old", 0.5), _e("manual-new", 0.1, period="manual"), _e("manual-old", 40, period="manual")]
+    result = retention.plan(entries, keep_daily=1, keep_weekly=0, keep_monthly=0, keep_min=0, keep_manual_days=30, now=NOW)
+    assert result["kept"]["daily-old"] == ["daily 2026-03-01"]  # the manual one did not take the day's slot
+    assert result["kept"]["manual-new"] == ["newest", "manual (kept 30 days)"]
+    assert result["deleted"] == ["manual-old"]
+
+
+def test_pins_hold_until_they_expire():
+    until = NOW + datetime.timedelta(days=1)
+    entries = [_e("new", 0), _e("pinned", 100, keep_until=until), _e("expired", 90, keep_until=NOW)]
+    result = retention.plan(entries, keep_daily=1, keep_weekly=0, keep_monthly=0, keep_min=0, now=NOW)
+    assert result["kept"]["pinned"] == ["pinned until 2026-03-02T12:00:00Z"] and result["deleted"] == ["expired"]
+    later = retention.plan(entries, keep_daily=1, keep_weekly=0, keep_monthly=0, keep_min=0, now=until)
+    assert set(later["deleted"]) == {"pinned", "expired"}
+
+
+def test_a_failed_newest_backup_leaves_its_slot_to_the_older_good_one():
+    entries = [_e("corrupt", 0, failed=True), _e("good", 1), _e("older", 2)]
+    result = retention.plan(entries, keep_daily=1, keep_weekly=0, keep_monthly=0, keep_min=0, now=NOW)
+    assert "good" in result["kept"] and result["failed"] == ["corrupt"] and result["deleted"] == ["older"]
+    assert "corrupt" not in result["deleted"]  # flagged for a human, never deleted by the policy
