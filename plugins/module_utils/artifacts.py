@@ -1010,7 +1010,7 @@ class ArtifactBackup(_ArtifactJob):
     def _existing_result(self, latest, contents, cleaned, digest):
         """Unchanged content: record that the latest backup is still current (an audit entry, not a change)."""
         backup_id = latest["backup_id"]
-        freshness = self.catalog.record_freshness(self.kind, backup_id, digest, self.source_host, self.cat.utcnow())
+        freshness = self.catalog.record_freshness(self.kind, backup_id, digest, self.source_host, self.cat.utcnow(), self.period)
         pin_changed = cat_pin_plan(self, backup_id, apply=True)
         result = self._result(latest, pin_changed, self.catalog.path(self.kind, backup_id))
         result["changed_paths"] = []

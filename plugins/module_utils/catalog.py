@@ -542,13 +542,14 @@ class Catalog:
         self.write_record(kind, backup_id, VERIFY_RECORD, record)
         return record
 
-    def record_freshness(self, kind, backup_id, content_sha256, source_host, now=None):
+    def record_freshness(self, kind, backup_id, content_sha256, source_host, now=None, period=None):
         """An unchanged source was confirmed equal to this backup at ``now`` (an audit entry, not a change)."""
         previous = self.freshness(kind, backup_id) or {}
         record = {
             "confirmed_at": isoformat(now or utcnow()),
             "content_sha256": content_sha256,
             "source_host": source_host,
+            "period": period,
             "confirmations": int(previous.get("confirmations") or 0) + 1,
         }
         self.write_record(kind, backup_id, FRESHNESS, record)

@@ -700,8 +700,8 @@ def identity_table(records, now, host=None, results=()):
             state = "good"
         if cat.effective_keep_until(rec["pins"], now):
             row["pinned"] += 1
-        if manifest.get("period") != "manual":
-            row["scheduled"] = True
+        if manifest.get("period") != "manual" or (rec["freshness"] or {}).get("period") not in (None, "manual"):
+            row["scheduled"] = True  # a scheduled run made it, or confirmed it unchanged
         if state != "good":
             row["failed"] += state == "failed"
             continue

@@ -118,3 +118,59 @@ def test_test_stream_gzip(tmp_path):
     bad.write_bytes(good.read_bytes()[:-20])
     with pytest.raises(pb.PgBackupError, match="b.sql.gz is not a valid gzip stream"):
         pb.test_stream(str(bad), "gzip")
+
+
+# -- RPO per identity, judged on freshness for artifacts (issue 8) ------------------------------
+def _rec(backup_id, kind, created, host="h1", obj="models", state="good", fresh=None, period="daily", digest="d1"):
+    source = {"host": host, "instance": "volume:%s" % obj, "volume": obj} if kind != "database" else {
+        "host": host, "instance": "container:pg", "db_name": obj}  # fmt: skip
+    manifest = {"backup_id": backup_id, "kind": kind, "created_at": created, "period": period, "source": source,
+                "content_sha256": digest}  # fmt: skip
+    from ansible_collections.ner11.ops.plugins.module_utils import catalog
+
+    return {"backup_id": backup_id, "manifest": manifest, "identity": catalog.source_identity(manifest), "state": state,
+            "pins": [], "verification": None, "freshness": fresh}  # fmt: skip
+
+
+def test_rpo_of_unchanged_artifacts_counts_from_the_last_confirmation_and_database_stays_strict():
+    import datetime
+
+    now = datetime.datetime(2026, 12, 5, 3, 0, tzinfo=datetime.timezone.utc)
+    fresh = {"confirmed_at": "2026-12-05T02:00:00Z", "content_sha256": "d1", "period": "daily"}
+    records = [
+        _rec("m1", "volume", "2026-12-01T02:00:00Z", fresh=fresh),  # unchanged for 4 days, confirmed today
+        _rec(
+            "v1",
+            "volume",
+            "2026-12-01T02:00:00Z",
+            obj="other",
+            fresh={"confirmed_at": "2026-12-05T02:00:00Z", "content_sha256": "stale-digest"},
+        ),  # fmt: skip
+    ]
+    rows = pb.identity_table(records, now)
+    by_obj = {r["object"]: r for r in rows}
+    assert by_obj["models"]["current_as_of"] == "2026-12-05T02:00:00Z" and by_obj["models"]["age_hours"] == 1.0
+    assert pb.rpo_errors(by_obj["models"], 26) == []
+    late = pb.rpo_errors(by_obj["other"], 26)  # a confirmation of other content does not count
+    assert len(late) == 1 and "was made 97.0 h ago, more than max_age_hours 26" in late[0] and "G55" not in late[0]
+    db = pb.identity_table([_rec("d1", "database", "2026-12-01T02:00:00Z", obj="ner11_db", fresh=fresh)], now)
+    assert db[0]["confirmed_at"] is None and pb.rpo_errors(db[0], 26)
+
+
+def test_rpo_is_per_identity_skips_manual_only_and_names_a_source_without_good_backup():
+    import datetime
+
+    now = datetime.datetime(2026, 12, 5, 3, 0, tzinfo=datetime.timezone.utc)
+    records = [
+        _rec("a", "database", "2026-12-05T02:00:00Z", host="h1", obj="ner11_db"),
+        _rec("b", "database", "2026-12-01T02:00:00Z", host="h2", obj="ner11_db"),
+        _rec("c", "database", "2026-11-01T02:00:00Z", host="h1", obj="scratch", period="manual"),
+        _rec("d", "database", "2026-12-05T02:00:00Z", host="h1", obj="audit", state="failed"),
+    ]
+    rows = {(r["host"], r["object"]): r for r in pb.identity_table(records, now)}
+    assert pb.rpo_errors(rows[("h1", "ner11_db")], 26) == []
+    assert pb.rpo_errors(rows[("h2", "ner11_db")], 26)  # host b is late, host a does not answer for it
+    assert pb.rpo_errors(rows[("h1", "scratch")], 26) == []  # manual only: no schedule to miss
+    assert "no good database backup of audit on host h1" in pb.rpo_errors(rows[("h1", "audit")], 26)[0]
+    only_h1 = pb.identity_table(records, now, host="h1")
+    assert {r["host"] for r in only_h1} == {"h1"}
