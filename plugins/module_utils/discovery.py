@@ -346,7 +346,7 @@ def discover(containers, model, explicit_names=None, services=None, specs=None):
     ``container_spec`` (for drift); drift is computed for every found container.
     """
     explicit_names = explicit_names or {}
-    services = list(services or SERVICES)
+    services = [s for s in SERVICES if s in (services or SERVICES)]
     specs = specs or {}
     project = model["project"]
     found = {}

@@ -185,3 +185,21 @@ def test_missing_password_is_named():
     result = run_playbook("playbooks/deploy.yml", {"ner11_stack": {"project": unique_project("itbad")}, "ner11_db_password": ""})
     assert result.rc != 0
     assert "ner11_db_password is not set" in result.stdout
+
+
+def test_removing_volumes_needs_the_project_confirmed(own_stack):
+    from conftest import run_playbook
+
+    stack = own_stack(deploy=False)
+    ev = dict(stack.vars, ner11_stack_state="absent", ner11_stack_remove_volumes=True)
+    docker("volume", "create", "--label", "io.ner11.project=%s" % stack.project, "%s_postgres_data" % stack.project)
+    refused = run_playbook("playbooks/deploy.yml", ev)
+    assert refused.rc != 0
+    assert "-e ner11_confirm=%s" % stack.project in refused.task("Check the confirmation before removing volumes")["msg"]
+    # The role options set directly (the old way) are guarded the same.
+    old_way = run_playbook("playbooks/deploy.yml", dict(stack.vars, stack_state="absent", stack_remove_volumes=True))
+    assert old_way.rc != 0 and "Nothing was removed" in old_way.stdout
+    assert docker("volume", "inspect", "%s_postgres_data" % stack.project, check=False).returncode == 0
+    removed = run_playbook("playbooks/deploy.yml", dict(ev, ner11_confirm=stack.project))
+    assert removed.rc == 0, removed.explain()
+    assert docker("volume", "inspect", "%s_postgres_data" % stack.project, check=False).returncode != 0
