@@ -765,7 +765,7 @@ def eval_container(name, info, at=None, latency_ms=None):
         )
     if not health:
         return make_check(
-            "container", name, "pass", "running (%s; no healthcheck defined, G6)" % facts, value, None, latency_ms, at
+            "container", name, "pass", "running (%s; no healthcheck defined)" % facts, value, None, latency_ms, at
         )
     return make_check("container", name, "pass", "running, %s (%s)" % (health, facts), value, None, latency_ms, at)
 
