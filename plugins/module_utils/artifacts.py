@@ -295,7 +295,7 @@ def build_manifest(kind, backup_id, source, contents, archive, created_at, compl
             "commands": ["mkdir -p {dest}", "tar -xpf %s --numeric-owner -C {dest}" % archive["path"]],
             "notes": [
                 "contents lists every member with mode and sha256; compare after extracting",
-                "config backups hold secrets (.env): keep them 0600 and encrypt any offsite copy (G49)",
+                "config backups hold secrets (.env): keep them 0600 and encrypt any offsite copy",
             ],
         },
     }
@@ -793,7 +793,7 @@ class ArtifactBackup(_ArtifactJob):
         path = _abs(src[0], "src")
         if not os.path.isdir(path):
             raise ArtifactError(
-                "models directory %s does not exist on this host (G27: /app/models is a container path); "
+                "models directory %s does not exist on this host (/app/models is a path inside the api container); "
                 "set container to the api container name, or src to the host directory" % path
             )
 
@@ -848,12 +848,12 @@ class ArtifactBackup(_ArtifactJob):
         if live and not self.p.get("allow_live"):
             raise ArtifactError(
                 "volume %s is the data directory of the running PostgreSQL container %s: a file copy of a live "
-                "database is not crash-consistent (G28). Stop %s first (e.g. ner11.ops.service), use pg_backup "
+                "database is not crash-consistent. Stop %s first (e.g. ner11.ops.service), use pg_backup "
                 "for a logical backup, or set allow_live: true to copy it anyway" % (volume, ", ".join(live), live[0])
             )
         if live:
             self.warnings.append(
-                "copying the live PostgreSQL data volume %s (allow_live): the copy may not be crash-consistent (G28)" % volume
+                "copying the live PostgreSQL data volume %s (allow_live): the copy may not be crash-consistent" % volume
             )
         image, image_name = self._helper_image(volume, users, None)
         source = {
@@ -1277,7 +1277,7 @@ class ArtifactRestore(_ArtifactJob):
             if live:
                 raise ArtifactError(
                     "volume %s is the data directory of the running PostgreSQL container %s: stop %s before restoring "
-                    "its files (G28)" % (name, ", ".join(live), live[0])
+                    "its files" % (name, ", ".join(live), live[0])
                 )
         current = self.listing(ttype, name, details, manifest)
         plan = restore_plan(contents, current, mode)

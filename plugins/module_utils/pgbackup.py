@@ -187,7 +187,7 @@ def space_error(db_size, factor, free, path):
     return (
         "not enough free space for the dump: %s has %d bytes free, the backup needs an estimated %d bytes "
         "(pg_database_size %d x space_factor %s); free space there (backup_prune, ner11.ops.disk_cleanup), "
-        "point backup_dir at a larger filesystem, or lower space_factor if you know the dump compresses well (G69)"
+        "point backup_dir at a larger filesystem, or lower space_factor if you know the dump compresses well"
         % (path, free, need, db_size, factor)
     )
 
@@ -630,7 +630,7 @@ class PgBackup:
                 if os.stat(path).st_dev == os.stat(kind_dir).st_dev:
                     self.warnings.append(
                         "backup_dir %s is on the same filesystem as %s: a full or lost disk takes the database and its "
-                        "backups together; copy backups offsite or use another filesystem (G69)" % (kind_dir, path)
+                        "backups together; copy backups offsite or use another filesystem" % (kind_dir, path)
                     )
             except OSError:
                 pass

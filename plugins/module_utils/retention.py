@@ -83,7 +83,7 @@ def plan(entries, keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1, keep
     current time) judges pins and the manual rule.
 
     Returns ``{"kept": {id: [reasons]}, "deleted": [ids newest first],
-    "unverified": [ids], "failed": [ids], "identities": {key: summary}}``.
+    "unverified": [ids], "failed_backups": [ids], "identities": {key: summary}}``.
     """
     policy = validate_policy(keep_daily, keep_weekly, keep_monthly, keep_min, keep_manual_days)
     now = _as_datetime(now) if now is not None else datetime.datetime.now(datetime.timezone.utc)
@@ -148,7 +148,7 @@ def plan(entries, keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1, keep
         "kept": kept,
         "deleted": deleted,
         "unverified": sorted(unverified),
-        "failed": sorted(failed),
+        "failed_backups": sorted(failed),
         "identities": identities,
     }
 

@@ -19,7 +19,7 @@ description:
     consume a calendar tier. Backups pinned with M(ner11.ops.backup_pin) (or C(keep_until)) are kept until the pin
     expires. The newest good backup of an identity is never deleted.
   - A backup whose recorded verification failed (M(ner11.ops.backup_verify)) never fills a tier, so an older good
-    backup keeps its slot; it is not deleted but reported in RV(failed). Entries without a valid, verified manifest
+    backup keeps its slot; it is not deleted but reported in RV(failed_backups). Entries without a valid, verified manifest
     are neither counted nor deleted; they are reported in RV(unverified).
   - Takes the kind's catalog lock, so it never races a running backup.
 author: ner11.ops maintainers (@ner11-ops)
@@ -97,7 +97,7 @@ deleted:
   returned: always
   type: list
   elements: str
-failed:
+failed_backups:
   description: Backups whose recorded verification failed - never counted as kept, never deleted; inspect them.
   returned: always
   type: list

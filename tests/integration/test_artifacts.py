@@ -92,6 +92,18 @@ def test_config_backup_keeps_modes_marks_sensitive_and_detects_one_change(tmp_pa
     assert not [p for p in by if "__pycache__" in p or p.endswith(".pyc")]  # excludes (G27)
     assert "it-secret" not in results[1]["_stdout"]  # contents never printed (G49)
     assert stat.S_IMODE(os.stat(results[1]["path"]).st_mode) == 0o700
+    # freshness (issue 8): the unchanged run (step 4) recorded that the content was confirmed current,
+    # an audit entry beside the backup, not a change; the check-mode run (step 3) wrote nothing
+    fresh_path = os.path.join(results[1]["path"], "freshness.json")
+    with open(fresh_path) as fh:
+        fresh = json.load(fh)
+    assert results[3]["changed"] is False and results[3]["freshness"] == fresh and fresh["confirmations"] == 1
+    assert fresh["content_sha256"] == first["content_sha256"] and stat.S_IMODE(os.stat(fresh_path).st_mode) == 0o600
+    before = (os.stat(fresh_path).st_mtime_ns, sorted(os.listdir(results[1]["path"])))
+    planned = run_module(BACKUP, args, check=True)
+    assert planned["changed"] is False and "freshness" in planned["plan"]
+    assert (os.stat(fresh_path).st_mtime_ns, sorted(os.listdir(results[1]["path"]))) == before
+    assert run_module("ner11.ops.backup_verify", {"kind": "config", "backup_dir": backup_dir})["status"] == "ok"
 
     (proj / "docker-compose.yml").write_text("services: {api: {}}\n")
     again = run_module(BACKUP, args)

@@ -365,6 +365,95 @@ def test_backup_playbook_four_steps_and_verify_playbook(db, tmp_path):
     assert restored["row_counts"] == CANARIES and restored["errors"] == []
 
 
+def test_backup_playbook_two_volumes_manual_backup_and_two_hosts(db, tmp_path):
+    """Issue 8, items 1, 2 and 5 on one catalog: retention, period idempotence and RPO work per source identity."""
+    vols = ["%s-models-a" % db.project, "%s-models-b" % db.project]
+    for i, vol in enumerate(vols):
+        docker("volume", "create", "--label", "io.ner11.project=%s" % db.project, vol)
+        docker("run", "--rm", "-v", "%s:/v" % vol, "ner11/base:ref", "sh", "-c", "echo model-%d > /v/weights.bin" % i)
+    # a stopped container that uses both volumes (its image is the helper that copies them)
+    docker("create", "--name", "%s-volholder" % db.project, "--label", "io.ner11.project=%s" % db.project,
+           "-v", "%s:/a" % vols[0], "-v", "%s:/b" % vols[1], "ner11/base:ref", "true")  # fmt: skip
+    bdir = tmp_path / "bk"
+    catalog = cat.Catalog(str(bdir))
+    ev = {
+        "ner11_stack": db.vars["ner11_stack"],
+        "ner11_db_password": db.password,
+        "ner11_backup_dir": str(bdir),
+        "ner11_backup_components": ["db", "volumes"],
+        "ner11_backup_volumes": vols,
+        "ner11_backup_metrics_dir": "",
+    }
+    manual = run_playbook("playbooks/backup.yml", dict(ev, ner11_backup_period="manual"), env=STATS)
+    assert manual.rc == 0, manual.explain()
+    manual_id = _stats(manual)["ner11_backup"]["db"]
+    daily = run_playbook("playbooks/backup.yml", ev, env=STATS)
+    assert daily.rc == 0, daily.explain()
+    daily_id = _stats(daily)["ner11_backup"]["db"]
+    # item 2: the daily run made its own backup and the manual one of the same day survived its prune
+    assert daily_id != manual_id
+    assert {m["backup_id"] for m in catalog.list("database")} == {manual_id, daily_id}
+    # item 1: both volumes keep their backups (one identity each)
+    by_volume = {m["source"]["volume"]: m for m in catalog.list("volume")}
+    assert sorted(by_volume) == sorted(vols)
+    assert {m["source"]["host"] for m in catalog.list("volume")} == {"localhost"}  # the inventory hostname
+    pruned = daily.task("Apply the retention policy")["results"]
+    assert all(r.get("deleted") == [] for r in pruned), [r.get("deleted") for r in pruned]
+
+    # item 5: a second host writing the same catalog never gets localhost's backup as "already done"
+    other = dict(ev, ner11_backup_components=["db"], backup_source_host="db-host-b")
+    first_b = run_playbook("playbooks/backup.yml", other, env=STATS)
+    assert first_b.rc == 0, first_b.explain()
+    b_id = _stats(first_b)["ner11_backup"]["db"]
+    assert b_id not in (manual_id, daily_id) and catalog.read_manifest("database", b_id)["source"]["host"] == "db-host-b"
+    again_b = run_playbook("playbooks/backup.yml", other, env=STATS)
+    assert again_b.rc == 0 and again_b.changed() == 0, again_b.changed_tasks()
+    assert _stats(again_b)["ner11_backup"]["db"] == b_id
+    # each host prunes and judges only its own identities; the table shows one row per identity
+    table = run_module("ner11.ops.backup_verify", {"backup_dir": str(bdir), "max_age_hours": 26})
+    assert table["status"] == "ok", table.get("msg")
+    hosts = sorted((row["host"], row["object"], row["good"]) for row in table["identities"])
+    assert hosts == [("db-host-b", "ner11_db", 1), ("localhost", "ner11_db", 2)]
+    [row_b] = [row for row in table["identities"] if row["host"] == "db-host-b"]
+    assert row_b["newest_backup_id"] == b_id and row_b["rpo"] == "ok"
+    verify = run_playbook("playbooks/verify_backups.yml", dict(ev, ner11_backup_components=["db", "volumes"]), env=STATS)
+    assert verify.rc == 0 and verify.changed() == 0, verify.explain()
+    rows = _stats(verify)["ner11_backup_identities"]
+    assert sorted(r["object"] for r in rows) == sorted(["ner11_db"] + vols)  # this host's identities only
+    lines = verify.task("Show one line per source identity")["msg"]
+    assert lines[0].startswith("kind | object | host") and any(vols[1] in line and "| ok" in line for line in lines), lines
+    # the daily run found the volumes unchanged: it recorded that, and the RPO counts from it
+    fresh = [r for r in rows if r["object"] in vols]
+    assert all(r["confirmed_at"] and r["scheduled"] and r["rpo"] == "ok" for r in fresh), fresh
+
+
+def test_a_flipped_byte_recorded_by_verify_makes_prune_keep_the_older_good_backup(db, tmp_path):
+    """Issue 8, item 4: the corrupt newest backup never takes the day's slot from the good older one."""
+    bdir = tmp_path / "bk"
+    older = run_module("ner11.ops.pg_backup", args(db, bdir))
+    newer = run_module("ner11.ops.pg_backup", args(db, bdir, force=True))  # same day, newer
+    assert older["changed"] and newer["changed"] and newer["backup_id"] != older["backup_id"]
+    victim = os.path.join(newer["path"], "globals.sql")
+    with open(victim, "r+b") as fh:
+        first = fh.read(1)
+        fh.seek(0)
+        fh.write(bytes([first[0] ^ 0x01]))
+    policy = {"backup_dir": str(bdir), "keep_daily": 1, "keep_weekly": 0, "keep_monthly": 0, "keep_min": 0}
+    # not yet known to be bad: the newest takes the day, the good older one would go
+    blind = run_module("ner11.ops.backup_prune", policy, check=True)
+    assert blind["deleted"] == [older["backup_id"]]
+    report = run_module("ner11.ops.backup_verify", {"backup_dir": str(bdir), "fail_on_error": False})
+    assert {b["backup_id"]: b["status"] for b in report["backups"]} == {older["backup_id"]: "ok", newer["backup_id"]: "failed"}
+    plan = run_module("ner11.ops.backup_prune", policy, check=True)
+    applied = run_module("ner11.ops.backup_prune", policy)
+    for result in (plan, applied):
+        assert result["deleted"] == [] and result["failed_backups"] == [newer["backup_id"]], result
+        assert "newest" in result["kept"][older["backup_id"]]
+    assert sorted(os.listdir(str(bdir / "database"))) == sorted([".lock", older["backup_id"], newer["backup_id"]])
+    # latest and the period's idempotence answer with the good one
+    assert run_module("ner11.ops.pg_backup", args(db, bdir))["backup_id"] == older["backup_id"]
+
+
 def test_zz_database_down_fails_clearly(db, tmp_path):
     container = db.container("postgres")
     docker("stop", container)

@@ -187,7 +187,7 @@ def simulate(catalog, policy, rng, p_daily, p_manual, p_corrupt):
             if until > now and backup_id in present_before:
                 assert backup_id in present, "day %d: pinned %s deleted before %s" % (day, backup_id, until)
         # failed backups are flagged, never deleted by the policy
-        assert not set(result["failed"]) & set(result["deleted"])
+        assert not set(result["failed_backups"]) & set(result["deleted"])
         # per identity: the calendar tiers hold, manual backups follow their own rule
         for key, recs in after.items():
             unpinned_scheduled = [

@@ -143,5 +143,5 @@ def test_pins_hold_until_they_expire():
 def test_a_failed_newest_backup_leaves_its_slot_to_the_older_good_one():
     entries = [_e("corrupt", 0, failed=True), _e("good", 1), _e("older", 2)]
     result = retention.plan(entries, keep_daily=1, keep_weekly=0, keep_monthly=0, keep_min=0, now=NOW)
-    assert "good" in result["kept"] and result["failed"] == ["corrupt"] and result["deleted"] == ["older"]
+    assert "good" in result["kept"] and result["failed_backups"] == ["corrupt"] and result["deleted"] == ["older"]
     assert "corrupt" not in result["deleted"]  # flagged for a human, never deleted by the policy
