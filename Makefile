@@ -12,7 +12,7 @@ INVENTORY ?= inventories/local
 SANITY_ROOT := $(CURDIR)/build/sanity-$(shell date +%s%N)/ansible_collections/ner11/ops
 PYTEST_ARGS ?=
 
-.PHONY: help setup docker images compose demo test lint ruff ansible-lint sanity units molecule integration bench clean
+.PHONY: help setup docker images compose demo test lint ruff ansible-lint sanity units units39 molecule integration bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ demo: setup images ## clean machine -> running, healthy reference stack
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/demo.yml -e ner11_confirm=ner11_db && \
 	echo "demo: finished in $$(( $$(date +%s) - start )) s" 
 
-test: setup images lint sanity units molecule integration ## everything CI runs
+test: setup images lint sanity units units39 molecule integration ## everything CI runs
 
 lint: ruff ansible-lint ## ruff + ansible-lint (production profile)
 
@@ -57,6 +57,11 @@ sanity: setup ## ansible-test sanity, no ignore file, on the collection content 
 
 units: setup ## unit tests of the pure core (module_utils, filters)
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
+
+units39: setup docker ## the unit tests again under Python 3.9 (Debian 11 image built locally by images/bullseye/build.sh)
+	bash images/bullseye/build.sh
+	docker run --rm --network none -v $(CURDIR):$(CURDIR):ro -w $(CURDIR) -e PYTHONDONTWRITEBYTECODE=1 \
+	  ner11/py39:ref python3 -m pytest -p no:cacheprovider tests/unit -q $(PYTEST_ARGS)
 
 molecule: setup images ## molecule scenarios (docker driver, local images)
 	for s in $$(ls molecule); do (cd . && $(BIN)/molecule test -s $$s) || exit 1; done

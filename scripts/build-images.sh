@@ -158,6 +158,12 @@ for name in "${CHILDREN[@]}"; do
 done
 TAG[base]=$base_tag
 
+# ---- Python 3.9 test image (Debian 11): make units39, tests/integration/test_restore_state.py (the Python 3.9 host test) ----
+# Not a stack image (its own hash and tags, images/bullseye/build.sh); NER11_IMAGES_PY39=0 skips it.
+if [ "${NER11_IMAGES_PY39:-1}" = 1 ]; then
+  bash "$IMAGES/bullseye/build.sh" || die "building $NS/py39 (images/bullseye/build.sh) failed"
+fi
+
 # ---- summary ------------------------------------------------------------------------
 human() {
   awk -v b="$1" 'BEGIN { split("B KB MB GB", u); i = 1; while (b >= 1000 && i < 4) { b /= 1000; i++ }

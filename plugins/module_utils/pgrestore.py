@@ -32,6 +32,7 @@ import shlex
 from ansible_collections.ner11.ops.plugins.module_utils.catalog import (
     Catalog,
     CatalogError,
+    choose_identity,
     isoformat,
     parse_time,
     utcnow,
@@ -49,8 +50,18 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _TABLE_RE = re.compile(r"^(?:([A-Za-z_][A-Za-z0-9_$]{0,62})\.)?([A-Za-z_][A-Za-z0-9_$]{0,62})$")
 _ROLE_STMT_RE = re.compile(r'^(CREATE|ALTER)\s+ROLE\s+("(?:[^"]|"")+"|[^\s;]+)', re.IGNORECASE)
 _MAX_IDENT = 63
-# mktemp -d (0700) inside the DB container; removed after the restore.
-CONTAINER_STAGE = "/tmp/ner11-restore-XXXXXX"  # noqa: S108
+# mktemp -d (0700) inside the DB container, per database; removed after the restore
+# (and by the next run's repair when a run was killed).
+CONTAINER_STAGE_PREFIX = "/tmp/ner11-restore-"  # noqa: S108
+# Databases this collection creates or renames carry a COMMENT starting with MARK;
+# only those are ever dropped by a repair.
+MARK = "ner11.ops:"
+TEMP_COMMENT = MARK + " temporary database of a restore in progress (dropped by the next run if left)"
+DROP_PENDING = "drop pending"
+# Test-only hook (docs/restore.md "Interrupted restores"): with NER11_OPS_TEST_PAUSE_AT=<phase>
+# the module writes <NER11_OPS_TEST_PAUSE_DIR>/<phase> and sleeps at that phase, so a test can
+# kill the whole job there. Phases: copy, pg_restore, connections, drop.
+PAUSE_PHASES = ("copy", "pg_restore", "connections", "drop")
 
 
 class RestoreError(Exception):
@@ -59,6 +70,130 @@ class RestoreError(Exception):
 
 class Refused(RestoreError):
     """A guard refused the restore (nothing was touched)."""
+
+
+def test_pause(phase, environ=None):
+    """The test-only pause hook: a no-op unless NER11_OPS_TEST_PAUSE_AT names this phase."""
+    import time
+
+    environ = os.environ if environ is None else environ
+    if environ.get("NER11_OPS_TEST_PAUSE_AT") != phase:
+        return False
+    directory = environ.get("NER11_OPS_TEST_PAUSE_DIR")
+    if directory:
+        with open(os.path.join(directory, phase), "w") as fh:
+            fh.write("%d\n" % os.getpid())
+    time.sleep(float(environ.get("NER11_OPS_TEST_PAUSE_SECONDS") or 300))
+    return True
+
+
+PROTECTED_DBS = ("postgres", "template0", "template1")
+SCRATCH_COMMENT = MARK + " scratch database (test restore or DR drill), dropped after use"
+
+
+def created_comment(backup_id):
+    return "%s created by the restore of %s" % (MARK, backup_id)
+
+
+def scratch_refusal(name, source_db=None):
+    """Why ``name`` must not be used as a scratch database (None when it may) (pure).
+
+    Scratch databases are dropped WITH (FORCE) without a confirmation, so they can
+    never be a system database, the backed-up (source) database, or one of the
+    names a restore uses for its own temporary and replaced databases.
+    """
+    if name in PROTECTED_DBS:
+        return (
+            "scratch database %s is a system database (postgres, template0 and template1 are never used); choose another name"
+            % name
+        )
+    if source_db and name == source_db:
+        return "scratch database %s is the backed-up database itself; choose another name" % name
+    if name.endswith(TEMP_SUFFIX) or OLD_INFIX in name:
+        return "scratch database %s uses a name the restore keeps for itself; choose another name" % name
+    return None
+
+
+def marked_sql(name):
+    """``comment`` of database ``name`` (no row when it does not exist)."""
+    return "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = %s;" % quote_literal(name)
+
+
+def stage_pattern(db):
+    return CONTAINER_STAGE_PREFIX + db + "-"
+
+
+def old_comment(backup_id, keep_old):
+    return "%s replaced by the restore of %s; %s" % (MARK, backup_id, "kept (keep_old)" if keep_old else DROP_PENDING)
+
+
+def classify_leftovers(db, rows):
+    """What a killed or failed run left, from ``(datname, datallowconn, comment)`` rows (pure).
+
+    Returns {target_blocked, temp (None or {name, ours}), old: [{name, allow, comment, drop}]}.
+    ``drop`` is true only for a database this collection renamed and meant to drop.
+    """
+    temp = temp_db_name(db)
+    out = {"target_exists": False, "target_blocked": False, "temp": None, "old": []}
+    prefix = old_prefix(db)
+    for name, allow, comment in rows:
+        allowed = allow in (True, "t", "true")
+        comment = comment or ""
+        if name == db:
+            out["target_exists"] = True
+            out["target_blocked"] = not allowed
+        elif name == temp:
+            out["temp"] = {"name": name, "ours": comment.startswith(MARK), "allow": allowed}
+        elif name.startswith(prefix):
+            ours = comment.startswith(MARK)
+            out["old"].append(
+                {"name": name, "allow": allowed, "comment": comment, "ours": ours, "drop": ours and DROP_PENDING in comment}
+            )
+    out["old"].sort(key=lambda o: o["name"])
+    return out
+
+
+def repair_plan(db, found, stage_dirs=(), clients=()):
+    """The repair steps (descriptions) for what ``classify_leftovers`` found (pure).
+
+    Raises Refused when a database with our temporary name was not made by us.
+    """
+    steps = []
+    if found["temp"] and not found["temp"]["ours"]:
+        raise Refused(
+            "database %s exists but was not created by ner11.ops (it has no ner11.ops comment); rename or drop it "
+            "yourself before restoring %s; nothing was changed" % (found["temp"]["name"], db)
+        )
+    for client in clients:
+        steps.append("stop %s still running in the database container (pid %s)" % (client["tool"], client["pid"]))
+    if found["target_blocked"]:
+        steps.append("allow connections to %s again (a killed restore left them disallowed)" % db)
+    if found["temp"]:
+        steps.append("drop the half-built temporary database %s" % found["temp"]["name"])
+    for old in found["old"]:
+        if old["drop"]:
+            steps.append("drop %s (the database a completed restore replaced; it was due to be dropped)" % old["name"])
+    for stage in stage_dirs:
+        steps.append("remove the dump copy %s in the database container" % stage)
+    return steps
+
+
+def leftover_report(db, found):
+    """Leftovers this run does not remove: what they are and what to run (for ``leftovers``)."""
+    out = []
+    for old in found["old"]:
+        if old["drop"]:
+            continue
+        why = "kept on request (keep_old)" if old["ours"] else "not marked by ner11.ops, so never dropped automatically"
+        out.append(
+            {
+                "database": old["name"],
+                "state": "%s; %s" % ("accepts connections" if old["allow"] else "refuses connections", why),
+                "fix": "inspect it, then DROP DATABASE %s; (it holds the content %s had before a restore)"
+                % (quote_ident(old["name"]), db),
+            }
+        )
+    return out
 
 
 # -- names -------------------------------------------------------------------
@@ -89,6 +224,11 @@ def temp_db_name(db):
     return _suffixed(db, TEMP_SUFFIX)
 
 
+def old_prefix(db):
+    """What every ``old_db_name(db)`` starts with (the 15-character timestamp follows)."""
+    return db[: _MAX_IDENT - len(OLD_INFIX) - 15] + OLD_INFIX
+
+
 def old_db_name(db, now=None):
     return _suffixed(db, OLD_INFIX + (now or utcnow()).strftime("%Y%m%dT%H%M%S"))
 
@@ -111,9 +251,13 @@ def partial_reason(manifest):
     return None
 
 
-def select_latest(catalog, db_name, verify, instance=None):
-    """Newest verified FULL backup of ``db_name``: (manifest, skipped[]) (G9).
+def select_latest(catalog, db_name, verify, instance=None, source_host=None):
+    """Newest good FULL backup of ``db_name`` of one source identity: (manifest, skipped[]) (G9).
 
+    Good: verified and not failed by a recorded backup_verify (``Catalog.list``).
+    Only one source identity (host, instance) may qualify: ``source_host`` picks
+    one; when several hold backups of the database, ``catalog.choose_identity``
+    raises CatalogError listing them (a restore never guesses another host's data).
     ``verify(backup_id)`` returns the checksum problems of a backup; a backup
     with problems is skipped (and reported), as are partial, single-table and
     schema/data-only backups. ``.partial-*`` directories are never listed.
@@ -122,7 +266,8 @@ def select_latest(catalog, db_name, verify, instance=None):
     if instance:
         match["instance"] = instance
     skipped = []
-    for manifest in reversed(catalog.list("database", **match)):
+    candidates, _identity = choose_identity(catalog.list("database", **match), "database %s" % db_name, source_host)
+    for manifest in reversed(candidates):
         reason = partial_reason(manifest)
         if reason:
             skipped.append({"backup_id": manifest["backup_id"], "reason": "not a full backup: " + reason})
@@ -135,7 +280,7 @@ def select_latest(catalog, db_name, verify, instance=None):
     return None, skipped
 
 
-def resolve_backup(backup_dir=None, backup_id=None, path=None, latest=False, source_db=None, instance=None):
+def resolve_backup(backup_dir=None, backup_id=None, path=None, latest=False, source_db=None, instance=None, source_host=None):
     """Find and verify the backup to restore; returns (catalog, manifest, backup_path, skipped)."""
     if path:
         path = os.path.normpath(path)
@@ -158,11 +303,14 @@ def resolve_backup(backup_dir=None, backup_id=None, path=None, latest=False, sou
         catalog = Catalog(backup_dir)
         skipped = []
         if latest and not backup_id:
-            manifest, skipped = select_latest(catalog, source_db, lambda bid: catalog.verify("database", bid), instance)
+            manifest, skipped = select_latest(
+                catalog, source_db, lambda bid: catalog.verify("database", bid), instance, source_host
+            )
             if manifest is None:
                 raise RestoreError(
-                    "no verified full backup of database %s in %s/database%s; take one with ner11.ops.pg_backup "
-                    "or name a backup with backup_id" % (source_db, catalog.root, _skipped_text(skipped))
+                    "no verified full backup of database %s%s in %s/database%s; take one with ner11.ops.pg_backup "
+                    "or name a backup with backup_id"
+                    % (source_db, " from host %s" % source_host if source_host else "", catalog.root, _skipped_text(skipped))
                 )
         else:
             validate_backup_id(backup_id)
@@ -320,13 +468,14 @@ def decide(db_name, backup, target, if_exists="fail", confirm=None, force=False,
     ``backup``: {backup_id, sha256, created_at (epoch)}.
     ``target``: {exists, user_tables, applied (latest restore_log row or None:
     {backup_id, sha256, scope, tables, applied_at, source_created_at} epochs),
-    newest_write (epoch or None)}.
+    changes (``fingerprint_diff`` of the applied restore: [] when the database
+    is still in the state it produced; missing = unknown = changed)}.
     Returns {action, changed, reason}; raises Refused when a guard says no.
-    Actions: ``none`` (this backup is already applied), ``skip``, ``create``
-    (no or an empty target), ``replace``, ``tables``.
+    Actions: ``none`` (this backup is applied and nothing was written since;
+    never with ``force``), ``skip``, ``create`` (no or an empty target),
+    ``replace``, ``tables``.
     """
     applied = target.get("applied")
-    newest = target.get("newest_write")
     if tables:
         if not target.get("exists"):
             raise Refused("database %s does not exist; a selective restore (tables) needs the existing database" % db_name)
@@ -335,8 +484,9 @@ def decide(db_name, backup, target, if_exists="fail", confirm=None, force=False,
             and applied.get("scope") == "tables"
             and applied.get("backup_id") == backup["backup_id"]
             and sorted(applied.get("tables") or []) == sorted(tables)
-            and (newest is None or newest <= applied["applied_at"])
+            and not target.get("changes", ["no state fingerprint"])
             and target.get("counts_match", True)
+            and not force
         ):
             return {
                 "action": "none",
@@ -348,7 +498,11 @@ def decide(db_name, backup, target, if_exists="fail", confirm=None, force=False,
                 "restoring tables %s replaces their rows in %s: set confirm=%s to proceed (nothing was changed)"
                 % (", ".join(tables), db_name, db_name)
             )
-        return {"action": "tables", "changed": True, "reason": "replace the rows of %s" % ", ".join(tables)}
+        return {
+            "action": "tables",
+            "changed": True,
+            "reason": "replace the rows of %s%s" % (", ".join(tables), _since(applied, backup, target)),
+        }
 
     if (
         target.get("exists")
@@ -356,7 +510,8 @@ def decide(db_name, backup, target, if_exists="fail", confirm=None, force=False,
         and applied.get("scope", "full") == "full"
         and applied.get("backup_id") == backup["backup_id"]
         and (not backup.get("sha256") or applied.get("sha256") == backup["sha256"])
-        and (newest is None or newest <= applied["applied_at"])
+        and not target.get("changes", ["no state fingerprint"])
+        and not force
     ):
         return {"action": "none", "changed": False, "reason": "backup %s is already the applied one" % backup["backup_id"]}
     if not target.get("exists"):
@@ -388,7 +543,17 @@ def decide(db_name, backup, target, if_exists="fail", confirm=None, force=False,
                 _iso(backup["created_at"]),
             )
         )
-    return {"action": "replace", "changed": True, "reason": "replace database %s" % db_name}
+    return {"action": "replace", "changed": True, "reason": "replace database %s%s" % (db_name, _since(applied, backup, target))}
+
+
+def _since(applied, backup, target):
+    """Why an applied backup is restored again (for ``reason``)."""
+    if not applied or applied.get("backup_id") != backup["backup_id"]:
+        return ""
+    changes = target.get("changes") or []
+    if not changes:
+        return " (forced)"
+    return ": changed since backup %s was restored (%s)" % (backup["backup_id"], "; ".join(changes[:5]))
 
 
 def newer_tables(target_newest, backup_newest):
@@ -443,22 +608,25 @@ CREATE TABLE IF NOT EXISTS %(table)s (
     forced boolean NOT NULL DEFAULT false,
     tool text
 );
+ALTER TABLE %(table)s ADD COLUMN IF NOT EXISTS fingerprint text;
 """ % {"schema": LOG_SCHEMA, "table": LOG_TABLE}
 
 HAS_LOG_SQL = "SELECT to_regclass('%s') IS NOT NULL;" % LOG_TABLE
 LATEST_LOG_SQL = (
     "SELECT row_to_json(r)::text FROM (SELECT backup_id, sha256, scope, tables, "
     "extract(epoch FROM applied_at)::float8 AS applied_at, "
-    "extract(epoch FROM source_created_at)::float8 AS source_created_at "
-    "FROM %s ORDER BY applied_at DESC, id DESC LIMIT 1) r;" % LOG_TABLE
+    "extract(epoch FROM source_created_at)::float8 AS source_created_at, "
+    "to_jsonb(l) ->> 'fingerprint' AS fingerprint "
+    "FROM %s l ORDER BY applied_at DESC, id DESC LIMIT 1) r;" % LOG_TABLE
 )
 
 
 def log_insert_sql(backup_id, sha256, scope, tables, source_db, source_created_at, forced):
+    """The restore_log row, with the state fingerprint taken in the same statement."""
     tables_sql = "ARRAY[%s]::text[]" % ", ".join(quote_literal(t) for t in tables) if tables else "NULL"
     return (
-        LOG_DDL + "INSERT INTO %s (backup_id, sha256, scope, tables, source_db, source_created_at, forced, tool) "
-        "VALUES (%s, %s, %s, %s, %s, %s::timestamptz, %s, 'ner11.ops.pg_restore');\n"
+        LOG_DDL + "INSERT INTO %s (backup_id, sha256, scope, tables, source_db, source_created_at, forced, tool, "
+        "fingerprint) VALUES (%s, %s, %s, %s, %s, %s::timestamptz, %s, 'ner11.ops.pg_restore', (%s));\n"
         % (
             LOG_TABLE,
             quote_literal(backup_id),
@@ -468,6 +636,7 @@ def log_insert_sql(backup_id, sha256, scope, tables, source_db, source_created_a
             quote_literal(source_db or ""),
             quote_literal(source_created_at),
             "true" if forced else "false",
+            fingerprint_sql(None, tables or None),
         )
     )
 
@@ -497,6 +666,124 @@ def newest_sql(columns_by_table):
     return " UNION ALL ".join(parts) + ";" if parts else None
 
 
+# -- the state fingerprint -----------------------------------------------------------
+# "The database is in the state backup B produced" is decided from a fingerprint
+# taken right after the restore and compared on every later run (docs/restore.md,
+# "When a re-run is a no-op"). Statistics counters are not used: TRUNCATE does not
+# count as deletes, counters reach pg_stat_* only after a delay and a crash resets
+# them. What is used can only change through a write:
+#   * per relation (tables, matviews, sequences, views, partitioned parents): its oid,
+#     its relfilenode (TRUNCATE, VACUUM FULL, CLUSTER, rewrites change it) and the
+#     xmin of its pg_class row (DDL: ALTER, GRANT, ... write a new row);
+#   * per table: the number of rows and the number of rows whose xmin is at or after
+#     a horizon ``h`` (the oldest transaction still running when the fingerprint was
+#     taken). INSERT and UPDATE always write row versions with a new xmin; DELETE
+#     lowers the count. Both are exact for committed data, with no delay.
+#   * per sequence: last_value and is_called.
+#   * tables added or dropped change the set of relations.
+# The schema ner11_ops (the restore log itself) is left out. When more than 2^31
+# transactions ran since ``h`` (xmin comparison wraps), or the fingerprint cannot be
+# read, the database counts as changed: restoring again is the safe direction.
+FINGERPRINT_VERSION = 1
+_XID_SPACE = 4294967296
+_XID_HALF = 2147483648
+
+
+def fingerprint_sql(horizon=None, tables=None):
+    """One SQL statement returning the fingerprint JSON (see above).
+
+    ``horizon``: None takes a new one (when recording); the recorded value when
+    comparing. ``tables``: limit to these tables and the sequences they own.
+    """
+    h = "txid_snapshot_xmin(txid_current_snapshot())" if horizon is None else "%d::bigint" % int(horizon)
+    if tables:
+        names = "ARRAY[%s]::text[]" % ", ".join(quote_literal(qualified(t)) for t in tables)
+        scope = (
+            "c.oid IN (SELECT to_regclass(x)::oid FROM unnest(%s) x UNION SELECT d.objid FROM pg_depend d "
+            "WHERE d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') AND d.refobjid IN "
+            "(SELECT to_regclass(x)::oid FROM unnest(%s) x))" % (names, names)
+        )
+    else:
+        scope = (
+            "c.relkind IN ('r', 'p', 'm', 'S', 'v') AND n.nspname NOT IN ('pg_catalog', 'information_schema', '%s') "
+            "AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'" % LOG_SCHEMA
+        )
+    count = (
+        "SELECT count(*)::text || '/' || (count(*) FILTER (WHERE ((xmin::text::bigint - %%s + %d) %%%% %d) < %d))::text "
+        "AS c FROM ONLY %%I.%%I" % (_XID_SPACE, _XID_SPACE, _XID_HALF)
+    )
+    data = (
+        "CASE WHEN c.relkind IN ('r', 'm') AND c.relispopulated THEN (xpath('/row/c/text()', query_to_xml(format(%s, "
+        "hz.h %% %d, n.nspname, c.relname), false, true, '')))[1]::text "
+        "WHEN c.relkind = 'S' THEN (xpath('/row/c/text()', query_to_xml(format("
+        "'SELECT last_value::text || ''/'' || is_called::text AS c FROM %%I.%%I', n.nspname, c.relname), "
+        "false, true, '')))[1]::text ELSE '' END" % (quote_literal(count), _XID_SPACE)
+    )
+    return (
+        "WITH hz AS (SELECT %s AS h) SELECT json_build_object('v', %d, 'h', hz.h, "
+        "'next', txid_snapshot_xmax(txid_current_snapshot()), "
+        "'db_oid', (SELECT oid FROM pg_database WHERE datname = current_database()), "
+        "'rels', coalesce((SELECT json_object_agg(n.nspname || '.' || c.relname, json_build_array(c.relkind::text, "
+        "c.oid, pg_relation_filenode(c.oid), c.xmin::text, %s) ORDER BY n.nspname, c.relname) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE %s), '{}'::json))::text FROM hz"
+        % (h, FINGERPRINT_VERSION, data, scope)
+    )
+
+
+def fingerprint_diff(recorded, current):
+    """Why ``current`` is not the recorded state: a list of reasons ([] = same state).
+
+    Pure. ``recorded`` is what the restore stored (None when it stored none:
+    an older restore, or a log copied in by a backup); ``current`` is the same
+    query run now with the recorded horizon (None when it could not be read).
+    """
+    if not recorded or not isinstance(recorded, dict) or recorded.get("v") != FINGERPRINT_VERSION:
+        return ["no state fingerprint was recorded with that restore"]
+    if not current or not isinstance(current, dict):
+        return ["the state fingerprint could not be read"]
+    reasons = []
+    if current.get("db_oid") != recorded.get("db_oid"):
+        reasons.append("the database was dropped and created again")
+    try:
+        if int(current.get("next")) - int(recorded.get("h")) >= _XID_HALF:
+            reasons.append("too many transactions since the restore to compare row versions")
+    except (TypeError, ValueError):
+        reasons.append("the transaction horizon is unreadable")
+    old, new = recorded.get("rels") or {}, current.get("rels") or {}
+    for name in sorted(set(old) | set(new)):
+        if name not in new:
+            reasons.append("%s was dropped" % name)
+            continue
+        if name not in old:
+            reasons.append("%s was created" % name)
+            continue
+        a, b = old[name], new[name]
+        if list(a[:3]) != list(b[:3]):
+            reasons.append("%s was rewritten or truncated" % name)
+        elif a[3] != b[3]:
+            reasons.append("%s: its definition or privileges changed" % name)
+        if a[0] == "S":
+            if a[4] != b[4]:
+                reasons.append("%s: sequence moved from %s to %s" % (name, a[4], b[4]))
+            continue
+        rows_a, _sep, newer_a = str(a[4]).partition("/")
+        rows_b, _sep, newer_b = str(b[4]).partition("/")
+        if rows_a != rows_b:
+            reasons.append("%s: %s rows, %s after the restore" % (name, rows_b or "?", rows_a or "?"))
+        elif newer_a != newer_b:
+            reasons.append("%s: rows inserted or updated since the restore" % name)
+    return reasons
+
+
+def parse_fingerprint(text):
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def sessions_sql(db):
     return (
         "SELECT pid, coalesce(application_name, ''), coalesce(usename, ''), coalesce(state, '') "
@@ -512,14 +799,48 @@ def terminate_sql(db):
     )
 
 
-def swap_sql(db, temp, old):
-    """Both renames in one transaction: either the restored database is in place, or nothing moved."""
-    return "BEGIN;\nALTER DATABASE %s RENAME TO %s;\nALTER DATABASE %s RENAME TO %s;\nCOMMIT;\n" % (
-        quote_ident(db),
-        quote_ident(old),
-        quote_ident(temp),
-        quote_ident(db),
+def swap_sql(db, temp, old, comment=None):
+    """Both renames in one transaction: either the restored database is in place, or nothing moved.
+
+    The replaced database is marked (``comment``) in the same transaction, so a
+    run killed before the drop leaves a database the next run knows it may drop;
+    the restored one loses the temporary mark.
+    """
+    mark = "COMMENT ON DATABASE %s IS %s;\n" % (quote_ident(old), quote_literal(comment)) if comment else ""
+    return (
+        "BEGIN;\nALTER DATABASE %s RENAME TO %s;\nALTER DATABASE %s RENAME TO %s;\n%sCOMMENT ON DATABASE %s IS NULL;\nCOMMIT;\n"
+        % (
+            quote_ident(db),
+            quote_ident(old),
+            quote_ident(temp),
+            quote_ident(db),
+            mark,
+            quote_ident(db),
+        )
     )
+
+
+def leftovers_sql(db):
+    temp = temp_db_name(db)
+    prefix = old_prefix(db)
+    return (
+        "SELECT datname, datallowconn, coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database "
+        "WHERE datname IN (%s, %s) OR left(datname, %d) = %s ORDER BY 1;"
+        % (quote_literal(db), quote_literal(temp), len(prefix), quote_literal(prefix))
+    )
+
+
+# Lists, inside the DB container, the client processes working on the temporary
+# database (pg_restore/psql; "$1" is its name) and the dump copies of this database.
+CONTAINER_SCAN = r"""
+for p in /proc/[0-9]*; do
+  c=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+  case "$c" in *" $1 "*|*" $1") ;; *) continue ;; esac
+  case "$c" in pg_restore\ *|psql\ *|*/pg_restore\ *|*/psql\ *) echo "pid ${p#/proc/} ${c%% *}" ;; esac
+done
+for d in "$2"*; do [ -d "$d" ] && echo "stage $d"; done
+exit 0
+"""
 
 
 def table_restore_wrapper(tables, expected, check_newer_cols, forced):
@@ -571,12 +892,16 @@ def table_restore_wrapper(tables, expected, check_newer_cols, forced):
 class Restorer:
     """Runs the steps against one server. ``runner`` has AnsibleModule.run_command's signature."""
 
-    def __init__(self, target, runner, log=None):
+    def __init__(self, target, runner, log=None, check_mode=False, db=None):
         self.target = target
         self.runner = runner
         self.commands = []
         self._log = log or (lambda msg: None)
         self.stage = None
+        self.check_mode = check_mode
+        self.db = db or "db"
+        # What this run changed for good (for ``changed`` when it fails later).
+        self.changes = []
 
     # -- helpers -------------------------------------------------------------------
     def q(self, sql, db="postgres"):
@@ -623,10 +948,24 @@ class Restorer:
         state["tables"] = ["%s.%s" % (r[0], r[1]) for r in rows]
         raw = self.target.scalar(LATEST_LOG_SQL, db) if self.target.scalar(HAS_LOG_SQL, db) == "t" else None
         state["applied"] = json.loads(raw) if raw else None
+        if state["applied"]:
+            state["changes"] = self.changes_since(db, state["applied"])
         state["newest"] = self.newest(db, newer_columns)
         values = [v for v in state["newest"].values() if v is not None]
         state["newest_write"] = max(values) if values else None
         return state
+
+    def changes_since(self, db, applied):
+        """``fingerprint_diff`` of the applied restore against the database now."""
+        recorded = parse_fingerprint(applied.pop("fingerprint", None))
+        if not recorded or recorded.get("v") != FINGERPRINT_VERSION:
+            return fingerprint_diff(recorded, None)
+        tables = applied.get("tables") if applied.get("scope") == "tables" else None
+        try:
+            current = parse_fingerprint(self.target.scalar(fingerprint_sql(recorded.get("h"), tables), db))
+        except (PgExecError, TypeError, ValueError, RestoreError):
+            current = None
+        return fingerprint_diff(recorded, current)
 
     def inspect_tables(self, db):
         return ["%s.%s" % (r[0], r[1]) for r in self.q(USER_TABLES_SQL, db) or []]
@@ -680,9 +1019,11 @@ class Restorer:
         if not needs_copy:
             return None
         container = self.target.container
+        if self.check_mode:
+            raise RestoreError("internal: the dump is never copied in check mode")
         if not self.stage:
             self.stage = self.docker(
-                ["exec", "-u", "0", container, "mktemp", "-d", CONTAINER_STAGE],
+                ["exec", "-u", "0", container, "mktemp", "-d", stage_pattern(self.db) + "XXXXXX"],
                 "creating a temp dir in %s" % container,
             ).strip()
         dest = self.stage + "/" + os.path.basename(info["path"].rstrip("/"))
@@ -691,6 +1032,7 @@ class Restorer:
             self.docker(["cp", os.path.join(info["path"], "toc.dat"), "%s:%s/toc.dat" % (container, dest)], "copying toc.dat")
         else:
             self.docker(["cp", info["path"], "%s:%s" % (container, dest)], "copying the dump into %s" % container)
+            test_pause("copy")
         self.docker(
             ["exec", "-u", "0", container, "chown", "-R", self.target.container_user, self.stage],
             "handing the dump to %s" % self.target.container_user,
@@ -708,10 +1050,17 @@ class Restorer:
             return staged, ""
         return None, " < " + shlex.quote(info["path"])
 
-    def list_toc(self, info):
-        """``pg_restore --list`` of a custom/directory dump: the number of TOC entries (0 for plain)."""
+    def list_toc(self, info, recorded=None):
+        """``pg_restore --list`` of a custom/directory dump: the number of TOC entries (0 for plain).
+
+        In check mode a directory dump is not copied into the container (check
+        mode writes nothing anywhere): the manifest's recorded count is returned
+        (the checksums of every file were verified already).
+        """
         if info["format"] == "plain":
             return None
+        if self.check_mode and info["format"] == "directory" and self.target.container:
+            return recorded
         staged = self.stage_dump(info, jobs=1, only_toc=True)
         arg, redirect = self._input(info, staged)
         line = self.tool_cmd("pg_restore", ["--list"] + ([arg] if arg else []), stdin=arg is None) + redirect
@@ -732,7 +1081,8 @@ class Restorer:
             self.psql_script(sql, "postgres")
         return {"created": created, "kept": kept}
 
-    def create_db(self, db):
+    def create_db(self, db, comment=TEMP_COMMENT):
+        """CREATE DATABASE, then mark it as ours at once (only marked databases are ever dropped by a repair)."""
         self.target.run(
             "psql",
             [
@@ -746,13 +1096,91 @@ class Restorer:
                 "CREATE DATABASE %s TEMPLATE template0;" % quote_ident(db),
             ],
         )
-
-    def drop_db(self, db):
         self.target.run(
             "psql",
-            ["-X", "-q", "-d", "postgres", "-c", "DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(db)],
+            [
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+                "-c",
+                "COMMENT ON DATABASE %s IS %s;" % (quote_ident(db), quote_literal(comment)),
+            ],
+        )
+
+    def drop_db(self, db):
+        """DROP DATABASE ... WITH (FORCE); returns None when done, else the error text."""
+        rc, out, err = self.target.run(
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+                "-c",
+                "DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(db),
+            ],
             check=False,
         )
+        return None if rc == 0 else _tail(err or out)
+
+    # -- what a killed or failed run left ----------------------------------------------------
+    def find_leftovers(self, db):
+        """(classify_leftovers(...), stage dirs, client processes) for this database."""
+        rows = self.q(leftovers_sql(db)) or []
+        found = classify_leftovers(db, rows)
+        stages, clients = [], []
+        if self.target.container:
+            rc, out, _err = self.runner(
+                [self.target.docker, "exec", "-u", "0", self.target.container, "sh", "-c", CONTAINER_SCAN, "sh",
+                 temp_db_name(db), stage_pattern(db)]
+            )  # fmt: skip
+            for line in (out or "").splitlines() if rc == 0 else []:
+                kind, _sep, rest = line.partition(" ")
+                if kind == "stage" and rest.startswith(stage_pattern(db)):
+                    stages.append(rest.strip())
+                elif kind == "pid":
+                    pid, _sep, tool = rest.partition(" ")
+                    if pid.isdigit():
+                        clients.append({"pid": int(pid), "tool": os.path.basename(tool.strip()) or "client"})
+        return found, stages, clients
+
+    def repair(self, db, found, stages, clients):
+        """Bring back a state the restore can start from; returns what was done (each step a sentence)."""
+        done = []
+        if clients:
+            pids = [str(c["pid"]) for c in clients]
+            self.docker(["exec", "-u", "0", self.target.container, "kill", "-TERM"] + pids, "stopping the leftover clients")
+            done += ["stopped %s (pid %s) in the database container" % (c["tool"], c["pid"]) for c in clients]
+        if found["target_blocked"]:
+            self.allow_connections(db, True)
+            done.append("allowed connections to %s again" % db)
+        if found["temp"]:
+            error = self.drop_db(found["temp"]["name"])
+            if error:
+                raise RestoreError(
+                    "could not drop the temporary database %s a killed restore left (%s); drop it with DROP DATABASE %s "
+                    "WITH (FORCE); and run again" % (found["temp"]["name"], error, quote_ident(found["temp"]["name"]))
+                )
+            done.append("dropped the half-built temporary database %s" % found["temp"]["name"])
+        for old in found["old"]:
+            if not old["drop"]:
+                continue
+            error = self.drop_db(old["name"])
+            if error:
+                old["drop"] = False
+                old["comment"] += " (drop failed: %s)" % error
+                continue
+            done.append("dropped %s (replaced by a completed restore)" % old["name"])
+        for stage in stages:
+            self.docker(["exec", "-u", "0", self.target.container, "rm", "-rf", "--", stage], "removing %s" % stage)
+            done.append("removed the dump copy %s in the database container" % stage)
+        self.changes += done
+        return done
 
     def restore_full(self, info, db, jobs):
         staged = self.stage_dump(info, jobs)
@@ -773,7 +1201,71 @@ class Restorer:
             args += ["-j", str(jobs)]
         arg, redirect = self._input(info, staged)
         line = self.tool_cmd("pg_restore", args + ([arg] if arg else []), stdin=arg is None) + redirect
+        if os.environ.get("NER11_OPS_TEST_PAUSE_AT") == "pg_restore":
+            # Test-only hook: pg_restore runs on while this run waits to be killed.
+            line = '{ %s; } & sleep 0.3; echo $$ > "$NER11_OPS_TEST_PAUSE_DIR/pg_restore"; wait $!; sleep 300' % line
         self.shell(line, "pg_restore into %s" % db)
+
+    # -- space pre-flight -----------------------------------------------------------------
+    def space_check(self, manifest, info, staged):
+        """Free space for the restored copy (and the dump copy) before anything is touched.
+
+        The restored copy needs about the database's size at backup time (manifest
+        ``db_size_bytes``) plus 10 %% on the data directory's filesystem; a dump copied
+        into the container needs its size on the container's /tmp. Returns the numbers
+        and ``error`` (a message) when they do not fit. Only container mode can see the
+        server's filesystems; host mode reports ``checked: false``.
+        """
+        db_size = manifest.get("db_size_bytes")
+        dump_size = sum(
+            int(f.get("size") or 0)
+            for f in manifest.get("files") or []
+            if f.get("path") == info["artifact"] or str(f.get("path", "")).startswith(info["artifact"] + "/")
+        )
+        out = {"checked": False, "db_size_bytes": db_size, "dump_copy_bytes": dump_size if staged else 0}
+        if not self.target.container:
+            out["note"] = "not checked: the server's filesystem is not visible in login_host mode"
+            return out
+        datadir = self.target.scalar("SHOW data_directory;")
+        paths = [datadir] + (["/tmp"] if staged else [])  # noqa: S108 - the container's /tmp, where mktemp puts the copy
+        rc, text, err = self.runner([self.target.docker, "exec", self.target.container, "df", "-P", "-k"] + paths)
+        if rc != 0:
+            out["note"] = "not checked: df failed in the container (%s)" % _tail(err or text)
+            return out
+        rows = [line.split() for line in text.splitlines()[1:] if line.strip()]
+        if len(rows) != len(paths):
+            out["note"] = "not checked: unexpected df output"
+            return out
+        need = {}
+        for index, path in enumerate(paths):  # (no zip(strict=): Python 3.9 managed nodes)
+            row = rows[index]
+            fs, free = row[0] + " " + row[-1], int(row[3]) * 1024
+            entry = need.setdefault(fs, {"path": path, "free_bytes": free, "need_bytes": 0, "for": []})
+            if path == datadir and db_size:
+                entry["need_bytes"] += int(int(db_size) * 1.1)
+                entry["for"].append("the restored copy (%s at backup time + 10%%)" % _mb(db_size))
+            elif path != datadir:
+                entry["need_bytes"] += dump_size
+                entry["for"].append("the dump copy (%s)" % _mb(dump_size))
+        out.update(checked=True, filesystems=list(need.values()))
+        short = [e for e in need.values() if e["need_bytes"] > e["free_bytes"]]
+        if short:
+            e = short[0]
+            out["error"] = (
+                "not enough free space to restore backup %s into %s: %s in container %s needs %s for %s but has %s free. "
+                "Free space on that filesystem (or give the container a larger volume)%s; nothing was changed"
+                % (
+                    manifest.get("backup_id"),
+                    self.db,
+                    e["path"],
+                    self.target.container,
+                    _mb(e["need_bytes"]),
+                    " and ".join(e["for"]),
+                    _mb(e["free_bytes"]),
+                    ", or restore a custom-format backup with jobs=1 (streamed, no dump copy)" if staged else "",
+                )
+            )
+        return out
 
     def owned_sequences(self, db, tables):
         quals = ", ".join(quote_literal(qualified(t)) for t in tables)
@@ -827,7 +1319,8 @@ class Restorer:
         return [{"pid": int(r[0]), "application_name": r[1], "terminated": r[2] == "t"} for r in rows]
 
     def allow_connections(self, db, allow):
-        self.target.run(
+        """ALTER DATABASE ... ALLOW_CONNECTIONS; raises when disallowing fails (never restore into a used db)."""
+        return self.target.run(
             "psql",
             [
                 "-X",
@@ -837,7 +1330,6 @@ class Restorer:
                 "-c",
                 "ALTER DATABASE %s WITH ALLOW_CONNECTIONS %s;" % (quote_ident(db), "true" if allow else "false"),
             ],
-            check=allow is False,
         )
 
 
@@ -865,12 +1357,17 @@ def run_restore(params, runner, check_mode=False, now=None):
         raise RestoreError("name the backup: set backup_id, path, or latest=true")
     source_db = params.get("source_db_name") or db
     _catalog, manifest, backup_path, skipped = resolve_backup(
-        params.get("backup_dir"), params.get("backup_id"), params.get("path"), params.get("latest"), source_db
+        params.get("backup_dir"),
+        params.get("backup_id"),
+        params.get("path"),
+        params.get("latest"),
+        source_db,
+        source_host=params.get("source_host"),
     )
     info = dump_info(manifest, backup_path)
     if tables and info["format"] == "plain":
         raise RestoreError(
-            "backup %s is a plain SQL dump, which cannot be restored table by table (G30); restore it whole into a "
+            "backup %s is a plain SQL dump, which cannot be restored table by table; restore it whole into a "
             "scratch database, or take custom/directory backups" % manifest["backup_id"]
         )
     backup = {"backup_id": manifest["backup_id"], "sha256": info["sha256"], "created_at": epoch(manifest["created_at"])}
@@ -888,13 +1385,30 @@ def run_restore(params, runner, check_mode=False, now=None):
         "sessions_terminated": [],
         "globals": {"created": [], "kept": []},
         "newer_data": [],
+        "leftovers": [],
         "plan": {},
     }
     with _target(params, runner) as target:
-        r = Restorer(target, runner)
+        r = Restorer(target, runner, check_mode=check_mode, db=db)
         result["executed_commands"] = r.commands
         try:
-            result["toc_entries"] = r.list_toc(info)
+            result["toc_entries"] = r.list_toc(info, manifest.get("toc_entries"))
+            # First what a killed or failed earlier run left (docs/restore.md, "Interrupted restores").
+            found, stages, clients = r.find_leftovers(db)
+            steps = repair_plan(db, found, stages, clients)
+            result["leftovers"] = leftover_report(db, found)
+            if steps:
+                result["plan"]["repair"] = steps
+                if check_mode:
+                    result["changed"] = True
+                    if found["target_blocked"]:
+                        # Its state cannot be read until connections are allowed again.
+                        result["operation"] = "repair"
+                        result["reason"] = "database %s refuses connections (a killed restore); the run repairs it first" % db
+                        return _finish(result, started)
+                else:
+                    result["repaired"] = r.repair(db, found, stages, clients)
+                    result["leftovers"] = leftover_report(db, found)
             state = r.inspect(db, newer_columns)
             expected = expected_counts(manifest, tables or None)
             if tables:
@@ -903,9 +1417,12 @@ def run_restore(params, runner, check_mode=False, now=None):
             decision = decide(db, backup, state, params.get("if_exists") or "fail", params.get("confirm"), force, tables)
             result["operation"] = decision["action"]
             result["reason"] = decision["reason"]
+            if state.get("applied"):
+                result["changes_since_restore"] = state.get("changes", [])
             if decision["action"] in ("none", "skip"):
                 result["row_counts"] = r.counts(db, tables or canaries)
                 result["applied"] = state.get("applied")
+                result["changed"] = bool(steps)
                 return _finish(result, started)
             if decision["action"] == "tables":
                 return _finish(
@@ -917,6 +1434,16 @@ def run_restore(params, runner, check_mode=False, now=None):
                 ),
                 started,
             )
+        except (RestoreError, PgExecError) as exc:
+            # Failures report what they changed for good and what they left (issue 9).
+            exc.partial = {
+                "changed": bool(r.changes),
+                "changes": list(r.changes),
+                "leftovers": result.get("leftovers", []),
+                "restored": result.get("restored", False),
+                "executed_commands": r.commands,
+            }
+            raise
         finally:
             r.cleanup()
 
@@ -931,6 +1458,8 @@ def _finish(result, started):
     import time
 
     result["duration_s"] = round(time.monotonic() - started, 3)
+    for left in result.get("leftovers") or []:
+        result.setdefault("warnings", []).append("%s is left: %s; %s" % (left["database"], left["state"], left["fix"]))
     return result
 
 
@@ -951,15 +1480,17 @@ def _tables(r, params, info, manifest, db, tables, expected, newer_columns, forc
         )
     columns = r.timestamp_columns(db, newer_columns)
     check_cols = {t: columns.get("%s.%s" % split_table(t), []) for t in tables}
-    result["plan"] = {
-        "action": "tables",
-        "database": db,
-        "tables": tables,
-        "truncate": ["%s.%s" % split_table(t) for t in tables],
-        "expected_row_counts": {k: v[0] if v[0] == v[1] else list(v) for k, v in expected.items()},
-        "newer_check_columns": check_cols if not force else {},
-        "single_transaction": True,
-    }
+    result["plan"].update(
+        {
+            "action": "tables",
+            "database": db,
+            "tables": tables,
+            "truncate": ["%s.%s" % split_table(t) for t in tables],
+            "expected_row_counts": {k: v[0] if v[0] == v[1] else list(v) for k, v in expected.items()},
+            "newer_check_columns": check_cols if not force else {},
+            "single_transaction": True,
+        }
+    )
     result["changed"] = True
     if check_mode:
         return result
@@ -996,20 +1527,28 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
             for t, v in sorted(state["newest"].items())
             if v is not None and v > epoch(manifest["created_at"])
         ]
-    result["plan"] = {
-        "action": "replace" if state["exists"] else "create",
-        "database": db,
-        "restore_into": temp,
-        "rename": ({db: old, temp: db} if state["exists"] else {temp: db}),
-        "drop": ([old] if state["exists"] and not keep_old else []) + ([temp] if r.db_exists(temp) else []),
-        "terminate_sessions": sessions,
-        "globals": bool(info["globals_path"]),
-        "jobs": jobs,
-        "expected_row_counts": {k: v[0] if v[0] == v[1] else list(v) for k, v in expected.items()},
-        # Check mode can only estimate "newer" from the backup's start time; the apply
-        # compares the target with the restored copy, table by table.
-        "newer_data_suspected": estimate,
-    }
+    staged = r.target.container and (info["format"] == "directory" or (info["format"] == "custom" and jobs > 1))
+    space = r.space_check(manifest, info, staged)
+    result["plan"].update(
+        {
+            "action": "replace" if state["exists"] else "create",
+            "database": db,
+            "restore_into": temp,
+            "rename": ({db: old, temp: db} if state["exists"] else {temp: db}),
+            "drop": [old] if state["exists"] and not keep_old else [],
+            "terminate_sessions": sessions,
+            "globals": bool(info["globals_path"]),
+            "jobs": jobs,
+            "copy_dump_into_container": bool(staged),
+            "space": space,
+            "expected_row_counts": {k: v[0] if v[0] == v[1] else list(v) for k, v in expected.items()},
+            # Check mode can only estimate "newer" from the backup's start time; the apply
+            # compares the target with the restored copy, table by table.
+            "newer_data_suspected": estimate,
+        }
+    )
+    if space.get("error"):
+        raise Refused(space["error"])
     result["changed"] = True
     if check_mode:
         if estimate:
@@ -1018,9 +1557,9 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
                 % (manifest["backup_id"], ", ".join(e["table"] for e in estimate))
             ]
         return result
-    if r.db_exists(temp):
-        r.drop_db(temp)  # left by a killed run: ours by name
     result["globals"] = r.restore_globals(info, r.target.user)
+    if result["globals"]["created"]:
+        r.changes.append("created roles %s" % ", ".join(result["globals"]["created"]))
     r.create_db(temp)
     swapped = False
     try:
@@ -1047,6 +1586,7 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
                         ),
                     )
                 )
+        # The restore_log row and the state fingerprint, taken before anyone else can connect.
         r.psql_script(
             log_insert_sql(
                 manifest["backup_id"],
@@ -1062,26 +1602,71 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
         if state["exists"]:
             r.allow_connections(db, False)
             try:
+                test_pause("connections")
                 result["sessions_terminated"] = r.terminate(db)
-                r.psql_script(swap_sql(db, temp, old), "postgres")
+                r.psql_script(swap_sql(db, temp, old, old_comment(manifest["backup_id"], keep_old)), "postgres")
             except (RestoreError, PgExecError):
-                r.allow_connections(db, True)
+                try:
+                    r.allow_connections(db, True)
+                except PgExecError as exc:
+                    result["leftovers"] = [
+                        {
+                            "database": db,
+                            "state": "refuses connections: %s" % exc,
+                            "fix": "ALTER DATABASE %s WITH ALLOW_CONNECTIONS true; (or run the restore again: it repairs this)"
+                            % quote_ident(db),
+                        }
+                    ]
+                    r.changes.append("left %s refusing connections" % db)
                 raise
             swapped = True
+            r.changes.append("replaced database %s with backup %s" % (db, manifest["backup_id"]))
+            test_pause("drop")
             if keep_old:
                 r.allow_connections(old, True)
                 result["old_db"] = old
             else:
-                r.drop_db(old)
+                error = r.drop_db(old)
+                if error:
+                    result.setdefault("warnings", []).append(
+                        "the replaced database %s could not be dropped (%s): it refuses connections and holds disk; "
+                        "the next restore run drops it, or run DROP DATABASE %s WITH (FORCE);" % (old, error, quote_ident(old))
+                    )
+                    result["leftovers"] = [
+                        {
+                            "database": old,
+                            "state": "refuses connections; drop failed: %s" % error,
+                            "fix": "run the restore again, or DROP DATABASE %s WITH (FORCE);" % quote_ident(old),
+                        }
+                    ]
         else:
-            r.psql_script("ALTER DATABASE %s RENAME TO %s;\n" % (quote_ident(temp), quote_ident(db)), "postgres")
+            # A database the collection created keeps a mark (scratch databases are dropped only when marked).
+            r.psql_script(
+                "BEGIN;\nALTER DATABASE %s RENAME TO %s;\nCOMMENT ON DATABASE %s IS %s;\nCOMMIT;\n"
+                % (quote_ident(temp), quote_ident(db), quote_ident(db), quote_literal(created_comment(manifest["backup_id"]))),
+                "postgres",
+            )
             swapped = True
+            r.changes.append("created database %s from backup %s" % (db, manifest["backup_id"]))
     finally:
         if not swapped:
-            r.drop_db(temp)
+            error = r.drop_db(temp)
+            if error:
+                result["leftovers"] = result.get("leftovers", []) + [
+                    {
+                        "database": temp,
+                        "state": "half-built temporary database; drop failed: %s" % error,
+                        "fix": "run the restore again (it drops it first), or DROP DATABASE %s WITH (FORCE);" % quote_ident(temp),
+                    }
+                ]
+                r.changes.append("left the temporary database %s" % temp)
     result["restored"] = True
     result["row_counts"] = r.counts(db, canaries)
     return result
+
+
+def _mb(n):
+    return "%.1f MB" % (int(n or 0) / 1048576.0)
 
 
 def _tail(text):

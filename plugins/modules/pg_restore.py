@@ -18,8 +18,17 @@ description:
     compares the canary row counts with the manifest, checks that the target holds no data newer than
     the backup, and only then swaps the databases with two C(ALTER DATABASE ... RENAME) in one
     transaction. A failure before the swap drops the temporary database and leaves the target intact.
-  - The applied backup is recorded in the restored database (table C(ner11_ops.restore_log)); running
-    the module again with the same backup returns C(changed=false).
+  - The applied backup is recorded in the restored database (table C(ner11_ops.restore_log)) with a
+    fingerprint of the state it produced (per table its identity, file node, row count and the row
+    versions written since). Running the module again with the same backup returns C(changed=false)
+    only while the database is still in that state; any write since (insert, update, delete,
+    truncate, DDL) makes it restore again. See docs/restore.md.
+  - Every run first looks for what an interrupted run left (a temporary database, a database left
+    refusing connections, a replaced database due to be dropped, a C(pg_restore) still running in
+    the container, a dump copy) and repairs it before going on (RV(repaired)); what it does not
+    remove is reported in RV(leftovers).
+  - A full restore checks free space first (database size from the manifest, plus the dump copy
+    in the container) and refuses with the numbers when it does not fit.
   - With O(tables), only the rows of those tables are replaced, in one transaction
     (TRUNCATE without CASCADE + C(pg_restore --data-only)), per gap G30 of the runbooks.
   - See docs/restore.md for what "newer data" detects and what it cannot.
@@ -31,12 +40,14 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Returns the plan (backup, databases renamed and dropped, sessions to terminate, tables) and changes nothing.
+    details:
+      - Returns the plan (backup, databases renamed and dropped, sessions to terminate, tables, repairs, space)
+        and writes nothing anywhere; a directory dump is not copied into the container.
   diff_mode:
     support: none
   idempotent:
     support: full
-    details: A backup that is already the applied one (and no writes since) returns C(changed=false).
+    details: A backup that is already the applied one, with no write since (state fingerprint), returns C(changed=false).
 options:
   db_name:
     description: The database to restore into.
@@ -57,10 +68,18 @@ options:
         O(backup_id) or O(path) is set). Partial,
         single-table and schema- or data-only backups and backups that fail their checksums are
         skipped (reported in RV(skipped_backups)), per G9.
+      - Backups whose recorded M(ner11.ops.backup_verify) result is failed are not candidates. The backup is taken
+        from one source identity (host, instance); when backups of the database from several hosts or instances
+        qualify, the module refuses and lists them - set O(source_host).
     type: bool
     default: false
   source_db_name:
     description: With O(latest), the database whose backups are candidates. Defaults to O(db_name).
+    type: str
+  source_host:
+    description:
+      - With O(latest), only backups made on this source host are candidates (C(source.host) in the manifest - the
+        inventory hostname of the host the backup role ran on). DR onto a new host names the old host here.
     type: str
   if_exists:
     description:
@@ -75,6 +94,7 @@ options:
     type: str
   force:
     description:
+      - Always restore, also when this backup is applied and nothing was written since.
       - Restore even when the target holds data newer than the backup (rows whose O(newer_columns)
         timestamps are later than anything in the backup, or a later applied backup).
     type: bool
@@ -202,7 +222,30 @@ duration_s:
   type: float
 executed_commands:
   description: The shell commands run (no secrets).
-  returned: success
+  returned: always
+  type: list
+  elements: str
+changes_since_restore:
+  description:
+    - When the database records an applied restore, the writes found since it (empty when it is still in
+      the state the backup produced).
+  returned: when a restore was recorded
+  type: list
+  elements: str
+  sample: ["public.vendor_equipment: 7 rows, 8 after the restore"]
+repaired:
+  description: What this run repaired of an interrupted earlier run before restoring.
+  returned: when something was repaired
+  type: list
+  elements: str
+leftovers:
+  description: Databases left behind (by this or an earlier run) that are not removed automatically, with their state and the fix.
+  returned: always
+  type: list
+  elements: dict
+changes:
+  description: On failure, what the run had changed for good before it failed (RV(changed) is true when not empty).
+  returned: failure
   type: list
   elements: str
 """
@@ -227,6 +270,7 @@ def main():
         path=dict(type="path"),
         latest=dict(type="bool", default=False),
         source_db_name=dict(type="str"),
+        source_host=dict(type="str"),
         if_exists=dict(type="str", default="fail", choices=["fail", "replace", "skip"]),
         confirm=dict(type="str"),
         force=dict(type="bool", default=False),
@@ -244,9 +288,16 @@ def main():
     try:
         result = run_restore(module.params, module.run_command, check_mode=module.check_mode)
     except Refused as exc:
-        module.fail_json(msg=str(exc), refused=True, changed=False, restored=False)
+        partial = dict(getattr(exc, "partial", {}) or {})
+        partial.setdefault("changed", False)
+        partial.setdefault("restored", False)
+        module.fail_json(msg=str(exc), refused=True, **partial)
     except (RestoreError, PgExecError) as exc:
-        module.fail_json(msg=str(exc), changed=False, restored=False)
+        # changed is true when the run changed something before failing (roles created, a repair, the swap).
+        partial = dict(getattr(exc, "partial", {}) or {})
+        partial.setdefault("changed", False)
+        partial.setdefault("restored", False)
+        module.fail_json(msg=str(exc), **partial)
     warnings = result.pop("warnings", [])
     for warning in warnings:
         module.warn(warning)

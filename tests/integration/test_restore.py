@@ -211,10 +211,14 @@ def test_selective_table_restore(own_stack, tmp_path):
     stack.psql(
         "INSERT INTO vendor_equipment (vendor, model) VALUES ('seq', 'ok'); DELETE FROM vendor_equipment WHERE vendor = 'seq'"
     )
+    # That insert and delete were writes (the sequence moved): the same restore runs again (issue 9).
     res = restore(stack, tmp_path, check=True, confirm=DB, **args)
-    assert res.get("failed") is not True and res["changed"] is False, res
+    assert res.get("failed") is not True and res["changed"] is True, res
+    assert any("sequence moved" in c for c in res["changes_since_restore"]), res["changes_since_restore"]
     res = restore(stack, tmp_path, confirm=DB, **args)
-    assert res["changed"] is False and res["operation"] == "none"
+    assert res["changed"] is True and res["restored"] is True, res.get("msg")
+    res = restore(stack, tmp_path, confirm=DB, **args)
+    assert res["changed"] is False and res["operation"] == "none", res.get("reason")
 
     # Referenced by a foreign key from a table not listed: refused (no TRUNCATE CASCADE).
     res = restore(stack, tmp_path, backup_id=backup, tables=["ner_documents"], confirm=DB)

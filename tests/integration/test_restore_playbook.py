@@ -57,7 +57,8 @@ def test_restore_playbook_rolls_back_a_seeded_row(own_stack, tmp_path):
     restarted = started_at(stack.container("api"))
     assert restarted != api_started
 
-    # Same backup again: nothing stopped, nothing restored.
+    # Same backup again, nothing written since, no force (force always restores): nothing stopped or restored.
+    ev["ner11_force"] = False
     res = run_playbook("playbooks/restore.yml", ev, env=STATS)
     assert res.rc == 0, res.explain()
     assert res.changed() == 0, res.changed_tasks()

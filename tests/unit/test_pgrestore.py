@@ -37,14 +37,63 @@ def test_non_empty_target_needs_replace_and_confirm():
 
 def test_already_applied_backup_changes_nothing_unless_written_since():
     applied = {"backup_id": BACKUP["backup_id"], "sha256": "abc", "scope": "full", "applied_at": T0 + 100}
-    done = pr.decide("db", BACKUP, state(applied=applied, newest_write=T0 - 5))
+    done = pr.decide("db", BACKUP, state(applied=applied, changes=[]))
     assert done["action"] == "none" and done["changed"] is False
-    # Written after the restore: it is a replace again (with its guards).
+    # Written after the restore (the fingerprint differs): a replace again, with its guards.
     with pytest.raises(pr.Refused):
-        pr.decide("db", BACKUP, state(applied=applied, newest_write=T0 + 200))
+        pr.decide("db", BACKUP, state(applied=applied, changes=["public.t: 7 rows, 8 after the restore"]))
+    again = pr.decide("db", BACKUP, state(applied=applied, changes=["public.t: 7 rows"]), if_exists="replace", confirm="db")
+    assert again["action"] == "replace" and "public.t: 7 rows" in again["reason"]
+    # No fingerprint known: treated as changed.
+    assert pr.decide("db", BACKUP, state(applied=applied), if_exists="replace", confirm="db")["action"] == "replace"
+    # force always restores.
+    forced = pr.decide("db", BACKUP, state(applied=applied, changes=[]), if_exists="replace", confirm="db", force=True)
+    assert forced["action"] == "replace" and "(forced)" in forced["reason"]
     # Same id, other content: not the applied one.
     other = dict(applied, sha256="zzz")
-    assert pr.decide("db", BACKUP, state(applied=other), if_exists="replace", confirm="db")["action"] == "replace"
+    assert pr.decide("db", BACKUP, state(applied=other, changes=[]), if_exists="replace", confirm="db")["action"] == "replace"
+
+
+def _fp(**rels):
+    base = {"public.t": ["r", "1", "1", "700", "8/0"], "public.t_id_seq": ["S", "2", "2", "700", "8/true"]}
+    base.update(rels)
+    return {"v": pr.FINGERPRINT_VERSION, "h": 710, "next": 711, "db_oid": "5", "rels": base}
+
+
+def test_fingerprint_diff_names_every_kind_of_write():
+    rec = _fp()
+    assert pr.fingerprint_diff(rec, _fp()) == []
+    assert pr.fingerprint_diff(rec, _fp(**{"public.t": ["r", "1", "1", "700", "7/0"]})) == [
+        "public.t: 7 rows, 8 after the restore"
+    ]
+    assert pr.fingerprint_diff(rec, _fp(**{"public.t": ["r", "1", "1", "700", "8/1"]})) == [
+        "public.t: rows inserted or updated since the restore"
+    ]
+    assert "public.t was rewritten or truncated" in pr.fingerprint_diff(rec, _fp(**{"public.t": ["r", "1", "9", "712", "8/8"]}))
+    assert pr.fingerprint_diff(rec, _fp(**{"public.t": ["r", "1", "1", "720", "8/0"]})) == [
+        "public.t: its definition or privileges changed"
+    ]
+    assert pr.fingerprint_diff(rec, _fp(**{"public.t_id_seq": ["S", "2", "2", "700", "9/true"]})) == [
+        "public.t_id_seq: sequence moved from 8/true to 9/true"
+    ]
+    assert pr.fingerprint_diff(rec, _fp(**{"public.new": ["r", "3", "3", "720", "0/0"]})) == ["public.new was created"]
+    gone = _fp()
+    del gone["rels"]["public.t"]
+    assert pr.fingerprint_diff(rec, gone) == ["public.t was dropped"]
+    assert pr.fingerprint_diff(rec, dict(_fp(), db_oid="6")) == ["the database was dropped and created again"]
+    # Cannot be trusted: treated as changed.
+    assert pr.fingerprint_diff(rec, dict(_fp(), next=710 + 2**31)) != []
+    assert pr.fingerprint_diff(None, _fp()) == ["no state fingerprint was recorded with that restore"]
+    assert pr.fingerprint_diff(rec, None) == ["the state fingerprint could not be read"]
+    assert pr.fingerprint_diff(dict(rec, v=0), _fp()) != []
+
+
+def test_fingerprint_sql_scopes_and_horizon():
+    full = pr.fingerprint_sql()
+    assert "txid_snapshot_xmin(txid_current_snapshot())" in full and "'ner11_ops'" in full
+    fixed = pr.fingerprint_sql(1234, ["s.t"])
+    assert "1234::bigint" in fixed and '\'"s"."t"\'' in fixed and "pg_depend" in fixed
+    assert pr.parse_fingerprint("not json") is None and pr.parse_fingerprint('{"v": 1}') == {"v": 1}
 
 
 def test_a_later_applied_backup_refuses_unless_forced():
@@ -62,8 +111,12 @@ def test_tables_need_an_existing_database_and_confirm():
         pr.decide("db", BACKUP, state(), tables=["t"])
     assert pr.decide("db", BACKUP, state(), tables=["t"], confirm="db")["action"] == "tables"
     applied = {"backup_id": BACKUP["backup_id"], "scope": "tables", "tables": ["t"], "applied_at": T0 + 10}
-    same = pr.decide("db", BACKUP, state(applied=applied, newest_write=T0, counts_match=True), tables=["t"])
+    same = pr.decide("db", BACKUP, state(applied=applied, changes=[], counts_match=True), tables=["t"])
     assert same["action"] == "none"
+    forced = pr.decide("db", BACKUP, state(applied=applied, changes=[]), tables=["t"], confirm="db", force=True)
+    assert forced["action"] == "tables"
+    written = pr.decide("db", BACKUP, state(applied=applied, changes=["public.t: 1 rows"]), tables=["t"], confirm="db")
+    assert written["action"] == "tables"
     changed_rows = pr.decide("db", BACKUP, state(applied=applied, counts_match=False), tables=["t"], confirm="db")
     assert changed_rows["action"] == "tables"
 
@@ -82,6 +135,7 @@ def test_names_fit_postgres_identifiers():
     now = datetime.datetime(2026, 11, 29, 2, 0, 0, tzinfo=datetime.timezone.utc)
     assert pr.old_db_name("ner11_db", now) == "ner11_db__ner11_old_20261129T020000"
     assert len(pr.old_db_name("x" * 63, now)) == 63
+    assert pr.old_db_name("x" * 63, now).startswith(pr.old_prefix("x" * 63))
     with pytest.raises(pr.RestoreError):
         pr.validate_db_name('db"; DROP DATABASE x; --')
     assert pr.split_table("vendor_equipment") == ("public", "vendor_equipment")
@@ -109,8 +163,10 @@ def test_table_wrapper_truncates_without_cascade_and_checks_in_the_transaction()
 
 
 def test_log_insert_quotes_values():
-    sql = pr.log_insert_sql("id'1", "s", "tables", ["a'b"], "db", "2026-11-29T02:00:00Z", True)
-    assert "'id''1'" in sql and "ARRAY['a''b']" in sql and "CREATE TABLE IF NOT EXISTS ner11_ops.restore_log" in sql
+    sql = pr.log_insert_sql("id'1", "s", "tables", ["a_b"], "db", "2026-11-29T02:00:00Z", True)
+    assert "'id''1'" in sql and "ARRAY['a_b']" in sql and "CREATE TABLE IF NOT EXISTS ner11_ops.restore_log" in sql
+    # The state fingerprint is taken in the same statement (and the same transaction for tables).
+    assert "ADD COLUMN IF NOT EXISTS fingerprint" in sql and "txid_snapshot_xmin" in sql
 
 
 # -- globals ------------------------------------------------------------------------------------
@@ -209,3 +265,57 @@ def test_dump_info_and_expected_counts(tmp_path):
         pr.dump_info(dict(manifest, format="tar"), path)
     plain = pr.dump_info(dict(manifest, format="plain", artifact="dump.pgdump", compression="gzip:6"), path)
     assert plain["decompress"] == "gzip"
+
+
+# -- interrupted runs: leftovers and repair ------------------------------------------------------
+def test_leftovers_are_classified_and_only_marked_ones_dropped():
+    rows = [
+        ("db", "f", ""),
+        ("db__ner11_restore", "t", pr.TEMP_COMMENT),
+        ("db__ner11_old_20261129T020000", "f", pr.old_comment("b1", False)),
+        ("db__ner11_old_20261128T020000", "t", pr.old_comment("b0", True)),
+        ("db__ner11_old_20261127T020000", "t", "someone else's"),
+    ]
+    found = pr.classify_leftovers("db", rows)
+    assert found["target_blocked"] is True and found["temp"]["ours"] is True
+    assert [o["drop"] for o in found["old"]] == [False, False, True]
+    steps = pr.repair_plan("db", found, ["/tmp/ner11-restore-db-abc"], [{"pid": 7, "tool": "pg_restore"}])
+    assert steps[0] == "stop pg_restore still running in the database container (pid 7)"
+    assert any("allow connections to db" in x for x in steps) and any("db__ner11_restore" in x for x in steps)
+    assert any("db__ner11_old_20261129T020000" in x for x in steps)
+    assert not any("20261128" in x or "20261127" in x for x in steps)
+    report = pr.leftover_report("db", found)
+    assert [r["database"] for r in report] == ["db__ner11_old_20261127T020000", "db__ner11_old_20261128T020000"]
+    assert "never dropped automatically" in report[0]["state"] and "DROP DATABASE" in report[0]["fix"]
+    # A database with our temporary name that we did not create: refused, not dropped.
+    foreign = pr.classify_leftovers("db", [("db__ner11_restore", "t", "")])
+    with pytest.raises(pr.Refused, match="not created by ner11.ops"):
+        pr.repair_plan("db", foreign)
+    assert pr.repair_plan("db", pr.classify_leftovers("db", [("db", "t", "")])) == []
+
+
+def test_swap_marks_the_replaced_database_in_the_same_transaction():
+    sql = pr.swap_sql("db", "db__ner11_restore", "db__ner11_old_1", pr.old_comment("b1", False))
+    assert sql.index("RENAME") < sql.index('COMMENT ON DATABASE "db__ner11_old_1"') < sql.index("COMMIT")
+    assert "drop pending" in sql and 'COMMENT ON DATABASE "db" IS NULL' in sql
+    assert "ner11_old" in pr.leftovers_sql("db") and "left(datname, 14) = 'db__ner11_old_'" in pr.leftovers_sql("db")
+
+
+def test_pause_hook_is_inert_unless_named(tmp_path):
+    assert pr.test_pause("copy", {}) is False
+    env = {"NER11_OPS_TEST_PAUSE_AT": "drop", "NER11_OPS_TEST_PAUSE_DIR": str(tmp_path), "NER11_OPS_TEST_PAUSE_SECONDS": "0"}
+    assert pr.test_pause("copy", env) is False
+    assert pr.test_pause("drop", env) is True and (tmp_path / "drop").read_text().strip().isdigit()
+
+
+def test_scratch_databases_refuse_system_source_and_reserved_names():
+    for name in ("postgres", "template0", "template1"):
+        assert "system database" in pr.scratch_refusal(name, "ner11_db")
+    assert "backed-up database itself" in pr.scratch_refusal("ner11_db", "ner11_db")
+    assert "keeps for itself" in pr.scratch_refusal("x__ner11_restore")
+    assert "keeps for itself" in pr.scratch_refusal("x__ner11_old_1")
+    assert pr.scratch_refusal("ner11_test_restore", "ner11_db") is None
+    assert pr.created_comment("b1").startswith(pr.MARK) and pr.SCRATCH_COMMENT.startswith(pr.MARK)
+    assert pr.marked_sql("it's") == (
+        "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = 'it''s';"
+    )

@@ -116,6 +116,7 @@ def test_frontend_upstream_follows_the_api_container_port():
 
 
 def test_port_owners_names_the_container_holding_a_port():
+    pytest.importorskip("ansible")  # filters are controller code (ansible-core); make units39 has no ansible
     from ansible_collections.ner11.ops.plugins.filter.stack_model import port_owners
 
     containers = [
@@ -128,6 +129,7 @@ def test_port_owners_names_the_container_holding_a_port():
 
 
 def test_stack_model_filter_reports_invalid_models_as_filter_errors():
+    pytest.importorskip("ansible")  # filters are controller code (ansible-core); make units39 has no ansible
     from ansible.errors import AnsibleFilterError
 
     from ansible_collections.ner11.ops.plugins.filter.stack_model import stack_model
