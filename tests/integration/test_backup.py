@@ -454,6 +454,28 @@ def test_a_flipped_byte_recorded_by_verify_makes_prune_keep_the_older_good_backu
     assert run_module("ner11.ops.pg_backup", args(db, bdir))["backup_id"] == older["backup_id"]
 
 
+def test_pinned_backup_and_backup_pin_four_steps(db, tmp_path):
+    """keep_until on pg_backup publishes the backup pinned; backup_pin pins/releases by reason, in four steps."""
+    bdir = tmp_path / "bk"
+    made = run_module("ner11.ops.pg_backup", args(db, bdir, period="manual", keep_until="2d", keep_reason="before upgrade"))
+    assert made["changed"] and [p["reason"] for p in made["pins"]] == ["before upgrade"], made.get("msg")
+    with open(os.path.join(made["path"], "pins.json")) as fh:
+        assert json.load(fh)["pins"] == made["pins"]
+    assert cat.Catalog(str(bdir)).verify("database", made["backup_id"]) == []  # pins.json is not part of the backup
+    pin = {"backup_dir": str(bdir), "backup_id": made["backup_id"], "keep_until": "30d", "reason": "maintenance window"}
+    steps = [run_module("ner11.ops.backup_pin", pin, check=check) for check in (True, False, True, False)]
+    assert [r["changed"] for r in steps] == [True, True, False, False], [r.get("msg") for r in steps]
+    assert [p["reason"] for p in steps[0]["pins"]] == ["before upgrade", "maintenance window"]
+    assert len(cat.Catalog(str(bdir)).pins("database", made["backup_id"])) == 2
+    release = dict(pin, state="absent")
+    release.pop("keep_until")
+    gone = [run_module("ner11.ops.backup_pin", release, check=check) for check in (True, False, True, False)]
+    assert [r["changed"] for r in gone] == [True, True, False, False]
+    assert [p["reason"] for p in gone[-1]["pins"]] == ["before upgrade"] and gone[-1]["keep_until"]
+    bad = run_module("ner11.ops.backup_pin", dict(pin, keep_until="next week"))
+    assert bad.get("failed") and "2026-12-31T00:00:00Z, or a duration" in bad["msg"]
+
+
 def test_zz_database_down_fails_clearly(db, tmp_path):
     container = db.container("postgres")
     docker("stop", container)
