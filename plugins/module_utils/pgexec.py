@@ -154,9 +154,13 @@ class PgTarget:
         return rows[0][0] if rows and rows[0] else None
 
 
-def _last_line(text):
+def last_line(text):
+    """The last non-empty line of a tool's output (its error, usually), or ``no output``."""
     lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
+
+
+_last_line = last_line
 
 
 def quote_ident(name):
