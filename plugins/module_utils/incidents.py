@@ -1,0 +1,71 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ner11.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Incident records: the files of one incident run, written 0600 in a 0700 directory.
+
+One call writes every file of the record (the JSON record, the markdown report, the
+evidence) atomically (temporary file, fsync, rename) and appends one JSON line to the
+run ledger. Plain Python: unit-tested without Ansible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from ansible_collections.ner11.ops.plugins.module_utils.catalog import atomic_write
+
+_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class RecordError(Exception):
+    """The record cannot be written; the message names the cause and the fix."""
+
+
+def plan(directory, files, ledger=None):
+    """The absolute paths the record would write, checked. Raises RecordError."""
+    if not directory or not os.path.isabs(directory):
+        raise RecordError("dir must be an absolute path, got %r" % directory)
+    if ledger is not None and not os.path.isabs(ledger):
+        raise RecordError("ledger must be an absolute path, got %r" % ledger)
+    paths = []
+    for name in sorted(files or {}):
+        if not _FILE_RE.match(name) or name in (".", ".."):
+            raise RecordError("file name %r is not a plain file name (letters, digits, '.', '_', '-')" % name)
+        paths.append(os.path.join(directory, name))
+    return paths
+
+
+def _private_dir(path):
+    if not os.path.isdir(path):
+        os.makedirs(path, 0o700)
+    os.chmod(path, 0o700)
+
+
+def write(directory, files, ledger=None, ledger_line=None):
+    """Write ``files`` ({name: text}) into ``directory`` (0700, created) 0600 each, then
+    append ``ledger_line`` (a dict, one JSON line) to ``ledger`` (0600). Returns the paths."""
+    paths = plan(directory, files, ledger)
+    try:
+        _private_dir(os.path.dirname(directory.rstrip("/")) or "/")
+        _private_dir(directory)
+        for name in sorted(files or {}):
+            text = files[name]
+            if not isinstance(text, str):
+                text = json.dumps(text, indent=2, sort_keys=True) + "\n"
+            atomic_write(os.path.join(directory, name), text.encode("utf-8"), 0o600)
+        if ledger is not None and ledger_line is not None:
+            _private_dir(os.path.dirname(ledger))
+            fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a") as fh:
+                fh.write(json.dumps(ledger_line, sort_keys=True) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(ledger, 0o600)
+    except OSError as exc:
+        raise RecordError(
+            "cannot write the incident record in %s: %s; check free space and permissions there, "
+            "or set another record directory" % (directory, exc)
+        ) from None
+    return paths

@@ -1,0 +1,280 @@
+"""playbooks/incident_db.yml and incident_api.yml on one real stack: each fault injected for real, the same
+command line for every fault (the branch comes from measurements only), health restored between tests.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import stat
+import threading
+import time
+
+import psycopg2
+import pytest
+from conftest import Stack, docker, run_module, run_playbook, unique_project, wait_http
+
+# The one command line of every fault test (thresholds short enough for a test).
+COMMON = {
+    "ner11_incident_mode": "remediate",
+    "ner11_confirm": "ner11_db",
+    "ner11_incident_idle_in_transaction_seconds": 2,
+    "ner11_incident_blocked_seconds": 2,
+    "ner11_incident_running_seconds": 120,
+}
+
+
+@pytest.fixture(scope="module")
+def stack():
+    st = Stack(unique_project("itid"))
+    st.remove()
+    result = st.deploy()
+    if result.rc != 0:
+        st.remove()
+        pytest.fail("deploying the stack failed: %s" % result.explain())
+    st.psql(
+        "CREATE TABLE it_canary (id int PRIMARY KEY, v text); INSERT INTO it_canary SELECT g, 'row' FROM generate_series(1, 50) g"
+    )
+    st.conns = []
+    yield st
+    for conn in st.conns:
+        try:
+            conn.close()
+        except psycopg2.Error:
+            pass
+    st.remove()
+
+
+def connect(stack, app):
+    conn = psycopg2.connect(
+        host="127.0.0.1", port=stack.model["db_port"], dbname="ner11_db", user="postgres",
+        password=stack.password, application_name=app, connect_timeout=5,
+    )  # fmt: skip
+    stack.conns.append(conn)
+    return conn
+
+
+def canary(stack):
+    return stack.psql(
+        "SELECT (SELECT count(*) FROM it_canary) || '/' || (SELECT count(*) FROM vendor_equipment)"
+        " || '/' || (SELECT count(*) FROM threat_intelligence)"
+    )
+
+
+def incident(stack, **extra):
+    ev = dict(stack.vars)
+    ev.update(COMMON)
+    ev.update(extra)
+    return run_playbook("playbooks/incident_db.yml", ev, env={"ANSIBLE_SHOW_CUSTOM_STATS": "1"})
+
+
+def summary(result):
+    # Global stats (set_stats per_host false); the service role adds per-host ones beside them.
+    stats = result.data.get("global_custom_stats", {}).get("ner11_incident", {})
+    assert "localhost" in stats, result.explain()
+    return stats["localhost"]
+
+
+def record_of(stack, summ):
+    path = summ["record"]
+    assert path.startswith(stack.model["config_dir"] + "/incidents/")
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode == 0o600, oct(mode)
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    with open(path) as fh:
+        rec = json.load(fh)
+    folder = os.path.dirname(path)
+    for name in glob.glob(folder + "/*"):
+        assert stat.S_IMODE(os.stat(name).st_mode) == 0o600, name
+        with open(name, errors="replace") as fh:
+            assert stack.password not in fh.read(), "secret in %s" % name
+    assert os.path.exists(os.path.join(folder, "incident.md"))
+    for path in rec["evidence"].values():
+        assert os.path.exists(path), path
+    return rec
+
+
+def ledger(stack):
+    with open(os.path.join(stack.model["config_dir"], "ledger.jsonl")) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def client_count(stack):
+    return int(stack.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"))
+
+
+def test_remediate_without_confirm_is_refused(stack):
+    res = incident(stack, ner11_confirm="ner11")
+    assert res.rc != 0
+    assert "ner11_confirm=ner11_db" in res.stdout and res.changed() == 0
+
+
+def test_pool_exhausted_by_idle_in_transaction_sessions(stack):
+    before = canary(stack)
+    holders = []
+    need = 84 - client_count(stack)
+    for _ in range(need):
+        conn = connect(stack, "it-leak")
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM it_canary")
+        holders.append(conn)
+    time.sleep(2.5)
+    held = client_count(stack)
+    assert held >= 84
+
+    # diagnose: the branch and the plan, nothing ended.
+    diag = incident(stack, ner11_incident_mode="diagnose")
+    assert diag.rc == 0, diag.explain()
+    assert diag.changed() == 0, diag.changed_tasks()
+    dsum = summary(diag)
+    assert dsum["branch"] == "pool_exhausted" and dsum["plan"] == ["terminate_idle_sessions", "restart_api"]
+    assert dsum["actions"] == []
+    assert client_count(stack) >= held - 2, "diagnose ended sessions"
+    drec = record_of(stack, dsum)
+    assert drec["mode"] == "diagnose" and drec["health_before"]["checks"]["db:pool"]["status"] == "warn"
+    assert drec["timeline"][0]["event"].startswith("incident run started")
+    assert ledger(stack)[-1]["incident_id"] == drec["id"] and ledger(stack)[-1]["playbook"] == "incident_db"
+
+    res = incident(stack)
+    assert res.rc == 0, res.explain()
+    summ = summary(res)
+    assert summ["branch"] == "pool_exhausted" and summ["resolved"] is True
+    assert summ["actions"] == ["terminate_idle_sessions"]  # the pool came back: the API was not restarted
+    rec = record_of(stack, summ)
+    ended = rec["actions"][0]["result"]["terminated"]
+    assert len(ended) >= need - 1
+    assert rec["health_before"]["sessions"]["utilisation_percent"] > 80
+    assert rec["health_after"]["sessions"]["utilisation_percent"] < 80
+    assert rec["health_after"]["status"] != "fail"
+    assert os.path.exists(rec["evidence"]["pg_stat_activity_before"])
+    assert sum(1 for c in holders if c.closed or _dead(c)) >= need - 1
+    assert canary(stack) == before
+
+
+def _dead(conn):
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        return False
+    except psycopg2.Error:
+        return True
+
+
+def test_blocking_lock(stack):
+    before = canary(stack)
+    holder = connect(stack, "it-holder")
+    with holder.cursor() as cur:
+        cur.execute("UPDATE it_canary SET v = 'held' WHERE id = 1")
+    waiter = connect(stack, "it-waiter")
+    outcome = {}
+
+    def wait():
+        try:
+            with waiter.cursor() as cur:
+                cur.execute("UPDATE it_canary SET v = 'row' WHERE id = 1")
+            waiter.commit()
+            outcome["ok"] = True
+        except psycopg2.Error as exc:
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(2.5)
+    res = incident(stack)
+    thread.join(30)
+    assert res.rc == 0, res.explain()
+    summ = summary(res)
+    assert summ["branch"] == "blocked_queries" and summ["actions"] == ["end_blockers"] and summ["resolved"] is True
+    rec = record_of(stack, summ)
+    assert rec["actions"][0]["result"]["terminated"] == [holder.get_backend_pid()] or rec["actions"][0]["result"]["terminated"]
+    pair = rec["health_before"]["sessions"]["blocking"][0]
+    assert pair["blocking_query"] == "UPDATE it_canary SET v = ? WHERE id = ?"
+    assert outcome == {"ok": True}, outcome
+    assert canary(stack) == before
+
+
+def test_postgres_stopped(stack):
+    before = canary(stack)
+    docker("stop", stack.container("postgres"))
+    res = incident(stack)
+    assert res.rc == 0, res.explain()
+    summ = summary(res)
+    assert summ["branch"] == "postgres_down" and summ["actions"] == ["start_postgres"] and summ["resolved"] is True
+    assert summ["health_after"] in ("pass", "warn")
+    rec = record_of(stack, summ)
+    assert "exited" in rec["reason"]
+    assert rec["health_before"]["checks"]["db:connect"]["status"] == "fail"
+    assert rec["health_after"]["checks"]["api:db"]["status"] == "pass"
+    assert canary(stack) == before
+
+
+# -- API incidents (runbook b.6) on the same stack ---------------------------------------------
+
+API_COMMON = {"ner11_incident_mode": "remediate"}
+
+
+def api_incident(stack, **extra):
+    ev = dict(stack.vars)
+    ev.update(API_COMMON)
+    ev.update({"ner11_confirm": stack.project, "ner11_backup_dir": stack.model["config_dir"] + "/it-backups"})
+    ev.update(extra)
+    return run_playbook("playbooks/incident_api.yml", ev, env={"ANSIBLE_SHOW_CUSTOM_STATS": "1"})
+
+
+def test_api_stopped(stack):
+    before = canary(stack)
+    docker("stop", stack.container("api"))
+    res = api_incident(stack)
+    assert res.rc == 0, res.explain()
+    summ = summary(res)
+    assert summ["kind"] == "api" and summ["branch"] == "api_not_running"
+    assert summ["actions"] == ["start_api"] and summ["resolved"] is True
+    rec = record_of(stack, summ)
+    assert rec["health_before"]["checks"]["api:http"]["status"] == "fail"
+    assert rec["health_after"]["checks"]["api:http"]["status"] == "pass"
+    assert canary(stack) == before
+
+
+def test_api_paused_hangs(stack):
+    docker("pause", stack.container("api"))
+    res = api_incident(stack)
+    assert res.rc == 0, res.explain()
+    summ = summary(res)
+    assert summ["branch"] == "api_frozen" and summ["actions"] == ["hard_restart_api"] and summ["resolved"] is True
+    rec = record_of(stack, summ)
+    crash = rec["evidence"]["api_crash_log"]
+    assert os.path.basename(crash).startswith("api_crash_") and os.path.getsize(crash) > 0
+    assert rec["actions"][0]["result"]["stack_dump"].startswith("not offered")
+    assert "paused" not in docker("inspect", "-f", "{{.State.Status}}", stack.container("api")).stdout
+
+
+def test_model_corrupted_is_restored_from_the_catalog(stack):
+    backup_dir = stack.model["config_dir"] + "/it-backups"
+    made = run_module(
+        "ner11.ops.artifact_backup", {"kind": "models", "container": stack.container("api"), "backup_dir": backup_dir}
+    )
+    assert not made.get("failed"), made.get("msg")
+    path = "/app/models/ner11-gazetteer/model.json"
+    good = docker("exec", stack.container("api"), "sha256sum", path).stdout.split()[0]
+    docker("exec", stack.container("api"), "sh", "-c", "printf 'corrupt' >> %s" % path)
+    docker("restart", "-t", "30", stack.container("api"))
+    wait_http(stack.api_url + "/health", deadline_s=90)
+
+    # diagnose: the branch and the plan; nothing restored or restarted.
+    started = docker("inspect", "-f", "{{.State.StartedAt}}", stack.container("api")).stdout
+    diag = api_incident(stack, ner11_incident_mode="diagnose", ner11_confirm="")
+    assert diag.rc == 0 and diag.changed() == 0, diag.explain()
+    assert summary(diag)["branch"] == "model_load_failure"
+    assert docker("inspect", "-f", "{{.State.StartedAt}}", stack.container("api")).stdout == started
+
+    res = api_incident(stack)
+    assert res.rc == 0, res.explain()
+    summ = summary(res)
+    assert summ["branch"] == "model_load_failure" and summ["resolved"] is True
+    assert summ["actions"] == ["restore_models", "graceful_restart_api"]
+    rec = record_of(stack, summ)
+    assert rec["actions"][0]["result"]["backup_id"] == made["backup_id"]
+    assert any("Model loading failed" in line for line in rec["error_signatures"]["api"])
+    assert rec["health_after"]["checks"]["api:model"]["status"] == "pass"
+    assert docker("exec", stack.container("api"), "sha256sum", path).stdout.split()[0] == good
