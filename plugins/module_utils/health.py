@@ -764,9 +764,7 @@ def eval_container(name, info, at=None, latency_ms=None):
             at,
         )
     if not health:
-        return make_check(
-            "container", name, "pass", "running (%s; no healthcheck defined)" % facts, value, None, latency_ms, at
-        )
+        return make_check("container", name, "pass", "running (%s; no healthcheck defined)" % facts, value, None, latency_ms, at)
     return make_check("container", name, "pass", "running, %s (%s)" % (health, facts), value, None, latency_ms, at)
 
 
