@@ -19,6 +19,7 @@ description:
 author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
   - ner11.ops.attributes
+  - ner11.ops.attributes.ACTIONGROUP_BACKUP
 attributes:
   check_mode:
     support: full
