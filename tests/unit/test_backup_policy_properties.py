@@ -98,7 +98,7 @@ policy_st = st.fixed_dictionaries(
 # Each example is a whole simulated year (about 1,200 backups): few examples, no shrinking (too slow
 # to be useful here; a failure prints the example and the day).
 @settings(
-    max_examples=4,
+    max_examples=3,
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow],
