@@ -24,7 +24,7 @@ description:
   - Replacing or removing anything in a non-empty target needs O(confirm) equal to the target name.
   - Before writing, the free space of the target's filesystem is checked (a mirror needs the backup's whole size,
     the old content stays until the swap; an overlay the files it writes); when it does not fit the module fails
-    with the numbers and touches nothing (RV(plan.space)).
+    with the numbers and touches nothing (C(space) in RV(plan)).
   - When it fails after it started writing, it reports C(changed=true) and what it did in RV(changes).
 author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
@@ -145,7 +145,7 @@ plan:
   returned: success
   type: dict
 changes:
-  description: On failure, what the run had written before it failed (RV(changed) is true when not empty).
+  description: On failure, what the run had written before it failed (C(changed) is true when not empty).
   returned: failure
   type: list
   elements: str

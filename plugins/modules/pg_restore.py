@@ -244,7 +244,7 @@ leftovers:
   type: list
   elements: dict
 changes:
-  description: On failure, what the run had changed for good before it failed (RV(changed) is true when not empty).
+  description: On failure, what the run had changed for good before it failed (C(changed) is true when not empty).
   returned: failure
   type: list
   elements: str
