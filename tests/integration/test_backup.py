@@ -350,8 +350,9 @@ def test_backup_playbook_four_steps_and_verify_playbook(db, tmp_path):
     backup_id = _stats(first)["ner11_backup"]["db"]
     assert [m["backup_id"] for m in cat.Catalog(str(tmp_path / "bk")).list("database")] == [backup_id]
     prom = (tmp_path / "metrics" / "ner11_backup.prom").read_text()
-    assert 'ner11_backup_last_success_timestamp_seconds{kind="database"}' in prom
-    assert 'ner11_backup_verify_ok{kind="database"} 1' in prom and 'ner11_backup_size_bytes{kind="database"}' in prom
+    source = db.model["db_name"]
+    assert 'ner11_backup_last_success_timestamp_seconds{kind="database",source="%s"}' % source in prom
+    assert 'ner11_backup_verify_ok{kind="database"} 1' in prom and 'ner11_backup_size_bytes{kind="database",source=' in prom
     recheck = run_playbook("playbooks/backup.yml", ev, check=True, env=STATS)
     assert recheck.rc == 0 and recheck.changed() == 0, (recheck.explain(), recheck.changed_tasks())
     again = run_playbook("playbooks/backup.yml", ev, env=STATS)
@@ -382,7 +383,7 @@ def test_backup_playbook_two_volumes_manual_backup_and_two_hosts(db, tmp_path):
         "ner11_backup_dir": str(bdir),
         "ner11_backup_components": ["db", "volumes"],
         "ner11_backup_volumes": vols,
-        "ner11_backup_metrics_dir": "",
+        "ner11_backup_metrics_dir": str(tmp_path / "metrics"),
     }
     manual = run_playbook("playbooks/backup.yml", dict(ev, ner11_backup_period="manual"), env=STATS)
     assert manual.rc == 0, manual.explain()
@@ -397,6 +398,9 @@ def test_backup_playbook_two_volumes_manual_backup_and_two_hosts(db, tmp_path):
     by_volume = {m["source"]["volume"]: m for m in catalog.list("volume")}
     assert sorted(by_volume) == sorted(vols)
     assert {m["source"]["host"] for m in catalog.list("volume")} == {"localhost"}  # the inventory hostname
+    prom = (tmp_path / "metrics" / "ner11_backup.prom").read_text()
+    for vol in vols:  # one series per volume (one label set twice would make node_exporter reject the file)
+        assert 'ner11_backup_size_bytes{kind="volume",source="%s"}' % vol in prom
     pruned = daily.task("Apply the retention policy")["results"]
     assert all(r.get("deleted") == [] for r in pruned), [r.get("deleted") for r in pruned]
 
