@@ -10,8 +10,9 @@ module: stack_info
 short_description: Find the containers, volumes and network a NER11 stack actually runs on
 version_added: 1.1.0
 description:
-  - The one discovery step every role of the collection uses. Reads the engine with C(docker inspect)
-    and finds, per service (C(postgres), C(api), C(frontend)), the container that runs it, in this order -
+  - The one discovery step every role of the collection uses. Reads the Docker Engine API over its socket
+    (the same documents as C(docker inspect); no docker CLI or SDK needed) and finds, per service
+    (C(postgres), C(api), C(frontend)), the container that runs it, in this order -
     an explicit C(container_name) in O(stack), the collection's labels C(io.ner11.project)/C(io.ner11.service),
     docker-compose labels C(com.docker.compose.project)/C(com.docker.compose.service) (compose v1 and v2),
     the collection's derived name C(<project>-<service>-1).
@@ -36,10 +37,11 @@ options:
     elements: str
     choices: [postgres, api, frontend]
     default: [postgres, api, frontend]
-  docker_cli:
-    description: The docker client to run.
+  docker_host:
+    description:
+      - The engine to read, V(unix:///var/run/docker.sock) or V(tcp://host:port) (no TLS).
+      - Defaults to the E(DOCKER_HOST) environment variable, else V(unix:///var/run/docker.sock).
     type: str
-    default: docker
 extends_documentation_fragment:
   - ner11.ops.attributes
 attributes:
@@ -54,7 +56,7 @@ attributes:
 author:
   - ner11.ops maintainers
 notes:
-  - Needs the docker CLI on the managed node and permission to talk to the engine.
+  - Needs permission to read the engine's socket on the managed node; nothing else (python3 only).
 seealso:
   - name: Adopting an existing stack
     description: docs/adopting.md in the collection.
@@ -146,7 +148,7 @@ docker_root_dir:
   type: str
 """
 
-import json
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.ner11.ops.plugins.module_utils.discovery import (
@@ -156,6 +158,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.discovery import (
     drift_text,
     explicit_names_of,
 )
+from ansible_collections.ner11.ops.plugins.module_utils.docker_socket import Engine, EngineError
 from ansible_collections.ner11.ops.plugins.module_utils.stack_model import (
     StackModelError,
     container_spec,
@@ -168,48 +171,26 @@ def main():
         argument_spec=dict(
             stack=dict(type="dict", default={}),
             services=dict(type="list", elements="str", choices=list(SERVICES), default=list(SERVICES)),
-            docker_cli=dict(type="str", default="docker"),
+            docker_host=dict(type="str"),
         ),
         supports_check_mode=True,
     )
-    docker = module.params["docker_cli"]
     try:
         model = normalize(module.params["stack"] or {})
     except StackModelError as exc:
         module.fail_json(msg="invalid ner11_stack: %s" % exc)
 
-    rc, out, err = module.run_command([docker, "info", "--format", "{{json .DockerRootDir}}"])
-    if rc != 0:
-        module.fail_json(
-            msg="The Docker engine does not answer (%s). Start it (systemctl start docker) and run this again."
-            % (err.strip() or out.strip() or "docker info failed"),
-            cmd="docker info",
-        )
+    engine_host = module.params["docker_host"] or os.environ.get("DOCKER_HOST") or ""
     try:
-        root_dir = json.loads(out.strip() or '""')
-    except ValueError:
-        root_dir = ""
-
-    rc, out, err = module.run_command([docker, "ps", "-aq", "--no-trunc"])
-    if rc != 0:
+        engine = Engine(engine_host or None)
+        info = engine.info()
+        containers = engine.containers()
+    except (EngineError, ValueError) as exc:
         module.fail_json(
-            msg="Cannot list the containers of the engine: %s. Check the docker CLI and its permissions." % err.strip()
+            msg="The Docker engine does not answer (%s). Start it (systemctl start docker), or check that this user "
+            "may read its socket, and run this again." % exc
         )
-    ids = out.split()
-    containers = []
-    if ids:
-        rc, out, err = module.run_command([docker, "inspect", "--type", "container"] + ids)
-        if rc != 0:
-            # A container removed between the listing and the inspect: inspect what is left.
-            rc, out, err = module.run_command([docker, "ps", "-aq", "--no-trunc"])
-            ids = out.split()
-            rc, out, err = module.run_command([docker, "inspect", "--type", "container"] + ids) if ids else (0, "[]", "")
-            if rc != 0:
-                module.fail_json(msg="Cannot inspect the containers of the engine: %s. Run this again." % err.strip())
-        try:
-            containers = json.loads(out or "[]")
-        except ValueError:
-            module.fail_json(msg="docker inspect returned no JSON; check that %s is a docker client." % docker)
+    root_dir = info.get("DockerRootDir") or ""
 
     specs = {s: container_spec(model, s) for s in SERVICES}
     try:

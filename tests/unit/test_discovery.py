@@ -180,3 +180,13 @@ def test_sizes_and_drift_of_an_identical_container():
         "Mounts": [],
     }
     assert drift(spec, container) == []
+
+
+def test_engine_errors_name_the_socket(tmp_path):
+    from ansible_collections.ner11.ops.plugins.module_utils.docker_socket import Engine, EngineError
+
+    missing = "unix://%s/docker.sock" % tmp_path
+    with pytest.raises(EngineError, match="docker.sock"):
+        Engine(missing, timeout=2).info()
+    with pytest.raises(EngineError, match="unsupported docker host"):
+        Engine("ssh://somewhere")
