@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import stat
+import subprocess
 import threading
 import time
 
@@ -114,8 +115,8 @@ def test_pool_exhausted_by_idle_in_transaction_sessions(stack):
     before = canary(stack)
     holders = []
     need = 84 - client_count(stack)
-    for _ in range(need):
-        conn = connect(stack, "it-leak")
+    for number in range(need):
+        conn = connect(stack, "it-leak-%d" % number)
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM it_canary")
         holders.append(conn)
@@ -278,3 +279,53 @@ def test_model_corrupted_is_restored_from_the_catalog(stack):
     assert any("Model loading failed" in line for line in rec["error_signatures"]["api"])
     assert rec["health_after"]["checks"]["api:model"]["status"] == "pass"
     assert docker("exec", stack.container("api"), "sha256sum", path).stdout.split()[0] == good
+
+
+# -- disk incident (runbook b.8) on the same stack: a small tmpfs where the stack writes its logs ---
+
+
+def test_disk_filled_where_the_stack_writes(stack):
+    before = canary(stack)
+    volumes = sorted(docker("volume", "ls", "-q", "--filter", "label=io.ner11.project=%s" % stack.project).stdout.split())
+    logdir = "/var/log/ner11/%s" % stack.project
+    os.makedirs(logdir, exist_ok=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", logdir], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, "cannot mount a tmpfs (needs root): %s" % proc.stderr
+    try:
+        old = time.time() - 40 * 86400
+        for i in range(1, 8):
+            path = "%s/api_last_session.log.%d.gz" % (logdir, i)
+            with open(path, "wb") as fh:
+                fh.write(os.urandom(2 * 1024 * 1024))
+            os.utime(path, (old - i, old - i))
+        with open(logdir + "/api_last_session.log", "wb") as fh:
+            fh.write(os.urandom(512 * 1024))
+        ev = dict(stack.vars)
+        ev.update(
+            {
+                "ner11_incident_mode": "remediate",
+                "ner11_confirm": stack.project,
+                "ner11_incident_disks": [logdir],
+                # a 16 MiB filesystem is always under the 5 GiB production floor
+                "ner11_incident_disk_min_free_gb": 0,
+            }
+        )
+        res = run_playbook("playbooks/incident_disk.yml", ev, env={"ANSIBLE_SHOW_CUSTOM_STATS": "1"})
+        assert res.rc == 0, res.explain()
+        summ = summary(res)
+        assert summ["branch"] == "disk_critical" and summ["actions"] == ["cleanup_disk"] and summ["resolved"] is True
+        rec = record_of(stack, summ)
+        fs = rec["actions"][0]["result"]["filesystems"][logdir]
+        assert fs["before_used_percent"] >= 90 and fs["target_met"] is True and fs["after_free_percent"] >= 20
+        # oldest rotated logs first, only as many as the target needs; the active log stays
+        # (14.5 MiB of 16 used: one 2 MiB file brings 20 % free)
+        assert fs["removed"] == ["%s/api_last_session.log.7.gz" % logdir]
+        assert rec["plan_detail"]["filesystems"][logdir]["removed"] == fs["removed"]
+        assert os.path.exists(logdir + "/api_last_session.log")
+        assert rec["health_after"]["checks"]["disk:" + logdir]["status"] == "pass"
+    finally:
+        subprocess.run(["umount", logdir], check=False)
+    assert sorted(docker("volume", "ls", "-q", "--filter", "label=io.ner11.project=%s" % stack.project).stdout.split()) == volumes
+    assert canary(stack) == before
