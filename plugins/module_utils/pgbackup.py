@@ -717,7 +717,9 @@ def identity_table(records, now, host=None, results=()):
         row = rows[key]
         basis = max(t for t in (row["newest_created_at"], row["confirmed_at"]) if t) if row["good"] else None
         row["current_as_of"] = basis
-        row["age_hours"] = round((now - cat.parse_time(basis)).total_seconds() / 3600.0, 2) if basis else None
+        age_s = (now - cat.parse_time(basis)).total_seconds() if basis else None
+        row["age_seconds"] = round(age_s, 1) if basis else None
+        row["age_hours"] = round(age_s / 3600.0, 2) if basis else None
         out.append(row)
     return out
 
@@ -729,7 +731,7 @@ def rpo_errors(row, max_age):
     what = "%s backup of %s on host %s (%s)" % (row["kind"], row["object"], row["host"], row["instance"])
     if not row["good"]:
         return ["no good %s: every backup of it failed verification; run playbooks/backup.yml and inspect them" % what]
-    if row["age_hours"] > max_age:
+    if row["age_seconds"] > max_age * 3600.0:
         basis = "confirmed current" if row["confirmed_at"] and row["current_as_of"] == row["confirmed_at"] else "made"
         return [
             "the newest good %s (%s) was %s %.1f h ago, more than max_age_hours %s (RPO); run playbooks/backup.yml"

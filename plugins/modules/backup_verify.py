@@ -125,7 +125,7 @@ identities:
   description:
     - One row per source identity - C(identity) key, C(kind), C(host), C(instance), C(object), C(good), C(failed) and
       C(pinned) counts, C(newest_backup_id), C(newest_created_at), C(confirmed_at) (unchanged content confirmed
-      current), C(current_as_of), C(age_hours), C(scheduled) (false when it has manual backups only - no RPO),
+      current), C(current_as_of), C(age_hours), C(age_seconds), C(scheduled) (false when it has manual backups only - no RPO),
       C(rpo) (V(ok), V(failed) or V(not judged)).
   returned: always
   type: list
