@@ -1154,7 +1154,9 @@ class Restorer:
         done = []
         if clients:
             pids = [str(c["pid"]) for c in clients]
-            self.docker(["exec", "-u", "0", self.target.container, "kill", "-TERM"] + pids, "stopping the leftover clients")
+            cmd = [self.target.docker, "exec", "-u", "0", self.target.container, "kill", "-TERM"] + pids
+            self.commands.append(" ".join(shlex.quote(a) for a in cmd))
+            self.runner(cmd)  # a client that ended meanwhile is fine: dropping the database ends the rest
             done += ["stopped %s (pid %s) in the database container" % (c["tool"], c["pid"]) for c in clients]
         if found["target_blocked"]:
             self.allow_connections(db, True)
@@ -1226,7 +1228,14 @@ class Restorer:
         if not self.target.container:
             out["note"] = "not checked: the server's filesystem is not visible in login_host mode"
             return out
-        datadir = self.target.scalar("SHOW data_directory;")
+        try:
+            datadir = self.target.scalar("SHOW data_directory;")
+        except PgExecError:
+            datadir = None
+        if not datadir:
+            # SHOW data_directory needs a superuser or pg_read_all_settings.
+            out["note"] = "not checked: %s may not read data_directory (grant it pg_read_all_settings)" % self.target.user
+            return out
         paths = [datadir] + (["/tmp"] if staged else [])  # noqa: S108 - the container's /tmp, where mktemp puts the copy
         rc, text, err = self.runner([self.target.docker, "exec", self.target.container, "df", "-P", "-k"] + paths)
         if rc != 0:

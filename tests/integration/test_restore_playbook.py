@@ -8,6 +8,8 @@ import urllib.request
 from conftest import docker, run_playbook
 from test_restore import DB, raw_backup
 
+from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
+
 STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
 
 
@@ -54,6 +56,12 @@ def test_restore_playbook_rolls_back_a_seeded_row(own_stack, tmp_path):
     summary = restore_stats(res)
     assert summary["backup_id"] == backup and summary["restored"] is True and summary["health"] == "pass"
     assert summary["row_counts"]["vendor_equipment"] == 8
+    # The undo: the replaced database was backed up first and that backup is pinned.
+    undo = summary["undo_backup_id"]
+    assert undo and undo != backup
+    pins = cat.Catalog(str(tmp_path)).pins("database", undo)
+    assert [p["reason"] for p in pins] == ["before the restore of %s" % backup], pins
+    assert summary["repaired"] == [] and summary["leftovers"] == []
     restarted = started_at(stack.container("api"))
     assert restarted != api_started
 
