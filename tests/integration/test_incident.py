@@ -198,6 +198,20 @@ def test_blocking_lock(stack):
 def test_postgres_stopped(stack):
     before = canary(stack)
     docker("stop", stack.container("postgres"))
+    records = os.path.join(stack.model["config_dir"], "incidents")
+    known = set(os.listdir(records)) if os.path.isdir(records) else set()
+
+    # check mode: measures and plans, writes nothing (no record), starts nothing
+    ev = dict(stack.vars)
+    ev.update(COMMON)
+    planned = run_playbook("playbooks/incident_db.yml", ev, check=True, env={"ANSIBLE_SHOW_CUSTOM_STATS": "1"})
+    assert planned.rc == 0, planned.explain()
+    psum = summary(planned)
+    assert psum["mode"] == "check" and psum["branch"] == "postgres_down" and psum["plan"] == ["start_postgres"]
+    assert psum["actions"] == [] and psum["record"] == ""
+    assert (set(os.listdir(records)) if os.path.isdir(records) else set()) == known
+    assert docker("inspect", "-f", "{{.State.Running}}", stack.container("postgres")).stdout.strip() == "false"
+
     res = incident(stack)
     assert res.rc == 0, res.explain()
     summ = summary(res)
