@@ -54,7 +54,7 @@ attributes:
   idempotent:
     support: full
 author:
-  - ner11.ops maintainers
+  - ner11.ops maintainers (@ner11-ops)
 notes:
   - Needs permission to read the engine's socket on the managed node; nothing else (python3 only).
 seealso:
