@@ -319,3 +319,39 @@ def test_scratch_databases_refuse_system_source_and_reserved_names():
     assert pr.marked_sql("it's") == (
         "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = 'it''s';"
     )
+
+
+class _FakeTarget:
+    """Just enough of pgexec.PgTarget for the space pre-flight (a named stand-in for `df` in a container)."""
+
+    container, docker, user = "pg", "docker", "postgres"
+
+    def scalar(self, sql, db="postgres"):
+        assert sql == "SHOW data_directory;"
+        return "/var/lib/postgresql/data"
+
+
+def _df_runner(rows):
+    def run(cmd, **_kw):
+        assert cmd[:5] == ["docker", "exec", "pg", "df", "-P"]
+        lines = ["Filesystem 1024-blocks Used Available Capacity Mounted on"]
+        lines += ["%s 100000 0 %d 1%% %s" % (fs, free_kb, mnt) for fs, free_kb, mnt in rows[: len(cmd) - 6]]
+        return 0, "\n".join(lines) + "\n", ""
+
+    return run
+
+
+def test_space_check_adds_the_dump_copy_when_it_shares_the_filesystem():
+    manifest = {"backup_id": "b1", "db_size_bytes": 40 * 1048576, "files": [{"path": "dump/toc.dat", "size": 30 * 1048576}]}
+    info = {"artifact": "dump"}
+    fits = pr.Restorer(_FakeTarget(), _df_runner([("overlay", 200 * 1024, "/"), ("overlay", 200 * 1024, "/")]), db="db")
+    out = fits.space_check(manifest, info, staged=True)
+    assert out["checked"] and "error" not in out
+    assert out["filesystems"][0]["need_bytes"] == int(40 * 1048576 * 1.1) + 30 * 1048576  # one filesystem: summed
+    tight = pr.Restorer(_FakeTarget(), _df_runner([("overlay", 60 * 1024, "/"), ("overlay", 60 * 1024, "/")]), db="db")
+    err = tight.space_check(manifest, info, staged=True)["error"]
+    assert "needs 74.0 MB" in err and "has 60.0 MB free" in err and "jobs=1" in err and "nothing was changed" in err
+    # Streamed (no copy): only the data directory counts.
+    assert "error" not in tight.space_check(manifest, info, staged=False)
+    # Unknown database size: nothing to compare, never a refusal.
+    assert "error" not in tight.space_check({"backup_id": "b0"}, info, staged=False)
