@@ -67,7 +67,7 @@ molecule: setup images ## molecule scenarios (docker driver, local images)
 	for s in $$(ls molecule); do (cd . && $(BIN)/molecule test -s $$s) || exit 1; done
 
 integration: setup images compose ## pytest against the real Docker engine, PostgreSQL and HTTP
-	$(BIN)/python -m pytest tests/integration -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/integration -q --durations=40 $(PYTEST_ARGS)
 
 bench: setup images ## benchmarks (not part of test); writes bench/RESULTS.md
 	$(BIN)/python bench/run.py
