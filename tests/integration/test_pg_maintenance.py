@@ -32,7 +32,9 @@ class Postgres:
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if docker("exec", "-u", "postgres", self.name, "pg_isready", "-d", DB, check=False).returncode == 0:
+            # TCP, not the socket: the entrypoint's initdb server listens on the socket only, then restarts.
+            ready = docker("exec", "-u", "postgres", self.name, "pg_isready", "-h", "127.0.0.1", "-d", DB, check=False)
+            if ready.returncode == 0:
                 try:
                     self.sql("SELECT 1")
                     return
