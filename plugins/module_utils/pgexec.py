@@ -41,6 +41,36 @@ def postgres_argument_spec():
 
 POSTGRES_MUTUALLY_EXCLUSIVE = [("container", "login_host")]
 POSTGRES_REQUIRED_ONE_OF = [("container", "login_host")]
+UNREACHABLE_HINT = "%s. Check that PostgreSQL runs and accepts connections (ner11.ops.ner_health, playbooks/incident_db.yml)."
+
+
+def postgres_module_kwargs(options):
+    """``AnsibleModule`` keyword arguments: the common connection options plus ``options``, check mode supported."""
+    spec = postgres_argument_spec()
+    spec.update(options)
+    return dict(
+        argument_spec=spec,
+        mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE,
+        required_one_of=POSTGRES_REQUIRED_ONE_OF,
+        supports_check_mode=True,
+    )
+
+
+def run_on_target(module, run, errors):
+    """``run(target, params, check_mode)`` for a module built with ``postgres_module_kwargs``.
+
+    ``params`` are the module's own options (without the connection ones). The errors in
+    ``errors`` (the core's own exception types) and client-tool failures become ``fail_json``.
+    """
+    params = {k: v for k, v in module.params.items() if k not in postgres_argument_spec()}
+    try:
+        with PgTarget(module.params, module.run_command) as target:
+            return run(target, params, module.check_mode)
+    except errors as exc:
+        module.fail_json(msg=str(exc), changed=False)
+    except PgExecError as exc:
+        module.fail_json(msg=UNREACHABLE_HINT % exc)
+    return None
 
 
 class PgExecError(Exception):

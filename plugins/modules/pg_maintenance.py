@@ -177,19 +177,12 @@ queries:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
-    POSTGRES_MUTUALLY_EXCLUSIVE,
-    POSTGRES_REQUIRED_ONE_OF,
-    PgExecError,
-    PgTarget,
-    postgres_argument_spec,
-)
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import postgres_module_kwargs, run_on_target
 from ansible_collections.ner11.ops.plugins.module_utils.pgmaint import OPERATIONS, MaintenanceError, run
 
 
 def main():
-    spec = postgres_argument_spec()
-    spec.update(
+    options = dict(
         db_name=dict(type="str", default="ner11_db"),
         operation=dict(type="str", required=True, choices=list(OPERATIONS)),
         tables=dict(type="list", elements="str", default=[]),
@@ -203,22 +196,8 @@ def main():
         lock_timeout=dict(type="int", default=10),
         statement_timeout=dict(type="int", default=3600),
     )
-    module = AnsibleModule(
-        argument_spec=spec,
-        mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE,
-        required_one_of=POSTGRES_REQUIRED_ONE_OF,
-        supports_check_mode=True,
-    )
-    params = {k: v for k, v in module.params.items() if k not in postgres_argument_spec()}
-    try:
-        with PgTarget(module.params, module.run_command) as target:
-            result = run(target, params, module.check_mode)
-    except MaintenanceError as exc:
-        module.fail_json(msg=str(exc), changed=False)
-    except PgExecError as exc:
-        module.fail_json(
-            msg="%s. Check that PostgreSQL runs and accepts connections (ner11.ops.ner_health, playbooks/incident_db.yml)." % exc
-        )
+    module = AnsibleModule(**postgres_module_kwargs(options))
+    result = run_on_target(module, run, MaintenanceError)
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)

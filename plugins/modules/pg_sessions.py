@@ -220,19 +220,12 @@ queries:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
-    POSTGRES_MUTUALLY_EXCLUSIVE,
-    POSTGRES_REQUIRED_ONE_OF,
-    PgExecError,
-    PgTarget,
-    postgres_argument_spec,
-)
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import postgres_module_kwargs, run_on_target
 from ansible_collections.ner11.ops.plugins.module_utils.sessions import RULES, SessionsError, run
 
 
 def main():
-    spec = postgres_argument_spec()
-    spec.update(
+    options = dict(
         db_name=dict(type="str", default="ner11_db"),
         select=dict(type="list", elements="str", choices=list(RULES), default=[]),
         action=dict(type="str", choices=["report", "cancel", "terminate"], default="report"),
@@ -248,22 +241,8 @@ def main():
         query_chars=dict(type="int", default=200),
         cancel_wait_seconds=dict(type="int", default=5),
     )
-    module = AnsibleModule(
-        argument_spec=spec,
-        mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE,
-        required_one_of=POSTGRES_REQUIRED_ONE_OF,
-        supports_check_mode=True,
-    )
-    params = {k: v for k, v in module.params.items() if k not in postgres_argument_spec()}
-    try:
-        with PgTarget(module.params, module.run_command) as target:
-            result = run(target, params, module.check_mode)
-    except SessionsError as exc:
-        module.fail_json(msg=str(exc))
-    except PgExecError as exc:
-        module.fail_json(
-            msg="%s. Check that PostgreSQL runs and accepts connections (ner11.ops.ner_health, playbooks/incident_db.yml)." % exc
-        )
+    module = AnsibleModule(**postgres_module_kwargs(options))
+    result = run_on_target(module, run, SessionsError)
     module.exit_json(**result)
 
 
