@@ -226,6 +226,42 @@ class Stack:
         remove_project(self.project)
 
 
+class StandalonePostgres:
+    """One container of the reference PostgreSQL image (no api/frontend), published on 127.0.0.1."""
+
+    db = "ner11_db"
+
+    def __init__(self, prefix):
+        self.project = unique_project(prefix)
+        self.name = "%s-postgres-1" % self.project
+        self.port = free_port()
+        self.password = "it-" + uuid.uuid4().hex
+
+    def start(self, deadline_s=60):
+        docker(
+            "run", "-d", "--name", self.name,
+            "--label", "io.ner11.project=%s" % self.project, "--label", "io.ner11.test=1",
+            "-e", "POSTGRES_PASSWORD=%s" % self.password, "-e", "POSTGRES_DB=%s" % self.db,
+            "-p", "127.0.0.1:%d:5432" % self.port, "ner11/postgres:ref",
+        )  # fmt: skip
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            # TCP, not the socket: the entrypoint's initdb server listens on the socket only, then restarts.
+            ready = docker("exec", "-u", "postgres", self.name, "pg_isready", "-h", "127.0.0.1", "-d", self.db, check=False)
+            if ready.returncode == 0:
+                return
+            time.sleep(0.5)
+        raise AssertionError("PostgreSQL in %s did not become ready within %ss" % (self.name, deadline_s))
+
+    def sql(self, sql):
+        """Run SQL over the container's local socket (no password)."""
+        proc = docker("exec", "-u", "postgres", self.name, "psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-d", self.db, "-c", sql)
+        return proc.stdout.strip()
+
+    def remove(self):
+        remove_project(self.project)
+
+
 def wait_http(url, deadline_s=60, expect=200):
     import urllib.error
     import urllib.request

@@ -7,45 +7,17 @@ only the module maintains it) and proves the four steps: check -> apply -> check
 from __future__ import annotations
 
 import time
-import uuid
 
 import psycopg2
 import pytest
-from conftest import docker, free_port, remove_project, run_module, unique_project
+from conftest import StandalonePostgres, run_module
 
 DB = "ner11_db"
 
 
-class Postgres:
+class Postgres(StandalonePostgres):
     def __init__(self):
-        self.project = unique_project("itpm")
-        self.name = "%s-postgres-1" % self.project
-        self.port = free_port()
-        self.password = "it-" + uuid.uuid4().hex
-
-    def start(self):
-        docker(
-            "run", "-d", "--name", self.name,
-            "--label", "io.ner11.project=%s" % self.project, "--label", "io.ner11.test=1",
-            "-e", "POSTGRES_PASSWORD=%s" % self.password, "-e", "POSTGRES_DB=%s" % DB,
-            "-p", "127.0.0.1:%d:5432" % self.port, "ner11/postgres:ref",
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            # TCP, not the socket: the entrypoint's initdb server listens on the socket only, then restarts.
-            ready = docker("exec", "-u", "postgres", self.name, "pg_isready", "-h", "127.0.0.1", "-d", DB, check=False)
-            if ready.returncode == 0:
-                try:
-                    self.sql("SELECT 1")
-                    return
-                except AssertionError:
-                    pass
-            time.sleep(0.5)
-        raise AssertionError("PostgreSQL in %s did not become ready" % self.name)
-
-    def sql(self, sql):
-        proc = docker("exec", "-u", "postgres", self.name, "psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-d", DB, "-c", sql)
-        return proc.stdout.strip()
+        super().__init__("itpm")
 
     def make_table(self, name, rows, keep_every):
         """A table of ``rows`` rows, autovacuum off, then all but every ``keep_every``-th row deleted."""
@@ -63,10 +35,10 @@ class Postgres:
 @pytest.fixture(scope="module")
 def pg():
     server = Postgres()
-    remove_project(server.project)
+    server.remove()
     server.start()
     yield server
-    remove_project(server.project)
+    server.remove()
 
 
 def maint(pg, check=False, **args):

@@ -8,37 +8,21 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import psycopg2
 import pytest
-from conftest import docker, free_port, remove_project, run_module, unique_project
+from conftest import StandalonePostgres, run_module
 
 DB = "ner11_db"
 
 
-class Postgres:
+class Postgres(StandalonePostgres):
     def __init__(self):
-        self.project = unique_project("itps")
-        self.name = "%s-postgres-1" % self.project
-        self.port = free_port()
-        self.password = "it-" + uuid.uuid4().hex
+        super().__init__("itps")
         self.conns = []
 
     def start(self):
-        docker(
-            "run", "-d", "--name", self.name,
-            "--label", "io.ner11.project=%s" % self.project, "--label", "io.ner11.test=1",
-            "-e", "POSTGRES_PASSWORD=%s" % self.password, "-e", "POSTGRES_DB=%s" % DB,
-            "-p", "127.0.0.1:%d:5432" % self.port, "ner11/postgres:ref",
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                self.connect("it-probe").close()
-                break
-            except psycopg2.OperationalError:
-                time.sleep(0.5)
+        super().start()
         conn = self.connect("it-setup", autocommit=True)
         with conn.cursor() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, v text)")
@@ -87,13 +71,13 @@ def alive(conn):
 @pytest.fixture(scope="module")
 def pg():
     server = Postgres()
-    remove_project(server.project)
+    server.remove()
     try:
         server.start()
         yield server
     finally:
         server.close_all()
-        remove_project(server.project)
+        server.remove()
 
 
 def sessions(pg, check=False, **args):
