@@ -27,12 +27,12 @@ if ! command -v debootstrap >/dev/null 2>&1; then
 fi
 
 # The Debian mirror this machine uses: the first deb URI of a deb822 .sources stanza
-# (or a one-line sources.list entry) that carries the main suite.
+# (or a one-line sources.list entry) that carries the given suite.
 find_mirror() {
-  local f uri
+  local f uri suite=$1
   for f in /etc/apt/sources.list.d/*.sources; do
     [ -r "$f" ] || continue
-    uri=$(awk -v suite="$SUITE" '
+    uri=$(awk -v suite="$suite" '
       function flush() {
         if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " suite " ") && uris != "" && enabled != "no") {
           split(uris, u, " "); print u[1]; found = 1; exit
@@ -49,7 +49,7 @@ find_mirror() {
   done
   for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
     [ -r "$f" ] || continue
-    uri=$(awk -v suite="$SUITE" '
+    uri=$(awk -v suite="$suite" '
       $1 == "deb" { i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
                     if ($(i+1) == suite) { print $i; exit } }' "$f")
     if [ -n "$uri" ]; then printf '%s\n' "$uri"; return; fi
@@ -57,7 +57,10 @@ find_mirror() {
   return 1
 }
 
-mirror=${NER11_DEBIAN_MIRROR:-$(find_mirror || true)}
+# Another release (bullseye for the Python 3.9 image) comes from the same archive as
+# the host's own release when no source names it.
+host_suite=$(. /etc/os-release 2>/dev/null && printf '%s' "${VERSION_CODENAME:-}")
+mirror=${NER11_DEBIAN_MIRROR:-$(find_mirror "$SUITE" || { [ -n "$host_suite" ] && find_mirror "$host_suite"; } || true)}
 [ -n "$mirror" ] || { log "no Debian mirror found in /etc/apt/sources.list*; set NER11_DEBIAN_MIRROR to the mirror URL your apt uses"; exit 1; }
 log "debootstrap $SUITE from $mirror"
 
