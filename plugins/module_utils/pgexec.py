@@ -22,6 +22,8 @@ import os
 import shutil
 import tempfile
 
+from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line  # noqa: F401 - re-exported
+
 APP_NAME = "ner11.ops"
 
 
@@ -184,12 +186,7 @@ class PgTarget:
         return rows[0][0] if rows and rows[0] else None
 
 
-def last_line(text):
-    """The last non-empty line of a tool's output (its error, usually), or ``no output``."""
-    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
-
-
+# last_line moved to runner.py (the one command runner); re-exported here until every caller imports it from there.
 _last_line = last_line
 
 
