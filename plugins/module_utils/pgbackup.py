@@ -934,7 +934,7 @@ class BackupVerifier:
         if refusal:
             raise PgBackupError(refusal)
         existing = self.target.query(pgrestore.marked_sql(scratch))
-        if existing and not existing[0][0].startswith(pgrestore.MARK):
+        if existing and not (existing[0] + [""])[1].startswith(pgrestore.MARK):
             raise PgBackupError(
                 "database %s exists and was not created by ner11.ops; choose another scratch_db (default "
                 "ner11_test_restore) or drop it yourself" % scratch

@@ -115,8 +115,14 @@ def scratch_refusal(name, source_db=None):
 
 
 def marked_sql(name):
-    """``comment`` of database ``name`` (no row when it does not exist)."""
-    return "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = %s;" % quote_literal(name)
+    """``datname, comment`` of database ``name`` (no row when it does not exist).
+
+    The name comes first so that a database without a comment still gives a non-empty row.
+    """
+    return (
+        "SELECT datname, coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = %s;"
+        % quote_literal(name)
+    )
 
 
 def stage_pattern(db):
