@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name
 from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line  # noqa: F401 - re-exported
 
 APP_NAME = "ner11.ops"
@@ -190,9 +191,6 @@ class PgTarget:
 _last_line = last_line
 
 
-def quote_ident(name):
-    return '"%s"' % str(name).replace('"', '""')
-
-
-def quote_literal(value):
-    return "'%s'" % str(value).replace("'", "''")
+# The quoting rule lives in identifiers.py; these names stay importable from here.
+quote_ident = quote_name
+__all__ = ["PgExecError", "PgTarget", "last_line", "quote_ident", "quote_literal"]
