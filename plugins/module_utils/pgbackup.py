@@ -25,83 +25,48 @@ options and reports. Design (docs/backups.md):
 
 Plain Python: no Ansible import. Commands run through a ``runner`` with the
 signature of ``AnsibleModule.run_command``.
+
+The dump formats are in ``pgbackup_formats``; verification (module ``backup_verify``)
+is in ``pgbackup_verify``.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
-import re
 import shlex
-import shutil
 import socket
 import time
 
 from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
-from ansible_collections.ner11.ops.plugins.module_utils import pgrestore
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import IdentifierError, check_name, check_table
+from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import (
+    DEFAULT_CANARY_TABLES,
+    FORMATS,
+    KIND,
+    PgBackupError,
+    artifact_name,
+    choose_format,
+    compression_label,
+    count_toc,
+    display,
+    parse_compression,
+    required_space,
+    restore_commands,
+    space_error,
+    test_stream,
+    tree_sha256,
+)
+from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_verify import BackupVerifier  # noqa: F401 - importable from here as before
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     APP_NAME,
     PgExecError,
     PgTarget,
-    quote_ident,
     quote_literal,
 )
+from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line
 
-KIND = "database"
-FORMATS = ("directory", "custom", "plain")
-DEFAULT_CANARY_TABLES = ("vendor_equipment", "threat_intelligence", "compliance_frameworks")
-ARTIFACTS = {
-    ("directory", "gzip"): "dump",
-    ("directory", "none"): "dump",
-    ("custom", "gzip"): "dump.pgdump",
-    ("custom", "none"): "dump.pgdump",
-    ("plain", "none"): "dump.sql",
-    ("plain", "gzip"): "dump.sql.gz",
-    ("plain", "zstd"): "dump.sql.zst",
-}
 SIDECAR_LABEL = "io.ner11.pg_backup.catalog"
 PIN_REASON = "pinned by pg_backup keep_until"
-_DB_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
-
-
-class PgBackupError(Exception):
-    """The backup cannot be made; the message names the cause and the fix."""
-
-
-# -- pure helpers (unit-tested) --------------------------------------------------
-def parse_compression(fmt, value):
-    """``none`` | ``gzip:<0-9>`` | ``<0-9>`` (gzip level) | ``zstd:<1-19>`` (plain only) → (method, level)."""
-    text = str(value if value is not None else "gzip:1").strip().lower()
-    if text in ("none", "0", "gzip:0"):
-        return "none", 0
-    method, _sep, level = text.partition(":")
-    if method.isdigit() and not level:
-        method, level = "gzip", method
-    if method == "gzip":
-        level = level or "6"
-        if not level.isdigit() or not 1 <= int(level) <= 9:
-            raise PgBackupError("compression %r: the gzip level must be 1-9 (or use 'none'), e.g. gzip:1" % (value,))
-        return "gzip", int(level)
-    if method == "zstd":
-        level = level or "3"
-        if not level.isdigit() or not 1 <= int(level) <= 19:
-            raise PgBackupError("compression %r: the zstd level must be 1-19, e.g. zstd:3" % (value,))
-        if fmt != "plain":
-            raise PgBackupError(
-                "compression %r: zstd is only available for format=plain (PostgreSQL 15's pg_dump has only gzip "
-                "built in); use gzip:<level> with format=%s" % (value, fmt)
-            )
-        return "zstd", int(level)
-    raise PgBackupError("unknown compression %r: use none, gzip:<1-9> or zstd:<1-19> (plain only)" % (value,))
-
-
-def compression_label(method, level):
-    return "none" if method == "none" else "%s:%d" % (method, level)
-
-
-def artifact_name(fmt, method):
-    return ARTIFACTS[(fmt, method)]
 
 
 def validate_params(params):
@@ -115,12 +80,12 @@ def validate_params(params):
     jobs = params.get("jobs")
     if jobs is not None and (jobs < 1 or jobs > 64):
         raise PgBackupError("jobs must be between 1 and 64, got %r (2 suits a 2-core host)" % (jobs,))
-    db_name = params.get("db_name") or ""
-    if not _DB_RE.match(db_name):
-        raise PgBackupError("db_name %r is not a plain database name (letters, digits, _, $, -)" % (db_name,))
-    for table in params.get("canary_tables") or []:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$", table):
-            raise PgBackupError("canary table %r is not a plain [schema.]table name" % (table,))
+    try:
+        check_name(params.get("db_name") or "", "db_name")
+        for table in params.get("canary_tables") or []:
+            check_table(table, "canary table")
+    except IdentifierError as exc:
+        raise PgBackupError(str(exc)) from None
     factor = params.get("space_factor")
     if factor is not None and factor < 0:
         raise PgBackupError("space_factor must be >= 0, got %r" % (factor,))
@@ -128,121 +93,16 @@ def validate_params(params):
         raise PgBackupError("lock_timeout and partial_grace_s must be >= 0")
 
 
-def choose_format(fmt, can_write_directory):
-    """Default: directory (parallel, ~2x faster than custom, ENVIRONMENT anchors) when possible."""
-    if fmt:
-        return fmt
-    return "directory" if can_write_directory else "custom"
-
-
-def count_toc(listing):
-    """Entries in ``pg_restore --list`` output (lines that are not comments)."""
-    return sum(1 for line in (listing or "").splitlines() if line.strip() and not line.lstrip().startswith(";"))
-
-
-def tree_sha256(files):
-    """sha256 over ``sha256sum``-style lines of the files (docs/backup-catalog.md)."""
-    text = "".join("%s  %s\n" % (f["sha256"], f["path"]) for f in files)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def restore_commands(fmt, method, artifact, jobs, has_globals):
-    """Stock-tool restore lines, run in the backup directory; ``{target_db}`` is a placeholder."""
-    cmds = []
-    if has_globals:
-        cmds.append("psql -X -d postgres -f globals.sql")
-    cmds.append("createdb -T template0 {target_db}")
-    if fmt in ("directory", "custom"):
-        cmds.append("pg_restore --exit-on-error -j %d -d {target_db} %s" % (max(jobs, 1), artifact))
-    elif method == "none":
-        cmds.append("psql -X -v ON_ERROR_STOP=1 --single-transaction -d {target_db} -f %s" % artifact)
-    else:
-        tool = "gzip" if method == "gzip" else "zstd"
-        cmds.append("%s -dc %s | psql -X -v ON_ERROR_STOP=1 --single-transaction -d {target_db}" % (tool, artifact))
-    notes = [
-        "Run the commands in the backup directory as the database superuser; add -h/-p/-U for a remote server.",
-        "{target_db} must not exist yet (createdb fails otherwise, which protects existing data).",
-    ]
-    if has_globals:
-        notes.append(
-            "globals.sql recreates roles (without passwords: set them afterwards with ALTER ROLE ... PASSWORD); "
-            "on a server that already has the roles it reports harmless 'already exists' errors - skip it there."
-        )
-    return {
-        "workdir": "the backup directory (where manifest.json is)",
-        "placeholders": {"{target_db}": "the database to restore into (must not exist yet)"},
-        "commands": cmds,
-        "notes": notes,
-    }
-
-
-def required_space(db_size, factor):
-    return int(db_size * factor)
-
-
-def space_error(db_size, factor, free, path):
-    need = required_space(db_size, factor)
-    if free >= need:
-        return None
-    return (
-        "not enough free space for the dump: %s has %d bytes free, the backup needs an estimated %d bytes "
-        "(pg_database_size %d x space_factor %s); free space there (backup_prune, ner11.ops.disk_cleanup), "
-        "point backup_dir at a larger filesystem, or lower space_factor if you know the dump compresses well"
-        % (path, free, need, db_size, factor)
-    )
-
-
-# A missing table must not fail the whole query, so the count runs through query_to_xml.
-_COUNT_SQL = (
-    "SELECT %s, CASE WHEN to_regclass(%s) IS NULL THEN NULL ELSE "
-    "(xpath('/row/c/text()', query_to_xml('SELECT count(*) AS c FROM %s', false, true, '')))[1]::text::bigint END"
-)
 _FACTS_SQL = (
     "SELECT current_setting('server_version'), current_setting('server_version_num'), "
     "(SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s);"
 )
 
 
-def row_count_sql(tables):
-    """One query: count(*) of every table that exists, NULL for a missing one."""
-    parts = []
-    for table in tables:
-        ident = ".".join(quote_ident(p) for p in table.split("."))
-        parts.append(_COUNT_SQL % (quote_literal(table), quote_literal(ident), ident.replace("'", "''")))
-    return " UNION ALL ".join(parts) + ";" if parts else "SELECT 1 WHERE false;"
-
-
-def parse_row_counts(rows):
-    out = {}
-    for row in rows or []:
-        out[row[0]] = int(row[1]) if len(row) > 1 and row[1] not in ("", None) else None
-    return out
-
-
-def counts_match(expected, expected_after, actual):
-    """Restored counts equal what was dumped (within the before/after range recorded under concurrent writes)."""
-    problems = []
-    for table, before in (expected or {}).items():
-        got = actual.get(table)
-        after = (expected_after or {}).get(table, before)
-        if before is None:
-            continue
-        low, high = min(before, after if after is not None else before), max(before, after if after is not None else before)
-        if got is None or not low <= got <= high:
-            problems.append(
-                "%s: restored %s rows, manifest says %s" % (table, got, before if low == high else "%d-%d" % (low, high))
-            )
-    return problems
-
-
 def instance_of(params):
     if params.get("container"):
         return "container:%s" % params["container"]
     return "host:%s:%d" % (params.get("login_host"), int(params.get("login_port") or 5432))
-
-
-def display(cmd):
-    return cmd if isinstance(cmd, str) else shlex.join(cmd)
 
 
 # -- the runner --------------------------------------------------------------------
@@ -279,7 +139,7 @@ class PgBackup:
         self.executed.append(line)
         rc, out, err = self.runner(["/bin/bash", "-o", "pipefail", "-c", line])
         if rc != 0 and check_msg:
-            raise PgBackupError("%s (rc=%s): %s" % (check_msg, rc, _last(err or out)))
+            raise PgBackupError("%s (rc=%s): %s" % (check_msg, rc, last_line(err or out)))
         return rc, out, err
 
     # -- server checks --------------------------------------------------------------
@@ -292,7 +152,7 @@ class PgBackup:
         if rc != 0:
             raise PgBackupError(
                 "container %s not found (%s); check the container option (ner11_stack: <project>-postgres-1) "
-                "or start the stack with ner11.ops startup.yml" % (c, _last(err))
+                "or start the stack with ner11.ops startup.yml" % (c, last_line(err))
             )
         status, _sep, image = out.strip().partition("|")
         if status != "running":
@@ -318,7 +178,7 @@ class PgBackup:
         return {"server_version": version, "server_version_num": int(version_num), "db_size_bytes": int(size)}
 
     def _row_counts(self):
-        return parse_row_counts(self.target.query(row_count_sql(self.tables), db=self.db))
+        return self.target.canary_counts(self.tables, self.db)
 
     def _pg_dump_version(self):
         if self.p.get("container"):
@@ -440,7 +300,7 @@ class PgBackup:
             return self._sh(cmd, msg)
         rc, out, err = self._run_logged(cmd, environ_update=self.target.environ())
         if rc != 0:
-            raise PgBackupError("%s (rc=%s): %s" % (msg, rc, _last(err or out)))
+            raise PgBackupError("%s (rc=%s): %s" % (msg, rc, last_line(err or out)))
         return rc, out, err
 
     def _remove_orphan_sidecars(self):
@@ -647,374 +507,3 @@ class PgBackup:
             "plan": plan,
             "cleaned_partials": getattr(self, "cleaned", []),
         }
-
-
-def test_stream(path, method, sh=None):
-    """Decompress the whole stream (gzip in Python, zstd with ``zstd -t``); raise naming the file."""
-    if method == "gzip":
-        try:
-            with gzip.open(path, "rb") as fh:
-                while fh.read(1024 * 1024):
-                    pass
-        except (OSError, EOFError) as exc:
-            raise PgBackupError("%s is not a valid gzip stream: %s" % (path, exc)) from None
-    elif method == "zstd":
-        if shutil.which("zstd") is None:
-            raise PgBackupError("zstd is not installed on this host; install it to verify %s" % path)
-        rc, out, err = sh("zstd -q -t %s" % shlex.quote(path))
-        if rc != 0:
-            raise PgBackupError("%s is not a valid zstd stream: %s" % (path, _last(err or out)))
-
-
-def _last(text):
-    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
-
-
-def identity_table(records, now, host=None, results=()):
-    """One row per source identity: newest good backup, the time its content was last confirmed, counts.
-
-    ``records``: ``Catalog.records(kind)``; ``results``: this run's per-backup results (a backup that
-    failed now is not good, even before its record is written, e.g. in check mode).
-    For models/config/volume the content is confirmed current by a newer unchanged run
-    (``freshness.json`` with the same content digest); a database backup counts only by its own time.
-    """
-    failed_now = {r["backup_id"] for r in results if r.get("status") == "failed"}
-    ok_now = {r["backup_id"] for r in results if r.get("status") == "ok"}
-    rows = {}
-    for rec in records:
-        ident = rec["identity"]
-        if ident is None or (host and ident["host"] != host):
-            continue
-        row = rows.setdefault(
-            ident["key"],
-            {"identity": ident["key"], "kind": ident["kind"], "host": ident["host"], "instance": ident["instance"],
-             "object": ident["object"], "good": 0, "failed": 0, "pinned": 0, "scheduled": False,
-             "newest_backup_id": None, "newest_created_at": None, "confirmed_at": None},
-        )  # fmt: skip
-        manifest = rec["manifest"]
-        state = rec["state"]
-        if rec["backup_id"] in failed_now:
-            state = "failed"
-        elif rec["backup_id"] in ok_now and state == "failed":
-            state = "good"
-        if cat.effective_keep_until(rec["pins"], now):
-            row["pinned"] += 1
-        if manifest.get("period") != "manual" or (rec["freshness"] or {}).get("period") not in (None, "manual"):
-            row["scheduled"] = True  # a scheduled run made it, or confirmed it unchanged
-        if state != "good":
-            row["failed"] += state == "failed"
-            continue
-        row["good"] += 1
-        if row["newest_created_at"] is None or manifest["created_at"] >= row["newest_created_at"]:
-            row["newest_backup_id"] = rec["backup_id"]
-            row["newest_created_at"] = manifest["created_at"]
-            fresh = rec["freshness"] or {}
-            same = fresh.get("content_sha256") and fresh.get("content_sha256") == manifest.get("content_sha256")
-            row["confirmed_at"] = fresh.get("confirmed_at") if same and ident["kind"] != KIND else None
-    out = []
-    for key in sorted(rows):
-        row = rows[key]
-        basis = max(t for t in (row["newest_created_at"], row["confirmed_at"]) if t) if row["good"] else None
-        row["current_as_of"] = basis
-        age_s = (now - cat.parse_time(basis)).total_seconds() if basis else None
-        row["age_seconds"] = round(age_s, 1) if basis else None
-        row["age_hours"] = round(age_s / 3600.0, 2) if basis else None
-        out.append(row)
-    return out
-
-
-def rpo_errors(row, max_age):
-    """RPO problems of one identity row (empty when within ``max_age`` hours; 0 disables)."""
-    if not max_age or max_age <= 0 or not row["scheduled"]:
-        return []  # an identity with only manual backups has no schedule to miss
-    what = "%s backup of %s on host %s (%s)" % (row["kind"], row["object"], row["host"], row["instance"])
-    if not row["good"]:
-        return ["no good %s: every backup of it failed verification; run playbooks/backup.yml and inspect them" % what]
-    if row["age_seconds"] > max_age * 3600.0:
-        basis = "confirmed current" if row["confirmed_at"] and row["current_as_of"] == row["confirmed_at"] else "made"
-        return [
-            "the newest good %s (%s) was %s %.1f h ago, more than max_age_hours %s (RPO); run playbooks/backup.yml"
-            % (what, row["newest_backup_id"], basis, row["age_hours"], max_age)
-        ]
-    return []
-
-
-# -- verification (module backup_verify) -----------------------------------------------
-class BackupVerifier:
-    """Prove backups usable: manifest, checksums, archive readable, age (RPO), optional test restore (G65)."""
-
-    def __init__(self, params, runner, now=None):
-        self.p = params
-        self.runner = runner
-        self.now = now or cat.utcnow()
-        self.catalog = cat.Catalog(params["backup_dir"])
-        self.kind = cat.validate_kind(params.get("kind") or KIND)
-        self.executed = []
-        self.target = None
-        if params.get("container") or params.get("login_host"):
-            self.target = PgTarget(params, self._run_logged)
-        self.image = None
-        self.actions = []
-
-    def _run_logged(self, cmd, **kwargs):
-        self.executed.append(display(cmd))
-        return self.runner(cmd, **kwargs)
-
-    def _sh(self, line):
-        self.executed.append(line)
-        return self.runner(["/bin/bash", "-o", "pipefail", "-c", line])
-
-    def _image(self):
-        if self.image is None and self.p.get("container"):
-            docker = self.p.get("docker_cli") or "docker"
-            rc, out, err = self._run_logged([docker, "inspect", "--format", "{{.State.Status}}|{{.Image}}", self.p["container"]])
-            if rc != 0:
-                raise PgBackupError("container %s not found (%s); check the container option" % (self.p["container"], _last(err)))
-            status, _sep, self.image = out.strip().partition("|")
-            if status != "running":
-                raise PgBackupError(
-                    "container %s is %s; start it to read or test-restore backups" % (self.p["container"], status)
-                )
-        return self.image
-
-    def _readable(self, manifest, root):
-        """Errors reading the archive with the stock tools (empty when readable)."""
-        fmt = manifest.get("format")
-        artifact = os.path.join(root, manifest.get("artifact") or "")
-        if fmt == "plain":
-            method = (manifest.get("compression") or "none").partition(":")[0]
-            try:
-                test_stream(artifact, method, self._sh)
-            except PgBackupError as exc:
-                return [str(exc)]
-            return []
-        if fmt not in ("custom", "directory"):
-            return []
-        if not self.target:
-            return []  # no server tools named: checksums only (reported in `checks`)
-        docker = self.p.get("docker_cli") or "docker"
-        if self.p.get("login_host"):
-            rc, out, err = self._run_logged(["pg_restore", "--list", artifact])
-        elif fmt == "custom":
-            rc, out, err = self._sh(
-                "%s < %s"
-                % (shlex.join([docker, "exec", "-i", self.p["container"], "pg_restore", "--list"]), shlex.quote(artifact))
-            )
-        else:
-            rc, out, err = self._run_logged(
-                [docker, "run", "--rm", "--network", "none", "--user", "%d:%d" % (os.getuid(), os.getgid()),
-                 "-v", "%s:%s:ro" % (root, root), "--entrypoint", "pg_restore", self._image(), "--list", artifact]
-            )  # fmt: skip
-        if rc != 0:
-            return ["%s: pg_restore --list failed: %s" % (manifest.get("artifact"), _last(err or out))]
-        toc = count_toc(out)
-        if manifest.get("toc_entries") and toc != manifest["toc_entries"]:
-            return ["%s: %d TOC entries, manifest says %d" % (manifest.get("artifact"), toc, manifest["toc_entries"])]
-        return []
-
-    def check_one(self, backup_id, manifest=None, load_error=None):
-        entry = {"backup_id": backup_id, "status": "ok", "errors": [], "checks": []}
-        if manifest is None and load_error is None:
-            try:
-                manifest = self.catalog.read_manifest(self.kind, backup_id)
-            except cat.CatalogError as exc:
-                load_error = str(exc)
-        if load_error:
-            entry.update(status="failed", errors=[load_error])
-            return entry
-        entry["created_at"] = manifest["created_at"]
-        entry["age_hours"] = round((self.now - cat.parse_time(manifest["created_at"])).total_seconds() / 3600.0, 2)
-        if manifest.get("status") != "verified":
-            entry["errors"].append("status is %r, not verified" % manifest.get("status"))
-        entry["checks"].append("manifest")
-        errors = self.catalog.verify(self.kind, backup_id)
-        entry["checks"].append("sha256")
-        entry["errors"] += errors
-        if not errors and self.kind == KIND:
-            readable = self._readable(manifest, self.catalog.path(self.kind, backup_id))
-            if self.target or manifest.get("format") == "plain":
-                entry["checks"].append("archive")
-            entry["errors"] += readable
-        if entry["errors"]:
-            entry["status"] = "failed"
-        return entry
-
-    def run(self):
-        try:
-            return self._run()
-        finally:
-            if self.target:
-                self.target.close()
-
-    def _run(self):
-        backup_id = self.p.get("backup_id")
-        host = self.p.get("source_host")
-        if backup_id:
-            cat.validate_backup_id(backup_id)
-            if not os.path.isdir(self.catalog.path(self.kind, backup_id)):
-                raise PgBackupError(
-                    "backup %s/%s not found in %s; list the catalog or use all=true" % (self.kind, backup_id, self.catalog.root)
-                )
-            results = [self.check_one(backup_id)]
-        else:
-            results = [
-                self.check_one(bid, m, e)
-                for bid, m, e in self.catalog.entries(self.kind)
-                if not host or m is None or cat.source_identity(m)["host"] == host
-            ]
-        if self.p.get("record", True):
-            self._record(results)
-        errors = []
-        match = {"host": host} if host else {}
-        newest = self.catalog.latest(self.kind, **match)
-        max_age = self.p.get("max_age_hours")
-        newest_age = None
-        if newest is not None:
-            newest_age = round((self.now - cat.parse_time(newest["created_at"])).total_seconds() / 3600.0, 2)
-        identities = identity_table(self.catalog.records(self.kind), self.now, host, results)
-        if not identities or not any(i["good"] for i in identities):
-            errors.append("no good %s backup in %s; run playbooks/backup.yml" % (self.kind, self.catalog.root))
-        for ident in identities:
-            late = rpo_errors(ident, max_age)
-            ident["rpo"] = "failed" if late else ("ok" if ident["scheduled"] and max_age else "not judged")
-            errors += late
-        for entry in results:
-            for err in entry["errors"]:
-                errors.append("%s: %s" % (entry["backup_id"], err))
-        result = {
-            "changed": False,
-            "backups": results,
-            "identities": identities,
-            "newest_backup_id": newest["backup_id"] if newest else None,
-            "newest_age_hours": newest_age,
-            "errors": errors,
-        }
-        if self.p.get("test_restore") and newest is not None and self.kind == KIND:
-            result["test_restore"] = self.test_restore(newest)
-            if result["test_restore"]["errors"]:
-                errors += ["test restore of %s: %s" % (newest["backup_id"], e) for e in result["test_restore"]["errors"]]
-                if self.p.get("record", True):
-                    self.catalog.record_verification(
-                        self.kind, newest["backup_id"], "failed", ["manifest", "sha256", "test_restore"],
-                        result["test_restore"]["errors"], self.now,
-                    )  # fmt: skip
-        result["status"] = "failed" if errors else "ok"
-        return result
-
-    def _record(self, results):
-        """Keep each result beside its backup (verify.json): latest, prune and period idempotence read it."""
-        for entry in results:
-            if entry.get("created_at") is None:
-                continue  # no readable manifest: nothing to record beside
-            try:
-                self.catalog.record_verification(
-                    self.kind, entry["backup_id"], entry["status"], entry["checks"], entry["errors"], self.now
-                )
-            except (cat.CatalogError, OSError) as exc:
-                entry["errors"].append("could not record the result beside the backup: %s; check the catalog's permissions" % exc)
-                entry["status"] = "failed"
-
-    # -- test restore into a scratch database ----------------------------------------------
-    def test_restore(self, manifest):
-        started = time.monotonic()
-        scratch = self.p.get("scratch_db") or "ner11_test_restore"
-        out = {"backup_id": manifest["backup_id"], "scratch_db": scratch, "errors": [], "actions": []}
-        if not self.target:
-            raise PgBackupError("test_restore needs the server: set container (or login_host) to restore into %s" % scratch)
-        if not _DB_RE.match(scratch):
-            raise PgBackupError("scratch_db %r is not a plain database name" % (scratch,))
-        if scratch == (manifest.get("source") or {}).get("db_name"):
-            raise PgBackupError(
-                "scratch_db %s is the backed-up database itself; choose another name (default ner11_test_restore)" % scratch
-            )
-        # Scratch databases are dropped WITH (FORCE): never a system database, and only one
-        # this collection created (marked with a COMMENT), issue 9.
-        refusal = pgrestore.scratch_refusal(scratch, (manifest.get("source") or {}).get("db_name"))
-        if refusal:
-            raise PgBackupError(refusal)
-        existing = self.target.query(pgrestore.marked_sql(scratch))
-        if existing and not (existing[0] + [""])[1].startswith(pgrestore.MARK):
-            raise PgBackupError(
-                "database %s exists and was not created by ner11.ops; choose another scratch_db (default "
-                "ner11_test_restore) or drop it yourself" % scratch
-            )
-        if self.p.get("container"):
-            self._image()
-        drop = "DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(scratch)
-        try:
-            self.target.query(drop)
-            self.target.query("CREATE DATABASE %s TEMPLATE template0;" % quote_ident(scratch))
-            self.target.query("COMMENT ON DATABASE %s IS %s;" % (quote_ident(scratch), quote_literal(pgrestore.SCRATCH_COMMENT)))
-            out["actions"] += ["dropped %s if it existed" % scratch, "created %s" % scratch]
-            self._restore_into(manifest, scratch)
-            out["actions"].append("restored %s into %s" % (manifest["backup_id"], scratch))
-            tables = manifest.get("canary_tables") or list(manifest.get("row_counts") or {})
-            actual = parse_row_counts(self.target.query(row_count_sql(tables), db=scratch))  # G23: explicit -d
-            out["row_counts"] = actual
-            out["errors"] += counts_match(manifest.get("row_counts"), manifest.get("row_counts_after"), actual)
-        except (PgBackupError, PgExecError) as exc:
-            out["errors"].append(str(exc))
-        finally:
-            try:
-                self.target.query(drop)
-                out["actions"].append("dropped %s" % scratch)
-            except PgExecError as exc:
-                out["errors"].append("could not drop %s afterwards: %s; drop it by hand" % (scratch, exc))
-        out["duration_s"] = round(time.monotonic() - started, 3)
-        return out
-
-    def _restore_into(self, manifest, scratch):
-        root = self.catalog.path(KIND, manifest["backup_id"])
-        artifact = os.path.join(root, manifest["artifact"])
-        fmt = manifest["format"]
-        method = (manifest.get("compression") or "none").partition(":")[0]
-        user = self.p.get("login_user") or "postgres"
-        docker = self.p.get("docker_cli") or "docker"
-        jobs = str(max(int(manifest.get("jobs") or 1), 1))
-        if self.p.get("login_host"):
-            if fmt in ("custom", "directory"):
-                cmd = self.target.argv("pg_restore", ["--exit-on-error", "-j", jobs, "-d", scratch, artifact])
-                rc, o, e = self._run_logged(cmd, environ_update=self.target.environ())
-            else:
-                psql = shlex.join(
-                    self.target.argv("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", scratch])
-                )
-                src = shlex.quote(artifact) if method == "none" else "<(%s -dc %s)" % (method, shlex.quote(artifact))
-                self.executed.append("%s -f %s" % (psql, src))
-                rc, o, e = self.runner(
-                    ["/bin/bash", "-o", "pipefail", "-c", "%s -f %s" % (psql, src)], environ_update=self.target.environ()
-                )
-        elif fmt == "custom":
-            rc, o, e = self._sh(
-                "%s < %s"
-                % (
-                    shlex.join(self.target.argv("pg_restore", ["--exit-on-error", "-d", scratch], stdin=True)),
-                    shlex.quote(artifact),
-                )
-            )
-        elif fmt == "plain":
-            inner = "%spsql -U %s -X -q -v ON_ERROR_STOP=1 --single-transaction -d %s" % (
-                "" if method == "none" else "%s -dc | " % method,
-                shlex.quote(user),
-                shlex.quote(scratch),
-            )
-            cmd = self.target.argv("bash", ["-o", "pipefail", "-c", inner], stdin=True)
-            rc, o, e = self._sh("%s < %s" % (shlex.join(cmd), shlex.quote(artifact)))
-        else:
-            if not self.p.get("login_password"):
-                raise PgBackupError(
-                    "a directory-format test restore in container mode runs pg_restore -j in a sidecar over TCP and "
-                    "needs login_password (ner11_db_password)"
-                )
-            passfile = self.target._passfile()
-            cmd = [
-                docker, "run", "--rm", "--network", "container:%s" % self.p["container"],
-                "--user", "%d:%d" % (os.getuid(), os.getgid()), "-v", "%s:%s:ro" % (root, root),
-                "-v", "%s:/run/ner11/pgpass:ro" % passfile, "-e", "PGPASSFILE=/run/ner11/pgpass",
-                "-e", "PGAPPNAME=%s" % APP_NAME, "--entrypoint", "pg_restore", self.image,
-                "-h", "127.0.0.1", "-U", user, "--exit-on-error", "-j", jobs, "-d", scratch, artifact,
-            ]  # fmt: skip
-            rc, o, e = self._run_logged(cmd)
-        if rc != 0:
-            raise PgBackupError("restoring %s into %s failed (rc=%s): %s" % (manifest["backup_id"], scratch, rc, _last(e or o)))

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 
-from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name, quote_table
 from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line  # noqa: F401 - re-exported
 
 APP_NAME = "ner11.ops"
@@ -185,6 +185,44 @@ class PgTarget:
     def scalar(self, sql, db="postgres"):
         rows = self.query(sql, db)
         return rows[0][0] if rows and rows[0] else None
+
+    def canary_counts(self, tables, db):
+        """``{table: rows}`` of the canary tables in ``db`` (None for a missing table)."""
+        if not tables:
+            return {}
+        return parse_canary_counts(self.query(canary_count_sql(tables) + ";", db))
+
+
+# -- canary row counts: the one way to count them ------------------------------------
+# A missing table must not fail the whole query, so each count runs through query_to_xml.
+_CANARY_COUNT_SQL = (
+    "SELECT %s, CASE WHEN to_regclass(%s) IS NULL THEN NULL ELSE "
+    "(xpath('/row/c/text()', query_to_xml(%s, false, true, '')))[1]::text::bigint END"
+)
+
+
+def canary_count_sql(tables):
+    """One SELECT (no ``;``): a row ``(table, count)`` per table, the count NULL for a missing table.
+
+    Tables follow ``identifiers``' ``[schema.]table`` rule (``public.t`` and ``t``; an
+    unqualified name is looked up on the search_path). Embed it as a sub-select to
+    tag or reshape the rows, e.g. ``SELECT 'canary', t, c FROM (<sql>) x(t, c)``.
+    """
+    parts = []
+    for table in tables:  # every name quoted by identifiers.quote_table, every value by quote_literal
+        ident = quote_table(table, what="canary table")
+        parts.append(
+            _CANARY_COUNT_SQL % (quote_literal(table), quote_literal(ident), quote_literal("SELECT count(*) AS c FROM " + ident))  # noqa: S608
+        )
+    return " UNION ALL ".join(parts) if parts else "SELECT NULL::text, NULL::bigint WHERE false"
+
+
+def parse_canary_counts(rows):
+    """``{table: int or None}`` from the rows of ``canary_count_sql``."""
+    out = {}
+    for row in rows or []:
+        out[row[0]] = int(row[1]) if len(row) > 1 and row[1] not in ("", None) else None
+    return out
 
 
 # last_line moved to runner.py (the one command runner); re-exported here until every caller imports it from there.

@@ -144,7 +144,7 @@ executed_commands:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ner11.ops.plugins.module_utils.catalog import CatalogError
-from ansible_collections.ner11.ops.plugins.module_utils.pgbackup import BackupVerifier, PgBackupError
+from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_verify import BackupVerifier, PgBackupError
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     POSTGRES_MUTUALLY_EXCLUSIVE,
     PgExecError,

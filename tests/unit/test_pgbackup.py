@@ -1,6 +1,9 @@
 import pytest
 
 from ansible_collections.ner11.ops.plugins.module_utils import pgbackup as pb
+from ansible_collections.ner11.ops.plugins.module_utils import pgbackup_formats as formats
+from ansible_collections.ner11.ops.plugins.module_utils import pgbackup_verify as ver
+from ansible_collections.ner11.ops.plugins.module_utils import pgexec
 
 
 @pytest.mark.parametrize(
@@ -15,7 +18,7 @@ from ansible_collections.ner11.ops.plugins.module_utils import pgbackup as pb
     ],
 )
 def test_parse_compression(fmt, value, expected):
-    assert pb.parse_compression(fmt, value) == expected
+    assert formats.parse_compression(fmt, value) == expected
 
 
 @pytest.mark.parametrize(
@@ -28,16 +31,16 @@ def test_parse_compression(fmt, value, expected):
     ],
 )
 def test_parse_compression_errors_name_the_fix(fmt, value, needle):
-    with pytest.raises(pb.PgBackupError, match=needle):
-        pb.parse_compression(fmt, value)
+    with pytest.raises(formats.PgBackupError, match=needle):
+        formats.parse_compression(fmt, value)
 
 
 def test_artifacts_and_format_choice():
-    assert pb.artifact_name("directory", "gzip") == "dump"
-    assert pb.artifact_name("plain", "zstd") == "dump.sql.zst"
-    assert pb.choose_format(None, True) == "directory"
-    assert pb.choose_format(None, False) == "custom"
-    assert pb.choose_format("plain", True) == "plain"
+    assert formats.artifact_name("directory", "gzip") == "dump"
+    assert formats.artifact_name("plain", "zstd") == "dump.sql.zst"
+    assert formats.choose_format(None, True) == "directory"
+    assert formats.choose_format(None, False) == "custom"
+    assert formats.choose_format("plain", True) == "plain"
 
 
 @pytest.mark.parametrize(
@@ -46,7 +49,7 @@ def test_artifacts_and_format_choice():
         ({"format": "tar"}, "unknown format"),
         ({"backup_dir": "rel"}, "absolute path"),
         ({"jobs": 0}, "jobs must be between 1 and 64"),
-        ({"db_name": "x; drop"}, "not a plain database name"),
+        ({"db_name": "x; drop"}, "db_name 'x; drop' is not a valid PostgreSQL name"),
         ({"canary_tables": ["a b"]}, "canary table"),
         ({"space_factor": -1.0}, "space_factor"),
         ({"lock_timeout": -1}, "lock_timeout"),
@@ -55,13 +58,17 @@ def test_artifacts_and_format_choice():
 def test_validate_params(params, needle):
     base = {"backup_dir": "/b", "db_name": "ner11_db", "jobs": 2}
     base.update(params)
-    with pytest.raises(pb.PgBackupError, match=needle):
+    with pytest.raises(formats.PgBackupError, match=needle):
         pb.validate_params(base)
+
+
+def test_validate_params_accepts_dashed_names_and_qualified_canaries():
+    pb.validate_params({"backup_dir": "/b", "db_name": "my-db", "jobs": 2, "canary_tables": ["public.t", "t"]})
 
 
 def test_count_toc_ignores_comments():
     listing = ";\n; Archive created at\n;     dbname: x\n215; 1259 16385 TABLE public t postgres\n3356; 0 16385 TABLE DATA public t postgres\n\n"
-    assert pb.count_toc(listing) == 2
+    assert formats.count_toc(listing) == 2
 
 
 def test_tree_sha256_matches_sha256sum_lines():
@@ -69,37 +76,41 @@ def test_tree_sha256_matches_sha256sum_lines():
 
     files = [{"path": "a", "sha256": "00" * 32, "size": 1}, {"path": "dump/toc.dat", "sha256": "11" * 32, "size": 2}]
     text = "%s  a\n%s  dump/toc.dat\n" % ("00" * 32, "11" * 32)
-    assert pb.tree_sha256(files) == hashlib.sha256(text.encode()).hexdigest()
+    assert formats.tree_sha256(files) == hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_restore_commands_use_stock_tools_and_on_error_stop():
-    d = pb.restore_commands("directory", "gzip", "dump", 2, True)["commands"]
+    d = formats.restore_commands("directory", "gzip", "dump", 2, True)["commands"]
     assert d == [
         "psql -X -d postgres -f globals.sql",
         "createdb -T template0 {target_db}",
         "pg_restore --exit-on-error -j 2 -d {target_db} dump",
     ]
-    p = pb.restore_commands("plain", "gzip", "dump.sql.gz", 1, False)["commands"]
+    p = formats.restore_commands("plain", "gzip", "dump.sql.gz", 1, False)["commands"]
     assert p[-1] == "gzip -dc dump.sql.gz | psql -X -v ON_ERROR_STOP=1 --single-transaction -d {target_db}"
-    n = pb.restore_commands("plain", "none", "dump.sql", 1, False)["commands"]
+    n = formats.restore_commands("plain", "none", "dump.sql", 1, False)["commands"]
     assert "ON_ERROR_STOP=1" in n[-1] and n[-1].endswith("-f dump.sql")
 
 
 def test_space_error_names_both_numbers_and_the_fix():
-    assert pb.space_error(100, 1.0, 100, "/b") is None
-    msg = pb.space_error(1000, 1.5, 10, "/b/database")
+    assert formats.space_error(100, 1.0, 100, "/b") is None
+    msg = formats.space_error(1000, 1.5, 10, "/b/database")
     assert "10 bytes free" in msg and "1500 bytes" in msg and "backup_prune" in msg and "G69" not in msg
 
 
 def test_row_counts_and_match():
-    sql = pb.row_count_sql(["vendor_equipment", "s.t"])
+    sql = pgexec.canary_count_sql(["vendor_equipment", "s.t", "my-t"])
     assert "to_regclass('\"vendor_equipment\"')" in sql and '"s"."t"' in sql and "UNION ALL" in sql
-    assert pb.parse_row_counts([["a", "3"], ["b", ""]]) == {"a": 3, "b": None}
-    assert pb.counts_match({"a": 3, "b": None}, None, {"a": 3}) == []
-    assert pb.counts_match({"a": 3}, None, {"a": 2}) == ["a: restored 2 rows, manifest says 3"]
+    assert "to_regclass('\"my-t\"')" in sql and not sql.endswith(";")
+    assert pgexec.canary_count_sql([]).endswith("WHERE false")
+    assert pgexec.parse_canary_counts([["a", "3"], ["b", ""]]) == {"a": 3, "b": None}
+    with pytest.raises(ValueError, match="canary table 'a;b'"):
+        pgexec.canary_count_sql(["a;b"])
+    assert formats.counts_match({"a": 3, "b": None}, None, {"a": 3}) == []
+    assert formats.counts_match({"a": 3}, None, {"a": 2}) == ["a: restored 2 rows, manifest says 3"]
     # writes during the dump: anything between the before and after counts is right
-    assert pb.counts_match({"a": 3}, {"a": 5}, {"a": 4}) == []
-    assert pb.counts_match({"a": 3}, {"a": 5}, {"a": 6}) == ["a: restored 6 rows, manifest says 3-5"]
+    assert formats.counts_match({"a": 3}, {"a": 5}, {"a": 4}) == []
+    assert formats.counts_match({"a": 3}, {"a": 5}, {"a": 6}) == ["a: restored 6 rows, manifest says 3-5"]
 
 
 def test_instance_identity():
@@ -113,11 +124,11 @@ def test_test_stream_gzip(tmp_path):
     good = tmp_path / "a.sql.gz"
     with gzip.open(good, "wb") as fh:
         fh.write(b"SELECT 1;\n" * 1000)
-    pb.test_stream(str(good), "gzip")
+    formats.test_stream(str(good), "gzip")
     bad = tmp_path / "b.sql.gz"
     bad.write_bytes(good.read_bytes()[:-20])
-    with pytest.raises(pb.PgBackupError, match="b.sql.gz is not a valid gzip stream"):
-        pb.test_stream(str(bad), "gzip")
+    with pytest.raises(formats.PgBackupError, match="b.sql.gz is not a valid gzip stream"):
+        formats.test_stream(str(bad), "gzip")
 
 
 # -- RPO per identity, judged on freshness for artifacts (issue 8) ------------------------------
@@ -147,14 +158,14 @@ def test_rpo_of_unchanged_artifacts_counts_from_the_last_confirmation_and_databa
             fresh={"confirmed_at": "2026-12-05T02:00:00Z", "content_sha256": "stale-digest"},
         ),  # fmt: skip
     ]
-    rows = pb.identity_table(records, now)
+    rows = ver.identity_table(records, now)
     by_obj = {r["object"]: r for r in rows}
     assert by_obj["models"]["current_as_of"] == "2026-12-05T02:00:00Z" and by_obj["models"]["age_hours"] == 1.0
-    assert pb.rpo_errors(by_obj["models"], 26) == []
-    late = pb.rpo_errors(by_obj["other"], 26)  # a confirmation of other content does not count
+    assert ver.rpo_errors(by_obj["models"], 26) == []
+    late = ver.rpo_errors(by_obj["other"], 26)  # a confirmation of other content does not count
     assert len(late) == 1 and "was made 97.0 h ago, more than max_age_hours 26" in late[0] and "G55" not in late[0]
-    db = pb.identity_table([_rec("d1", "database", "2026-12-01T02:00:00Z", obj="ner11_db", fresh=fresh)], now)
-    assert db[0]["confirmed_at"] is None and pb.rpo_errors(db[0], 26)
+    db = ver.identity_table([_rec("d1", "database", "2026-12-01T02:00:00Z", obj="ner11_db", fresh=fresh)], now)
+    assert db[0]["confirmed_at"] is None and ver.rpo_errors(db[0], 26)
 
 
 def test_rpo_is_per_identity_skips_manual_only_and_names_a_source_without_good_backup():
@@ -167,10 +178,10 @@ def test_rpo_is_per_identity_skips_manual_only_and_names_a_source_without_good_b
         _rec("c", "database", "2026-11-01T02:00:00Z", host="h1", obj="scratch", period="manual"),
         _rec("d", "database", "2026-12-05T02:00:00Z", host="h1", obj="audit", state="failed"),
     ]
-    rows = {(r["host"], r["object"]): r for r in pb.identity_table(records, now)}
-    assert pb.rpo_errors(rows[("h1", "ner11_db")], 26) == []
-    assert pb.rpo_errors(rows[("h2", "ner11_db")], 26)  # host b is late, host a does not answer for it
-    assert pb.rpo_errors(rows[("h1", "scratch")], 26) == []  # manual only: no schedule to miss
-    assert "no good database backup of audit on host h1" in pb.rpo_errors(rows[("h1", "audit")], 26)[0]
-    only_h1 = pb.identity_table(records, now, host="h1")
+    rows = {(r["host"], r["object"]): r for r in ver.identity_table(records, now)}
+    assert ver.rpo_errors(rows[("h1", "ner11_db")], 26) == []
+    assert ver.rpo_errors(rows[("h2", "ner11_db")], 26)  # host b is late, host a does not answer for it
+    assert ver.rpo_errors(rows[("h1", "scratch")], 26) == []  # manual only: no schedule to miss
+    assert "no good database backup of audit on host h1" in ver.rpo_errors(rows[("h1", "audit")], 26)[0]
+    only_h1 = ver.identity_table(records, now, host="h1")
     assert {r["host"] for r in only_h1} == {"h1"}

@@ -1,0 +1,381 @@
+# Copyright (c) ner11.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Prove database (and artifact) backups usable (module ``backup_verify``).
+
+Manifest, checksums, archive readable with the stock tools, age against the RPO per
+source identity (``identity_table``, ``rpo_errors``), and an optional test restore
+into a marked scratch database (G65). Plain Python: no Ansible import.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+
+from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
+from ansible_collections.ner11.ops.plugins.module_utils import pgrestore_repair as marks
+from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import (
+    KIND,
+    PgBackupError,
+    count_toc,
+    counts_match,
+    display,
+    test_stream,
+)
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import NAME_RULE, is_name
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import APP_NAME, PgExecError, PgTarget, quote_ident, quote_literal
+from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line
+
+
+def identity_table(records, now, host=None, results=()):
+    """One row per source identity: newest good backup, the time its content was last confirmed, counts.
+
+    ``records``: ``Catalog.records(kind)``; ``results``: this run's per-backup results (a backup that
+    failed now is not good, even before its record is written, e.g. in check mode).
+    For models/config/volume the content is confirmed current by a newer unchanged run
+    (``freshness.json`` with the same content digest); a database backup counts only by its own time.
+    """
+    failed_now = {r["backup_id"] for r in results if r.get("status") == "failed"}
+    ok_now = {r["backup_id"] for r in results if r.get("status") == "ok"}
+    rows = {}
+    for rec in records:
+        ident = rec["identity"]
+        if ident is None or (host and ident["host"] != host):
+            continue
+        row = rows.setdefault(
+            ident["key"],
+            {"identity": ident["key"], "kind": ident["kind"], "host": ident["host"], "instance": ident["instance"],
+             "object": ident["object"], "good": 0, "failed": 0, "pinned": 0, "scheduled": False,
+             "newest_backup_id": None, "newest_created_at": None, "confirmed_at": None},
+        )  # fmt: skip
+        manifest = rec["manifest"]
+        state = rec["state"]
+        if rec["backup_id"] in failed_now:
+            state = "failed"
+        elif rec["backup_id"] in ok_now and state == "failed":
+            state = "good"
+        if cat.effective_keep_until(rec["pins"], now):
+            row["pinned"] += 1
+        if manifest.get("period") != "manual" or (rec["freshness"] or {}).get("period") not in (None, "manual"):
+            row["scheduled"] = True  # a scheduled run made it, or confirmed it unchanged
+        if state != "good":
+            row["failed"] += state == "failed"
+            continue
+        row["good"] += 1
+        if row["newest_created_at"] is None or manifest["created_at"] >= row["newest_created_at"]:
+            row["newest_backup_id"] = rec["backup_id"]
+            row["newest_created_at"] = manifest["created_at"]
+            fresh = rec["freshness"] or {}
+            same = fresh.get("content_sha256") and fresh.get("content_sha256") == manifest.get("content_sha256")
+            row["confirmed_at"] = fresh.get("confirmed_at") if same and ident["kind"] != KIND else None
+    out = []
+    for key in sorted(rows):
+        row = rows[key]
+        basis = max(t for t in (row["newest_created_at"], row["confirmed_at"]) if t) if row["good"] else None
+        row["current_as_of"] = basis
+        age_s = (now - cat.parse_time(basis)).total_seconds() if basis else None
+        row["age_seconds"] = round(age_s, 1) if basis else None
+        row["age_hours"] = round(age_s / 3600.0, 2) if basis else None
+        out.append(row)
+    return out
+
+
+def rpo_errors(row, max_age):
+    """RPO problems of one identity row (empty when within ``max_age`` hours; 0 disables)."""
+    if not max_age or max_age <= 0 or not row["scheduled"]:
+        return []  # an identity with only manual backups has no schedule to miss
+    what = "%s backup of %s on host %s (%s)" % (row["kind"], row["object"], row["host"], row["instance"])
+    if not row["good"]:
+        return ["no good %s: every backup of it failed verification; run playbooks/backup.yml and inspect them" % what]
+    if row["age_seconds"] > max_age * 3600.0:
+        basis = "confirmed current" if row["confirmed_at"] and row["current_as_of"] == row["confirmed_at"] else "made"
+        return [
+            "the newest good %s (%s) was %s %.1f h ago, more than max_age_hours %s (RPO); run playbooks/backup.yml"
+            % (what, row["newest_backup_id"], basis, row["age_hours"], max_age)
+        ]
+    return []
+
+
+# -- verification (module backup_verify) -----------------------------------------------
+class BackupVerifier:
+    """Prove backups usable: manifest, checksums, archive readable, age (RPO), optional test restore (G65)."""
+
+    def __init__(self, params, runner, now=None):
+        self.p = params
+        self.runner = runner
+        self.now = now or cat.utcnow()
+        self.catalog = cat.Catalog(params["backup_dir"])
+        self.kind = cat.validate_kind(params.get("kind") or KIND)
+        self.executed = []
+        self.target = None
+        if params.get("container") or params.get("login_host"):
+            self.target = PgTarget(params, self._run_logged)
+        self.image = None
+        self.actions = []
+
+    def _run_logged(self, cmd, **kwargs):
+        self.executed.append(display(cmd))
+        return self.runner(cmd, **kwargs)
+
+    def _sh(self, line):
+        self.executed.append(line)
+        return self.runner(["/bin/bash", "-o", "pipefail", "-c", line])
+
+    def _image(self):
+        if self.image is None and self.p.get("container"):
+            docker = self.p.get("docker_cli") or "docker"
+            rc, out, err = self._run_logged([docker, "inspect", "--format", "{{.State.Status}}|{{.Image}}", self.p["container"]])
+            if rc != 0:
+                raise PgBackupError(
+                    "container %s not found (%s); check the container option" % (self.p["container"], last_line(err))
+                )
+            status, _sep, self.image = out.strip().partition("|")
+            if status != "running":
+                raise PgBackupError(
+                    "container %s is %s; start it to read or test-restore backups" % (self.p["container"], status)
+                )
+        return self.image
+
+    def _readable(self, manifest, root):
+        """Errors reading the archive with the stock tools (empty when readable)."""
+        fmt = manifest.get("format")
+        artifact = os.path.join(root, manifest.get("artifact") or "")
+        if fmt == "plain":
+            method = (manifest.get("compression") or "none").partition(":")[0]
+            try:
+                test_stream(artifact, method, self._sh)
+            except PgBackupError as exc:
+                return [str(exc)]
+            return []
+        if fmt not in ("custom", "directory"):
+            return []
+        if not self.target:
+            return []  # no server tools named: checksums only (reported in `checks`)
+        docker = self.p.get("docker_cli") or "docker"
+        if self.p.get("login_host"):
+            rc, out, err = self._run_logged(["pg_restore", "--list", artifact])
+        elif fmt == "custom":
+            rc, out, err = self._sh(
+                "%s < %s"
+                % (shlex.join([docker, "exec", "-i", self.p["container"], "pg_restore", "--list"]), shlex.quote(artifact))
+            )
+        else:
+            rc, out, err = self._run_logged(
+                [docker, "run", "--rm", "--network", "none", "--user", "%d:%d" % (os.getuid(), os.getgid()),
+                 "-v", "%s:%s:ro" % (root, root), "--entrypoint", "pg_restore", self._image(), "--list", artifact]
+            )  # fmt: skip
+        if rc != 0:
+            return ["%s: pg_restore --list failed: %s" % (manifest.get("artifact"), last_line(err or out))]
+        toc = count_toc(out)
+        if manifest.get("toc_entries") and toc != manifest["toc_entries"]:
+            return ["%s: %d TOC entries, manifest says %d" % (manifest.get("artifact"), toc, manifest["toc_entries"])]
+        return []
+
+    def check_one(self, backup_id, manifest=None, load_error=None):
+        entry = {"backup_id": backup_id, "status": "ok", "errors": [], "checks": []}
+        if manifest is None and load_error is None:
+            try:
+                manifest = self.catalog.read_manifest(self.kind, backup_id)
+            except cat.CatalogError as exc:
+                load_error = str(exc)
+        if load_error:
+            entry.update(status="failed", errors=[load_error])
+            return entry
+        entry["created_at"] = manifest["created_at"]
+        entry["age_hours"] = round((self.now - cat.parse_time(manifest["created_at"])).total_seconds() / 3600.0, 2)
+        if manifest.get("status") != "verified":
+            entry["errors"].append("status is %r, not verified" % manifest.get("status"))
+        entry["checks"].append("manifest")
+        errors = self.catalog.verify(self.kind, backup_id)
+        entry["checks"].append("sha256")
+        entry["errors"] += errors
+        if not errors and self.kind == KIND:
+            readable = self._readable(manifest, self.catalog.path(self.kind, backup_id))
+            if self.target or manifest.get("format") == "plain":
+                entry["checks"].append("archive")
+            entry["errors"] += readable
+        if entry["errors"]:
+            entry["status"] = "failed"
+        return entry
+
+    def run(self):
+        try:
+            return self._run()
+        finally:
+            if self.target:
+                self.target.close()
+
+    def _run(self):
+        backup_id = self.p.get("backup_id")
+        host = self.p.get("source_host")
+        if backup_id:
+            cat.validate_backup_id(backup_id)
+            if not os.path.isdir(self.catalog.path(self.kind, backup_id)):
+                raise PgBackupError(
+                    "backup %s/%s not found in %s; list the catalog or use all=true" % (self.kind, backup_id, self.catalog.root)
+                )
+            results = [self.check_one(backup_id)]
+        else:
+            results = [
+                self.check_one(bid, m, e)
+                for bid, m, e in self.catalog.entries(self.kind)
+                if not host or m is None or cat.source_identity(m)["host"] == host
+            ]
+        if self.p.get("record", True):
+            self._record(results)
+        errors = []
+        match = {"host": host} if host else {}
+        newest = self.catalog.latest(self.kind, **match)
+        max_age = self.p.get("max_age_hours")
+        newest_age = None
+        if newest is not None:
+            newest_age = round((self.now - cat.parse_time(newest["created_at"])).total_seconds() / 3600.0, 2)
+        identities = identity_table(self.catalog.records(self.kind), self.now, host, results)
+        if not identities or not any(i["good"] for i in identities):
+            errors.append("no good %s backup in %s; run playbooks/backup.yml" % (self.kind, self.catalog.root))
+        for ident in identities:
+            late = rpo_errors(ident, max_age)
+            ident["rpo"] = "failed" if late else ("ok" if ident["scheduled"] and max_age else "not judged")
+            errors += late
+        for entry in results:
+            for err in entry["errors"]:
+                errors.append("%s: %s" % (entry["backup_id"], err))
+        result = {
+            "changed": False,
+            "backups": results,
+            "identities": identities,
+            "newest_backup_id": newest["backup_id"] if newest else None,
+            "newest_age_hours": newest_age,
+            "errors": errors,
+        }
+        if self.p.get("test_restore") and newest is not None and self.kind == KIND:
+            result["test_restore"] = self.test_restore(newest)
+            if result["test_restore"]["errors"]:
+                errors += ["test restore of %s: %s" % (newest["backup_id"], e) for e in result["test_restore"]["errors"]]
+                if self.p.get("record", True):
+                    self.catalog.record_verification(
+                        self.kind, newest["backup_id"], "failed", ["manifest", "sha256", "test_restore"],
+                        result["test_restore"]["errors"], self.now,
+                    )  # fmt: skip
+        result["status"] = "failed" if errors else "ok"
+        return result
+
+    def _record(self, results):
+        """Keep each result beside its backup (verify.json): latest, prune and period idempotence read it."""
+        for entry in results:
+            if entry.get("created_at") is None:
+                continue  # no readable manifest: nothing to record beside
+            try:
+                self.catalog.record_verification(
+                    self.kind, entry["backup_id"], entry["status"], entry["checks"], entry["errors"], self.now
+                )
+            except (cat.CatalogError, OSError) as exc:
+                entry["errors"].append("could not record the result beside the backup: %s; check the catalog's permissions" % exc)
+                entry["status"] = "failed"
+
+    # -- test restore into a scratch database ----------------------------------------------
+    def test_restore(self, manifest):
+        started = time.monotonic()
+        scratch = self.p.get("scratch_db") or "ner11_test_restore"
+        out = {"backup_id": manifest["backup_id"], "scratch_db": scratch, "errors": [], "actions": []}
+        if not self.target:
+            raise PgBackupError("test_restore needs the server: set container (or login_host) to restore into %s" % scratch)
+        if not is_name(scratch):
+            raise PgBackupError("scratch_db %r is not a valid database name: %s" % (scratch, NAME_RULE))
+        if scratch == (manifest.get("source") or {}).get("db_name"):
+            raise PgBackupError(
+                "scratch_db %s is the backed-up database itself; choose another name (default ner11_test_restore)" % scratch
+            )
+        # Scratch databases are dropped WITH (FORCE): never a system database, and only one
+        # this collection created (marked with a COMMENT), issue 9.
+        refusal = marks.scratch_refusal(scratch, (manifest.get("source") or {}).get("db_name"))
+        if refusal:
+            raise PgBackupError(refusal)
+        existing = self.target.query(marks.marked_sql(scratch))
+        if existing and not (existing[0] + [""])[1].startswith(marks.MARK):
+            raise PgBackupError(
+                "database %s exists and was not created by ner11.ops; choose another scratch_db (default "
+                "ner11_test_restore) or drop it yourself" % scratch
+            )
+        if self.p.get("container"):
+            self._image()
+        drop = "DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(scratch)
+        try:
+            self.target.query(drop)
+            self.target.query("CREATE DATABASE %s TEMPLATE template0;" % quote_ident(scratch))
+            self.target.query("COMMENT ON DATABASE %s IS %s;" % (quote_ident(scratch), quote_literal(marks.SCRATCH_COMMENT)))
+            out["actions"] += ["dropped %s if it existed" % scratch, "created %s" % scratch]
+            self._restore_into(manifest, scratch)
+            out["actions"].append("restored %s into %s" % (manifest["backup_id"], scratch))
+            tables = manifest.get("canary_tables") or list(manifest.get("row_counts") or {})
+            actual = self.target.canary_counts(tables, scratch)  # G23: explicit -d
+            out["row_counts"] = actual
+            out["errors"] += counts_match(manifest.get("row_counts"), manifest.get("row_counts_after"), actual)
+        except (PgBackupError, PgExecError) as exc:
+            out["errors"].append(str(exc))
+        finally:
+            try:
+                self.target.query(drop)
+                out["actions"].append("dropped %s" % scratch)
+            except PgExecError as exc:
+                out["errors"].append("could not drop %s afterwards: %s; drop it by hand" % (scratch, exc))
+        out["duration_s"] = round(time.monotonic() - started, 3)
+        return out
+
+    def _restore_into(self, manifest, scratch):
+        root = self.catalog.path(KIND, manifest["backup_id"])
+        artifact = os.path.join(root, manifest["artifact"])
+        fmt = manifest["format"]
+        method = (manifest.get("compression") or "none").partition(":")[0]
+        user = self.p.get("login_user") or "postgres"
+        docker = self.p.get("docker_cli") or "docker"
+        jobs = str(max(int(manifest.get("jobs") or 1), 1))
+        if self.p.get("login_host"):
+            if fmt in ("custom", "directory"):
+                cmd = self.target.argv("pg_restore", ["--exit-on-error", "-j", jobs, "-d", scratch, artifact])
+                rc, o, e = self._run_logged(cmd, environ_update=self.target.environ())
+            else:
+                psql = shlex.join(
+                    self.target.argv("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", scratch])
+                )
+                src = shlex.quote(artifact) if method == "none" else "<(%s -dc %s)" % (method, shlex.quote(artifact))
+                self.executed.append("%s -f %s" % (psql, src))
+                rc, o, e = self.runner(
+                    ["/bin/bash", "-o", "pipefail", "-c", "%s -f %s" % (psql, src)], environ_update=self.target.environ()
+                )
+        elif fmt == "custom":
+            rc, o, e = self._sh(
+                "%s < %s"
+                % (
+                    shlex.join(self.target.argv("pg_restore", ["--exit-on-error", "-d", scratch], stdin=True)),
+                    shlex.quote(artifact),
+                )
+            )
+        elif fmt == "plain":
+            inner = "%spsql -U %s -X -q -v ON_ERROR_STOP=1 --single-transaction -d %s" % (
+                "" if method == "none" else "%s -dc | " % method,
+                shlex.quote(user),
+                shlex.quote(scratch),
+            )
+            cmd = self.target.argv("bash", ["-o", "pipefail", "-c", inner], stdin=True)
+            rc, o, e = self._sh("%s < %s" % (shlex.join(cmd), shlex.quote(artifact)))
+        else:
+            if not self.p.get("login_password"):
+                raise PgBackupError(
+                    "a directory-format test restore in container mode runs pg_restore -j in a sidecar over TCP and "
+                    "needs login_password (ner11_db_password)"
+                )
+            passfile = self.target._passfile()
+            cmd = [
+                docker, "run", "--rm", "--network", "container:%s" % self.p["container"],
+                "--user", "%d:%d" % (os.getuid(), os.getgid()), "-v", "%s:%s:ro" % (root, root),
+                "-v", "%s:/run/ner11/pgpass:ro" % passfile, "-e", "PGPASSFILE=/run/ner11/pgpass",
+                "-e", "PGAPPNAME=%s" % APP_NAME, "--entrypoint", "pg_restore", self.image,
+                "-h", "127.0.0.1", "-U", user, "--exit-on-error", "-j", jobs, "-d", scratch, artifact,
+            ]  # fmt: skip
+            rc, o, e = self._run_logged(cmd)
+        if rc != 0:
+            raise PgBackupError(
+                "restoring %s into %s failed (rc=%s): %s" % (manifest["backup_id"], scratch, rc, last_line(e or o))
+            )

@@ -1,0 +1,513 @@
+# Copyright (c) ner11.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The I/O half of a restore: runs the steps against one server (``Restorer``).
+
+Part of ``pg_restore``'s core (overview in ``pgrestore.py``). Client tools run
+through ``pgexec.PgTarget`` with a ``run_command``-compatible runner.
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: S608 -- every identifier goes through quote_ident and every value through quote_literal.
+
+import json
+import os
+import shlex
+
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import (
+    RestoreError,
+    filter_globals,
+    read_globals,
+    split_table,
+    qualified,
+    temp_db_name,
+)
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_repair import (
+    CONTAINER_SCAN,
+    TEMP_COMMENT,
+    classify_leftovers,
+    leftovers_sql,
+    stage_pattern,
+    test_pause,
+)
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_sql import (
+    HAS_LOG_SQL,
+    LATEST_LOG_SQL,
+    USER_TABLES_SQL,
+    newest_sql,
+    sessions_sql,
+    terminate_sql,
+    timestamp_columns_sql,
+)
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_state import (
+    FINGERPRINT_VERSION,
+    fingerprint_diff,
+    fingerprint_sql,
+    parse_fingerprint,
+)
+
+quote_ident = quote_name
+
+
+class Restorer:
+    """Runs the steps against one server. ``runner`` has AnsibleModule.run_command's signature."""
+
+    def __init__(self, target, runner, log=None, check_mode=False, db=None):
+        self.target = target
+        self.runner = runner
+        self.commands = []
+        self._log = log or (lambda msg: None)
+        self.stage = None
+        self.check_mode = check_mode
+        self.db = db or "db"
+        # What this run changed for good (for ``changed`` when it fails later).
+        self.changes = []
+
+    # -- helpers -------------------------------------------------------------------
+    def q(self, sql, db="postgres"):
+        return self.target.query(sql, db)
+
+    def psql_script(self, sql, db, single_transaction=False):
+        args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"]
+        if single_transaction:
+            args.insert(0, "--single-transaction")
+        return self.target.run("psql", args, data=sql)
+
+    def shell(self, line, what, display=None):
+        """Run a bash pipeline (pipefail) with the target's environment; raise on failure."""
+        cmd = "set -o pipefail; " + line
+        self.commands.append(display or line)
+        rc, out, err = self.runner(
+            cmd, use_unsafe_shell=True, executable="/bin/bash", environ_update=self.target.environ(), binary_data=False
+        )
+        if rc != 0:
+            raise RestoreError("%s failed (rc=%s): %s" % (what, rc, _tail(err or out)))
+        return out
+
+    def tool_cmd(self, tool, args, stdin=False):
+        return " ".join(shlex.quote(a) for a in self.target.argv(tool, args, stdin=stdin))
+
+    def docker(self, args, what):
+        cmd = [self.target.docker] + list(args)
+        self.commands.append(" ".join(shlex.quote(a) for a in cmd))
+        rc, out, err = self.runner(cmd)
+        if rc != 0:
+            raise RestoreError("%s failed (rc=%s): %s" % (what, rc, _tail(err or out)))
+        return out
+
+    # -- target state ----------------------------------------------------------------
+    def db_exists(self, db):
+        return self.target.scalar("SELECT 1 FROM pg_database WHERE datname = %s;" % quote_literal(db)) == "1"
+
+    def inspect(self, db, newer_columns):
+        state = {"exists": self.db_exists(db), "user_tables": 0, "applied": None, "newest_write": None, "newest": {}}
+        if not state["exists"]:
+            return state
+        rows = self.q(USER_TABLES_SQL, db) or []
+        state["user_tables"] = len(rows)
+        state["tables"] = ["%s.%s" % (r[0], r[1]) for r in rows]
+        raw = self.target.scalar(LATEST_LOG_SQL, db) if self.target.scalar(HAS_LOG_SQL, db) == "t" else None
+        state["applied"] = json.loads(raw) if raw else None
+        if state["applied"]:
+            state["changes"] = self.changes_since(db, state["applied"])
+        state["newest"] = self.newest(db, newer_columns)
+        values = [v for v in state["newest"].values() if v is not None]
+        state["newest_write"] = max(values) if values else None
+        return state
+
+    def changes_since(self, db, applied):
+        """``fingerprint_diff`` of the applied restore against the database now."""
+        recorded = parse_fingerprint(applied.pop("fingerprint", None))
+        if not recorded or recorded.get("v") != FINGERPRINT_VERSION:
+            return fingerprint_diff(recorded, None)
+        tables = applied.get("tables") if applied.get("scope") == "tables" else None
+        try:
+            current = parse_fingerprint(self.target.scalar(fingerprint_sql(recorded.get("h"), tables), db))
+        except (PgExecError, TypeError, ValueError, RestoreError):
+            current = None
+        return fingerprint_diff(recorded, current)
+
+    def inspect_tables(self, db):
+        return ["%s.%s" % (r[0], r[1]) for r in self.q(USER_TABLES_SQL, db) or []]
+
+    def timestamp_columns(self, db, newer_columns):
+        out = {}
+        for schema, table, column in self.q(timestamp_columns_sql(newer_columns), db) or []:
+            out.setdefault("%s.%s" % (schema, table), []).append(column)
+        return out
+
+    def newest(self, db, newer_columns):
+        sql = newest_sql(self.timestamp_columns(db, newer_columns))
+        if not sql:
+            return {}
+        return {row[0]: (float(row[1]) if row[1] not in ("", None) else None) for row in self.q(sql, db) or []}
+
+    def counts(self, db, tables):
+        present = {"%s.%s" % tuple(r) for r in (self.q(USER_TABLES_SQL, db) or [])}
+        out = {}
+        sqls = []
+        for table in tables:
+            schema, name = split_table(table)
+            if "%s.%s" % (schema, name) in present:
+                sqls.append("SELECT %s, count(*) FROM %s" % (quote_literal(table), qualified(table)))
+            else:
+                out[table] = None
+        if sqls:
+            for name, value in self.q(" UNION ALL ".join(sqls) + ";", db) or []:
+                out[name] = int(value)
+        return out
+
+    def sessions(self, db):
+        return [{"pid": int(r[0]), "application_name": r[1], "user": r[2], "state": r[3]} for r in self.q(sessions_sql(db)) or []]
+
+    def roles(self):
+        return [r[0] for r in self.q("SELECT rolname FROM pg_roles ORDER BY 1;") or []]
+
+    # -- staging the dump where the tools can read it ------------------------------------
+    def stage_dump(self, info, jobs, only_toc=False):
+        """Path of the dump as the tools see it.
+
+        Host mode (login_host): the files themselves. Container mode: custom and
+        plain dumps are streamed on stdin (no copy); a directory dump (and a
+        custom dump restored with jobs > 1, which needs a seekable file) is
+        copied with ``docker cp`` into a private temp dir in the container,
+        removed by ``cleanup``.
+        """
+        if not self.target.container:
+            return info["path"]
+        needs_copy = info["format"] == "directory" or (info["format"] == "custom" and jobs > 1)
+        if not needs_copy:
+            return None
+        container = self.target.container
+        if self.check_mode:
+            raise RestoreError("internal: the dump is never copied in check mode")
+        if not self.stage:
+            self.stage = self.docker(
+                ["exec", "-u", "0", container, "mktemp", "-d", stage_pattern(self.db) + "XXXXXX"],
+                "creating a temp dir in %s" % container,
+            ).strip()
+        dest = self.stage + "/" + os.path.basename(info["path"].rstrip("/"))
+        if only_toc and info["format"] == "directory":
+            self.docker(["exec", "-u", "0", container, "mkdir", "-p", dest], "creating %s" % dest)
+            self.docker(["cp", os.path.join(info["path"], "toc.dat"), "%s:%s/toc.dat" % (container, dest)], "copying toc.dat")
+        else:
+            self.docker(["cp", info["path"], "%s:%s" % (container, dest)], "copying the dump into %s" % container)
+            test_pause("copy")
+        self.docker(
+            ["exec", "-u", "0", container, "chown", "-R", self.target.container_user, self.stage],
+            "handing the dump to %s" % self.target.container_user,
+        )
+        return dest
+
+    def cleanup(self):
+        if self.stage and self.target.container:
+            self.runner([self.target.docker, "exec", "-u", "0", self.target.container, "rm", "-rf", self.stage])
+            self.stage = None
+
+    def _input(self, info, staged):
+        """(path argument or None, shell redirect suffix) for a tool reading the dump."""
+        if staged is not None:
+            return staged, ""
+        return None, " < " + shlex.quote(info["path"])
+
+    def list_toc(self, info, recorded=None):
+        """``pg_restore --list`` of a custom/directory dump: the number of TOC entries (0 for plain).
+
+        In check mode a directory dump is not copied into the container (check
+        mode writes nothing anywhere): the manifest's recorded count is returned
+        (the checksums of every file were verified already).
+        """
+        if info["format"] == "plain":
+            return None
+        if self.check_mode and info["format"] == "directory" and self.target.container:
+            return recorded
+        staged = self.stage_dump(info, jobs=1, only_toc=True)
+        arg, redirect = self._input(info, staged)
+        line = self.tool_cmd("pg_restore", ["--list"] + ([arg] if arg else []), stdin=arg is None) + redirect
+        out = self.shell(line, "pg_restore --list (the dump is unreadable; restore another backup)")
+        if info["format"] == "directory" and self.target.container:
+            self.cleanup()
+        entries = [x for x in out.splitlines() if x.strip() and not x.startswith(";")]
+        if not entries:
+            raise RestoreError("pg_restore --list shows no entries; the dump is empty or damaged: restore another backup")
+        return len(entries)
+
+    # -- steps ---------------------------------------------------------------------------
+    def restore_globals(self, info, login_user):
+        if not info["globals_path"]:
+            return {"created": [], "kept": []}
+        sql, created, kept = filter_globals(read_globals(info["globals_path"]), self.roles(), login_user)
+        if created:
+            self.psql_script(sql, "postgres")
+        return {"created": created, "kept": kept}
+
+    def create_db(self, db, comment=TEMP_COMMENT):
+        """CREATE DATABASE, then mark it as ours at once (only marked databases are ever dropped by a repair)."""
+        self.target.run(
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+                "-c",
+                "CREATE DATABASE %s TEMPLATE template0;" % quote_ident(db),
+            ],
+        )
+        self.target.run(
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+                "-c",
+                "COMMENT ON DATABASE %s IS %s;" % (quote_ident(db), quote_literal(comment)),
+            ],
+        )
+
+    def drop_db(self, db):
+        """DROP DATABASE ... WITH (FORCE); returns None when done, else the error text."""
+        rc, out, err = self.target.run(
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+                "-c",
+                "DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(db),
+            ],
+            check=False,
+        )
+        return None if rc == 0 else _tail(err or out)
+
+    # -- what a killed or failed run left ----------------------------------------------------
+    def find_leftovers(self, db):
+        """(classify_leftovers(...), stage dirs, client processes) for this database."""
+        rows = self.q(leftovers_sql(db)) or []
+        found = classify_leftovers(db, rows)
+        stages, clients = [], []
+        if self.target.container:
+            rc, out, _err = self.runner(
+                [self.target.docker, "exec", "-u", "0", self.target.container, "sh", "-c", CONTAINER_SCAN, "sh",
+                 temp_db_name(db), stage_pattern(db)]
+            )  # fmt: skip
+            for line in (out or "").splitlines() if rc == 0 else []:
+                kind, _sep, rest = line.partition(" ")
+                if kind == "stage" and rest.startswith(stage_pattern(db)):
+                    stages.append(rest.strip())
+                elif kind == "pid":
+                    pid, _sep, tool = rest.partition(" ")
+                    if pid.isdigit():
+                        clients.append({"pid": int(pid), "tool": os.path.basename(tool.strip()) or "client"})
+        return found, stages, clients
+
+    def repair(self, db, found, stages, clients):
+        """Bring back a state the restore can start from; returns what was done (each step a sentence)."""
+        done = []
+        if clients:
+            pids = [str(c["pid"]) for c in clients]
+            cmd = [self.target.docker, "exec", "-u", "0", self.target.container, "kill", "-TERM"] + pids
+            self.commands.append(" ".join(shlex.quote(a) for a in cmd))
+            self.runner(cmd)  # a client that ended meanwhile is fine: dropping the database ends the rest
+            done += ["stopped %s (pid %s) in the database container" % (c["tool"], c["pid"]) for c in clients]
+        if found["target_blocked"]:
+            self.allow_connections(db, True)
+            done.append("allowed connections to %s again" % db)
+        if found["temp"]:
+            error = self.drop_db(found["temp"]["name"])
+            if error:
+                raise RestoreError(
+                    "could not drop the temporary database %s a killed restore left (%s); drop it with DROP DATABASE %s "
+                    "WITH (FORCE); and run again" % (found["temp"]["name"], error, quote_ident(found["temp"]["name"]))
+                )
+            done.append("dropped the half-built temporary database %s" % found["temp"]["name"])
+        for old in found["old"]:
+            if not old["drop"]:
+                continue
+            error = self.drop_db(old["name"])
+            if error:
+                old["drop"] = False
+                old["comment"] += " (drop failed: %s)" % error
+                continue
+            done.append("dropped %s (replaced by a completed restore)" % old["name"])
+        for stage in stages:
+            self.docker(["exec", "-u", "0", self.target.container, "rm", "-rf", "--", stage], "removing %s" % stage)
+            done.append("removed the dump copy %s in the database container" % stage)
+        self.changes += done
+        return done
+
+    def restore_full(self, info, db, jobs):
+        staged = self.stage_dump(info, jobs)
+        if info["format"] == "plain":
+            # G24: stop at the first error, all or nothing.
+            psql = self.tool_cmd(
+                "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", db, "-f", "-"], stdin=True
+            )
+            source = shlex.quote(info["path"])
+            if info["decompress"]:
+                line = "%s -dc -- %s | %s" % (info["decompress"], source, psql)
+            else:
+                line = "%s < %s" % (psql, source)
+            self.shell(line + " > /dev/null", "restoring the plain dump with psql")
+            return
+        args = ["--exit-on-error", "--no-password", "-d", db]
+        if jobs > 1 and staged is not None or (jobs > 1 and not self.target.container):
+            args += ["-j", str(jobs)]
+        arg, redirect = self._input(info, staged)
+        line = self.tool_cmd("pg_restore", args + ([arg] if arg else []), stdin=arg is None) + redirect
+        if os.environ.get("NER11_OPS_TEST_PAUSE_AT") == "pg_restore":
+            # Test-only hook: pg_restore runs on while this run waits to be killed.
+            line = '{ %s; } & sleep 0.3; echo $$ > "$NER11_OPS_TEST_PAUSE_DIR/pg_restore"; wait $!; sleep 300' % line
+        self.shell(line, "pg_restore into %s" % db)
+
+    # -- space pre-flight -----------------------------------------------------------------
+    def space_check(self, manifest, info, staged):
+        """Free space for the restored copy (and the dump copy) before anything is touched.
+
+        The restored copy needs about the database's size at backup time (manifest
+        ``db_size_bytes``) plus 10 %% on the data directory's filesystem; a dump copied
+        into the container needs its size on the container's /tmp. Returns the numbers
+        and ``error`` (a message) when they do not fit. Only container mode can see the
+        server's filesystems; host mode reports ``checked: false``.
+        """
+        db_size = manifest.get("db_size_bytes")
+        dump_size = sum(
+            int(f.get("size") or 0)
+            for f in manifest.get("files") or []
+            if f.get("path") == info["artifact"] or str(f.get("path", "")).startswith(info["artifact"] + "/")
+        )
+        out = {"checked": False, "db_size_bytes": db_size, "dump_copy_bytes": dump_size if staged else 0}
+        if not self.target.container:
+            out["note"] = "not checked: the server's filesystem is not visible in login_host mode"
+            return out
+        try:
+            datadir = self.target.scalar("SHOW data_directory;")
+        except PgExecError:
+            datadir = None
+        if not datadir:
+            # SHOW data_directory needs a superuser or pg_read_all_settings.
+            out["note"] = "not checked: %s may not read data_directory (grant it pg_read_all_settings)" % self.target.user
+            return out
+        paths = [datadir] + (["/tmp"] if staged else [])  # noqa: S108 - the container's /tmp, where mktemp puts the copy
+        rc, text, err = self.runner([self.target.docker, "exec", self.target.container, "df", "-P", "-k"] + paths)
+        if rc != 0:
+            out["note"] = "not checked: df failed in the container (%s)" % _tail(err or text)
+            return out
+        rows = [line.split() for line in text.splitlines()[1:] if line.strip()]
+        if len(rows) != len(paths):
+            out["note"] = "not checked: unexpected df output"
+            return out
+        need = {}
+        for index, path in enumerate(paths):  # (no zip(strict=): Python 3.9 managed nodes)
+            row = rows[index]
+            fs, free = row[0] + " " + row[-1], int(row[3]) * 1024
+            entry = need.setdefault(fs, {"path": path, "free_bytes": free, "need_bytes": 0, "for": []})
+            if path == datadir and db_size:
+                entry["need_bytes"] += int(int(db_size) * 1.1)
+                entry["for"].append("the restored copy (%s at backup time + 10%%)" % _mb(db_size))
+            elif path != datadir:
+                entry["need_bytes"] += dump_size
+                entry["for"].append("the dump copy (%s)" % _mb(dump_size))
+        out.update(checked=True, filesystems=list(need.values()))
+        short = [e for e in need.values() if e["need_bytes"] > e["free_bytes"]]
+        if short:
+            e = short[0]
+            out["error"] = (
+                "not enough free space to restore backup %s into %s: %s in container %s needs %s for %s but has %s free. "
+                "Free space on that filesystem (or give the container a larger volume)%s; nothing was changed"
+                % (
+                    manifest.get("backup_id"),
+                    self.db,
+                    e["path"],
+                    self.target.container,
+                    _mb(e["need_bytes"]),
+                    " and ".join(e["for"]),
+                    _mb(e["free_bytes"]),
+                    ", or restore a custom-format backup with jobs=1 (streamed, no dump copy)" if staged else "",
+                )
+            )
+        return out
+
+    def owned_sequences(self, db, tables):
+        quals = ", ".join(quote_literal(qualified(t)) for t in tables)
+        rows = self.q(
+            "SELECT sn.nspname, s.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+            "JOIN pg_namespace sn ON sn.oid = s.relnamespace WHERE d.deptype IN ('a', 'i') "
+            "AND d.refobjid IN (SELECT to_regclass(x)::oid FROM unnest(ARRAY[%s]) x);" % quals,
+            db,
+        )
+        return ["%s.%s" % (r[0], r[1]) for r in rows or []]
+
+    def fk_dependants(self, db, tables):
+        quals = ", ".join(quote_literal(qualified(t)) for t in tables)
+        rows = self.q(
+            "SELECT DISTINCT cn.nspname || '.' || c.relname, rn.nspname || '.' || r.relname FROM pg_constraint k "
+            "JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace "
+            "JOIN pg_class r ON r.oid = k.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace "
+            "WHERE k.contype = 'f' AND k.confrelid IN (SELECT to_regclass(x)::oid FROM unnest(ARRAY[%s]) x) ORDER BY 1;" % quals,
+            db,
+        )
+        return [{"table": r[0], "references": r[1]} for r in rows or []]
+
+    def restore_tables(self, info, db, tables, pre, post):
+        staged = self.stage_dump(info, jobs=1)
+        sequences = self.owned_sequences(db, tables)
+        targets = []
+        for schema in sorted({split_table(t)[0] for t in list(tables) + sequences}):
+            targets += ["-n", schema]
+        for name in list(tables) + sequences:
+            targets += ["-t", split_table(name)[1]]
+        arg, redirect = self._input(info, staged)
+        dump = self.tool_cmd(
+            "pg_restore", ["--data-only", "--no-owner", "-f", "-"] + targets + ([arg] if arg else []), stdin=arg is None
+        )
+        psql = self.tool_cmd(
+            "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", db, "-f", "-"], stdin=True
+        )
+        line = "{ printf '%%s' %s; %s%s; printf '%%s' %s; } | %s > /dev/null" % (
+            shlex.quote(pre),
+            dump,
+            redirect,
+            shlex.quote(post),
+            psql,
+        )
+        shown = "{ <pre.sql>; %s%s; <post.sql>; } | %s" % (dump, redirect, psql)
+        self.shell(line, "restoring tables %s" % ", ".join(tables), display=shown)
+        return sequences
+
+    def terminate(self, db):
+        rows = self.q(terminate_sql(db)) or []
+        return [{"pid": int(r[0]), "application_name": r[1], "terminated": r[2] == "t"} for r in rows]
+
+    def allow_connections(self, db, allow):
+        """ALTER DATABASE ... ALLOW_CONNECTIONS; raises when disallowing fails (never restore into a used db)."""
+        return self.target.run(
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-d",
+                "postgres",
+                "-c",
+                "ALTER DATABASE %s WITH ALLOW_CONNECTIONS %s;" % (quote_ident(db), "true" if allow else "false"),
+            ],
+        )
+
+
+def _mb(n):
+    return "%.1f MB" % (int(n or 0) / 1048576.0)
+
+
+def _tail(text):
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    return " | ".join(lines[-3:]) if lines else "no output"

@@ -1,0 +1,179 @@
+# Copyright (c) ner11.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The SQL text of a restore's steps (pure): inspection, restore log, sessions, swap, tables.
+
+Part of ``pg_restore``'s core (overview in ``pgrestore.py``).
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: S608 -- every identifier goes through quote_name/quote_table and every value through quote_literal.
+
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import LOG_SCHEMA, LOG_TABLE, qualified, split_table
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_state import fingerprint_sql
+
+quote_ident = quote_name
+
+# -- SQL -----------------------------------------------------------------------------
+USER_TABLES_SQL = (
+    """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', '%s')
+  AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%' ORDER BY 1, 2;
+"""
+    % LOG_SCHEMA
+)
+
+LOG_DDL = """
+CREATE SCHEMA IF NOT EXISTS %(schema)s;
+COMMENT ON SCHEMA %(schema)s IS 'ner11.ops bookkeeping: which backup was restored here (see docs/restore.md)';
+CREATE TABLE IF NOT EXISTS %(table)s (
+    id bigserial PRIMARY KEY,
+    backup_id text NOT NULL,
+    sha256 text,
+    scope text NOT NULL DEFAULT 'full',
+    tables text[],
+    source_db text,
+    source_created_at timestamptz,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    forced boolean NOT NULL DEFAULT false,
+    tool text
+);
+ALTER TABLE %(table)s ADD COLUMN IF NOT EXISTS fingerprint text;
+""" % {"schema": LOG_SCHEMA, "table": LOG_TABLE}
+
+HAS_LOG_SQL = "SELECT to_regclass('%s') IS NOT NULL;" % LOG_TABLE
+LATEST_LOG_SQL = (
+    "SELECT row_to_json(r)::text FROM (SELECT backup_id, sha256, scope, tables, "
+    "extract(epoch FROM applied_at)::float8 AS applied_at, "
+    "extract(epoch FROM source_created_at)::float8 AS source_created_at, "
+    "to_jsonb(l) ->> 'fingerprint' AS fingerprint "
+    "FROM %s l ORDER BY applied_at DESC, id DESC LIMIT 1) r;" % LOG_TABLE
+)
+
+
+def log_insert_sql(backup_id, sha256, scope, tables, source_db, source_created_at, forced):
+    """The restore_log row, with the state fingerprint taken in the same statement."""
+    tables_sql = "ARRAY[%s]::text[]" % ", ".join(quote_literal(t) for t in tables) if tables else "NULL"
+    return (
+        LOG_DDL + "INSERT INTO %s (backup_id, sha256, scope, tables, source_db, source_created_at, forced, tool, "
+        "fingerprint) VALUES (%s, %s, %s, %s, %s, %s::timestamptz, %s, 'ner11.ops.pg_restore', (%s));\n"
+        % (
+            LOG_TABLE,
+            quote_literal(backup_id),
+            quote_literal(sha256 or ""),
+            quote_literal(scope),
+            tables_sql,
+            quote_literal(source_db or ""),
+            quote_literal(source_created_at),
+            "true" if forced else "false",
+            fingerprint_sql(None, tables or None),
+        )
+    )
+
+
+def timestamp_columns_sql(columns):
+    cols = ", ".join(quote_literal(c) for c in columns)
+    return """
+SELECT n.nspname, c.relname, a.attname FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.attname IN (%s) AND a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', '%s') AND n.nspname NOT LIKE 'pg_toast%%'
+ORDER BY 1, 2, 3;
+""" % (cols, LOG_SCHEMA)
+
+
+def newest_sql(columns_by_table):
+    """One query: ``schema.table|epoch`` of the newest timestamp per table (None when empty)."""
+    parts = []
+    for table, cols in sorted(columns_by_table.items()):
+        schema, name = split_table(table)
+        greatest = "GREATEST(%s)" % ", ".join("max(%s)" % quote_ident(c) for c in cols)
+        parts.append(
+            "SELECT %s, extract(epoch FROM %s::timestamptz)::float8 FROM %s.%s"
+            % (quote_literal(table), greatest, quote_ident(schema), quote_ident(name))
+        )
+    return " UNION ALL ".join(parts) + ";" if parts else None
+
+
+def sessions_sql(db):
+    return (
+        "SELECT pid, coalesce(application_name, ''), coalesce(usename, ''), coalesce(state, '') "
+        "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY pid;" % quote_literal(db)
+    )
+
+
+def terminate_sql(db):
+    # G48: scoped by datname; waits up to 5 s for each backend to exit (PostgreSQL >= 14).
+    return (
+        "SELECT pid, coalesce(application_name, ''), pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY pid;" % quote_literal(db)
+    )
+
+
+def swap_sql(db, temp, old, comment=None):
+    """Both renames in one transaction: either the restored database is in place, or nothing moved.
+
+    The replaced database is marked (``comment``) in the same transaction, so a
+    run killed before the drop leaves a database the next run knows it may drop;
+    the restored one loses the temporary mark.
+    """
+    mark = "COMMENT ON DATABASE %s IS %s;\n" % (quote_ident(old), quote_literal(comment)) if comment else ""
+    return (
+        "BEGIN;\nALTER DATABASE %s RENAME TO %s;\nALTER DATABASE %s RENAME TO %s;\n%sCOMMENT ON DATABASE %s IS NULL;\nCOMMIT;\n"
+        % (
+            quote_ident(db),
+            quote_ident(old),
+            quote_ident(temp),
+            quote_ident(db),
+            mark,
+            quote_ident(db),
+        )
+    )
+
+
+def table_restore_wrapper(tables, expected, check_newer_cols, forced):
+    """SQL around ``pg_restore --data-only`` output, run by psql in ONE transaction (G30).
+
+    Before: remember the newest timestamps, TRUNCATE exactly these tables (no
+    CASCADE: a table other tables reference makes TRUNCATE fail, nothing lost).
+    After: fail (and roll everything back) when a row count differs from the
+    manifest or when the table held rows newer than anything the backup has.
+    """
+    quals = [qualified(t) for t in tables]
+    pre = ["SET lock_timeout = '30s';", "CREATE TEMP TABLE ner11_before (t text, newest timestamptz) ON COMMIT DROP;"]
+    for table in tables:
+        cols = check_newer_cols.get(table) or []
+        if cols and not forced:
+            pre.append(
+                "INSERT INTO ner11_before SELECT %s, GREATEST(%s) FROM %s;"
+                % (quote_literal(table), ", ".join("max(%s)::timestamptz" % quote_ident(c) for c in cols), qualified(table))
+            )
+    pre.append("TRUNCATE ONLY %s;" % ", ".join(quals))
+    post = []
+    for table in tables:
+        cols = check_newer_cols.get(table) or []
+        if cols and not forced:
+            post.append(
+                "DO $ner11$ BEGIN IF (SELECT newest FROM ner11_before WHERE t = %s) > "
+                "(SELECT GREATEST(%s) FROM %s) OR ((SELECT newest FROM ner11_before WHERE t = %s) IS NOT NULL AND "
+                "NOT EXISTS (SELECT 1 FROM %s)) THEN RAISE EXCEPTION "
+                "'ner11: table %s held rows newer than the backup; set force=true to overwrite them'; END IF; END $ner11$;"
+                % (
+                    quote_literal(table),
+                    ", ".join("max(%s)::timestamptz" % quote_ident(c) for c in cols),
+                    qualified(table),
+                    quote_literal(table),
+                    qualified(table),
+                    table.replace("'", ""),
+                )
+            )
+    for table, (low, high) in sorted(expected.items()):
+        post.append(
+            "DO $ner11$ BEGIN IF (SELECT count(*) FROM %s) NOT BETWEEN %d AND %d THEN RAISE EXCEPTION "
+            "'ner11: %s has %% rows after the restore, the backup has %d', (SELECT count(*) FROM %s); END IF; END $ner11$;"
+            % (qualified(table), low, high, table.replace("'", ""), low, qualified(table))
+        )
+    return "\n".join(pre) + "\n", "\n".join(post) + "\n"
