@@ -37,7 +37,7 @@ def seed(stack):
 
 
 def summary(result):
-    return result.custom_stats["localhost"]["ner11_service"]
+    return result.custom_stats["ner11_service"]["localhost"]
 
 
 def service(stack, name, action, check=False, **extra):
