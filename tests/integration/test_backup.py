@@ -148,6 +148,21 @@ def test_verify_test_restore_and_flipped_byte(db, tmp_path):
     assert set(ok["backups"][0]["checks"]) == {"manifest", "sha256", "archive"}
     no_secret(db, ok)
 
+    # A scratch database ner11.ops did not create is refused and kept, and so are the server's own.
+    db.psql("CREATE DATABASE it_mine", db="postgres")
+    db.psql("CREATE TABLE keep_me (id int); INSERT INTO keep_me VALUES (1)", db="it_mine")
+    for scratch in ("it_mine", "postgres", "template1", "ner11_db"):
+        refused = run_module("ner11.ops.backup_verify", dict(verify_args, test_restore=True, scratch_db=scratch))
+        assert refused.get("failed") and scratch in refused["msg"], (scratch, refused.get("msg"))
+        assert refused["changed"] is False
+    assert "not created by ner11.ops" in run_module(
+        "ner11.ops.backup_verify", dict(verify_args, test_restore=True, scratch_db="it_mine")
+    )["msg"]
+    assert db.psql("SELECT count(*) FROM keep_me", db="it_mine") == "1"
+    assert db.psql("SELECT count(*) FROM pg_database WHERE datname IN ('postgres', 'template1')", db="postgres") == "2"
+    assert int(db.psql("SELECT count(*) FROM vendor_equipment")) == CANARIES["vendor_equipment"]
+    db.psql("DROP DATABASE it_mine", db="postgres")
+
     victim = os.path.join(made["path"], "globals.sql")
     with open(victim, "r+b") as fh:
         first = fh.read(1)

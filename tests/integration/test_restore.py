@@ -166,15 +166,26 @@ def test_replace_guards_failures_newer_data(own_stack, tmp_path):
     assert stack.psql("SELECT count(*) FROM vendor_equipment WHERE vendor = 'ItNewer'", db=res["old_db"]) == "1"
     stack.psql('DROP DATABASE "%s"' % res["old_db"], db="postgres")
 
-    # Injected failure 1: the restored copy does not match the manifest's counts.
+    # Injected failure 1: the restored copy does not match the manifest's counts (a manifest edited
+    # on disk). The backup's globals hold a role the server no longer has: the run creates it before
+    # it fails, so the failure reports changed=true and names what it changed for good.
     stack.psql("INSERT INTO compliance_frameworks (name) VALUES ('ItKeep')")
+    stack.psql("CREATE ROLE it_reader NOLOGIN")
     wrong = dict(before, vendor_equipment=before["vendor_equipment"] + 100)
     time.sleep(1.1)
     bad = raw_backup(stack, str(tmp_path), row_counts=wrong)
+    stack.psql("DROP ROLE it_reader")
     res = restore(stack, tmp_path, backup_id=bad, if_exists="replace", confirm=DB, force=True)
     assert res["failed"] and "does not match backup" in res["msg"] and "left untouched" in res["msg"]
+    assert res["changed"] is True, res
+    assert any("it_reader" in change for change in res["changes"]), res["changes"]
+    assert stack.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'it_reader'", db="postgres") == "1"
     assert stack.psql("SELECT count(*) FROM compliance_frameworks WHERE name = 'ItKeep'") == "1"
     assert not any("__ner11" in d for d in databases(stack))
+    # The same failure again changes nothing more (the role exists now): changed=false.
+    res = restore(stack, tmp_path, backup_id=bad, if_exists="replace", confirm=DB, force=True)
+    assert res["failed"] and "does not match backup" in res["msg"]
+    assert res["changed"] is False and res["changes"] == [], res
 
     # Injected failure 2: pg_restore fails mid-restore (an owner role the server lacks).
     stack.psql("CREATE ROLE it_owner; CREATE TABLE it_owned (id int); ALTER TABLE it_owned OWNER TO it_owner")
@@ -183,6 +194,7 @@ def test_replace_guards_failures_newer_data(own_stack, tmp_path):
     stack.psql("DROP TABLE it_owned; DROP ROLE it_owner")
     res = restore(stack, tmp_path, backup_id=owned, if_exists="replace", confirm=DB, force=True)
     assert res["failed"] and "pg_restore" in res["msg"] and "it_owner" in res["msg"], res["msg"]
+    assert res["changed"] is False and res["leftovers"] == [], res  # the temporary copy was dropped
     assert stack.psql("SELECT count(*) FROM compliance_frameworks WHERE name = 'ItKeep'") == "1"
     assert not any("__ner11" in d for d in databases(stack))
 
