@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# A test fleet of separate Docker engines on this one machine (docs/multi-host.md).
+#
+# Each fleet host is its own dockerd: its own data root, exec root, pid file, socket
+# (/run/ner11-fleet/<name>.sock), bridge (br-nf<N>, 10.231.<N>.1/24) and address pool for
+# the networks it creates (10.232.<N*16>.0/20), so two hosts never share containers,
+# networks or published addresses. A host publishes its ports on its bridge address, as a
+# separate machine publishes on its own address; hosts reach each other there.
+#
+#   fleet.sh up NAME:N [IMAGE...]   start engine NAME (N in 1..15) and load IMAGEs into it
+#   fleet.sh down NAME:N            remove its containers and networks, stop it, remove its
+#                                   iptables rules, bridge and data (the machine as found)
+#   fleet.sh address N              the host address of engine N (its bridge address)
+#
+# Images move the way a fleet without a registry gets them: docker save | docker load.
+# Needs root and a running default engine (scripts/bootstrap-docker.sh).
+set -euo pipefail
+
+BASE=/var/lib/ner11-fleet
+RUN=/run/ner11-fleet
+log() { printf 'fleet: %s\n' "$*" >&2; }
+
+split() { # NAME:N -> name, n
+  name=${1%%:*}
+  n=${1##*:}
+  [[ "$name" =~ ^[a-z][a-z0-9-]{0,20}$ ]] || { log "bad host name '$name' (lowercase letters, digits, -)"; exit 2; }
+  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 15 ] || { log "bad engine number '$n' (1..15)"; exit 2; }
+  bridge=br-nf$n
+  address=10.231.$n.1
+  sock=$RUN/$name.sock
+}
+
+engine() { docker -H "unix://$sock" "$@"; }
+
+up() {
+  split "$1"
+  shift
+  mkdir -p "$BASE/$name" "$RUN"
+  if ! ip link show "$bridge" >/dev/null 2>&1; then
+    ip link add "$bridge" type bridge
+    ip addr add "$address/24" dev "$bridge"
+  fi
+  ip link set "$bridge" up
+  if ! engine info >/dev/null 2>&1; then
+    rm -f "$RUN/$name.pid"
+    nohup dockerd --data-root "$BASE/$name/data" --exec-root "$RUN/$name" --pidfile "$RUN/$name.pid" \
+      -H "unix://$sock" --bridge "$bridge" --ip "$address" \
+      --default-address-pool "base=10.232.$((n * 16)).0/20,size=24" \
+      --userland-proxy=false >"$BASE/$name/dockerd.log" 2>&1 &
+    for _ in $(seq 1 60); do
+      engine info >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+    engine info >/dev/null 2>&1 || { log "engine $name did not start; see $BASE/$name/dockerd.log"; tail -n 20 "$BASE/$name/dockerd.log" >&2; exit 1; }
+  fi
+  for image in "$@"; do
+    id=$(docker image inspect -f '{{.Id}}' "$image")
+    if [ "$(engine image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)" != "$id" ]; then
+      docker save "$image" | engine load -q >/dev/null
+    fi
+  done
+  log "$name: unix://$sock, publishes on $address"
+}
+
+down() {
+  split "$1"
+  if [ -S "$sock" ] && engine info >/dev/null 2>&1; then
+    ids=$(engine ps -aq)
+    [ -z "$ids" ] || engine rm -f -v $ids >/dev/null
+    nets=$(engine network ls -q --filter type=custom)
+    [ -z "$nets" ] || engine network rm $nets >/dev/null
+  fi
+  if [ -f "$RUN/$name.pid" ]; then
+    pid=$(cat "$RUN/$name.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid"
+      for _ in $(seq 1 60); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+      done
+    fi
+  fi
+  # The engine's rules that name its bridge (nat MASQUERADE, FORWARD, DOCKER-ISOLATION):
+  # delete each by its own spec, in the table it lives in.
+  for table in filter nat; do
+    iptables -t "$table" -S 2>/dev/null | grep -- "$bridge\b\|10\.231\.$n\.0/24" | grep '^-A' | while read -r rule; do
+      iptables -t "$table" ${rule/-A/-D} 2>/dev/null || true
+    done
+  done
+  if ip link show "$bridge" >/dev/null 2>&1; then
+    ip link set "$bridge" down
+    ip link del "$bridge"
+  fi
+  rm -rf --one-file-system "${BASE:?}/$name" "${RUN:?}/$name" "$RUN/$name.pid" "$sock"
+  log "$name: removed"
+}
+
+[ "$(id -u)" = 0 ] || { log "the fleet needs root (it creates bridges and engines)"; exit 1; }
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  up) [ $# -ge 1 ] || { log "usage: fleet.sh up NAME:N [IMAGE...]"; exit 2; }; up "$@" ;;
+  down) [ $# -ge 1 ] || { log "usage: fleet.sh down NAME:N..."; exit 2; }; for h in "$@"; do down "$h"; done ;;
+  address) split "x:${1:-}"; echo "$address" ;;
+  *) log "usage: fleet.sh up NAME:N [IMAGE...] | down NAME:N... | address N"; exit 2 ;;
+esac
