@@ -1,0 +1,125 @@
+"""Unit tests of plugins/module_utils/ledger.py (the run ledger) and the ledger_summary filter, on a real tmp dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+
+import pytest
+
+from ansible_collections.ner11.ops.plugins.filter.ledger_summary import ledger_summary
+from ansible_collections.ner11.ops.plugins.module_utils import ledger as L
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_line_has_the_contract_fields_and_computes_the_duration():
+    line = L.build_line(
+        "maintenance", "db1", status="changed", window="w1", steps=["health", {"name": "vacuum", "changed": True, "duration_s": "1.25"}],
+        backup_ids=["b1"], started_at=100.0, finished_at=112.5, awx_job_id=42, now=0,
+    )  # fmt: skip
+    assert line["schema"] == 1 and line["playbook"] == "maintenance" and line["host"] == "db1"
+    assert line["window"] == "w1" and line["backup_ids"] == ["b1"] and line["awx_job_id"] == "42"
+    assert line["duration_s"] == 12.5
+    assert line["steps"] == [
+        {"name": "health", "status": "ok", "changed": False, "duration_s": None},
+        {"name": "vacuum", "status": "ok", "changed": True, "duration_s": 1.25},
+    ]
+    assert line["recorded_at"] == "1970-01-01T00:00:00Z"
+
+
+def test_secrets_are_redacted_by_key_by_url_by_pair_and_by_value():
+    line = L.build_line(
+        "deploy", "h",
+        results={
+            "db_password": "hunter2hunter2", "nested": [{"api_token": "t0k3n"}], "password_file": "/run/secrets/db",
+            "dsn_text": "postgresql://postgres:s3cr3tpw@db:5432/ner11_db", "cmd": "PGPASSWORD=abcd psql",
+            "note": "the password is Xyzzy-1234 really", "password_given": True, "empty_password": "",
+        },
+        secret_values=["Xyzzy-1234"],
+    )  # fmt: skip
+    text = json.dumps(line)
+    for secret in ("hunter2hunter2", "t0k3n", "s3cr3tpw", "abcd", "Xyzzy-1234"):
+        assert secret not in text
+    res = line["results"]
+    assert res["db_password"] == L.REDACTED and res["nested"][0]["api_token"] == L.REDACTED
+    assert res["password_file"] == "/run/secrets/db"  # a path is not the secret
+    assert res["dsn_text"] == "postgresql://postgres:(redacted)@db:5432/ner11_db"
+    assert res["password_given"] is True and res["empty_password"] == ""
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"playbook": "../x"}, "playbook"),
+        ({"host": ""}, "host"),
+        ({"status": "great"}, "status must be one of"),
+        ({"steps": [{"status": "ok"}]}, "steps[0]"),
+        ({"started_at": "soon"}, "started_at must be a number"),
+    ],
+)
+def test_invalid_input_names_the_field(kwargs, words):
+    args = {"playbook": "health", "host": "h"}
+    args.update(kwargs)
+    with pytest.raises(L.LedgerError, match=r".*" + words.replace("[", r"\[").replace("]", r"\]")):
+        L.build_line(args.pop("playbook"), args.pop("host"), **args)
+
+
+def test_append_is_0600_in_a_0700_dir_and_read_returns_lines_in_order(tmp_path):
+    path = str(tmp_path / "stack" / "ledger.jsonl")
+    L.append(path, L.build_line("health", "h", now=1))
+    L.append(path, L.build_line("maintenance", "h", window="w", now=2))
+    assert mode(path) == 0o600 and mode(os.path.dirname(path)) == 0o700
+    with open(path, "ab") as fh:
+        fh.write(b"{torn\n")  # a damaged line is skipped by read, never fatal
+    assert [x["playbook"] for x in L.read(path)] == ["health", "maintenance"]
+    assert [x["window"] for x in L.read(path, playbook="maintenance")] == ["w"]
+    assert L.read(str(tmp_path / "none.jsonl")) == []
+
+
+def test_concurrent_appends_never_interleave(tmp_path):
+    path = str(tmp_path / "ledger.jsonl")
+    big = {"blob": "x" * 70000}  # larger than a pipe buffer: one locked write keeps it whole
+
+    def worker(n):
+        for i in range(5):
+            L.append(path, L.build_line("health", "h%d" % n, results=dict(big, i=i)))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = open(path, "rb").read().splitlines()
+    assert len(lines) == 20 and all(json.loads(raw)["results"]["blob"] == big["blob"] for raw in lines)
+
+
+def test_append_to_an_unwritable_place_says_what_to_do(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(L.LedgerError, match="check free space and permissions"):
+        L.append(str(blocker / "ledger.jsonl"), {"a": 1})
+    with pytest.raises(L.LedgerError, match="absolute"):
+        L.append("relative.jsonl", {"a": 1})
+
+
+def test_job_id_prefers_awx_then_tower():
+    assert L.job_id({"tower_job_id": 7}) == "7"
+    assert L.job_id({"awx_job_id": 9, "tower_job_id": 7}) == "9"
+    assert L.job_id({}) is None
+
+
+def test_summary_is_global_worst_status_and_names_hosts_without_a_record():
+    a = L.build_line("maintenance", "a", status="ok", window="w", backup_ids=["b-a"], duration_s=3, awx_job_id="5")
+    b = L.build_line("maintenance", "b", status="rolled_back", window="w", duration_s=9, awx_job_id="5")
+    out = ledger_summary([{"line": a}, b], ["a", "b"])
+    assert out["status"] == "rolled_back" and out["hosts"] == {"a": "ok", "b": "rolled_back"}
+    assert out["backup_ids"] == {"a": ["b-a"]} and out["window"] == "w" and out["awx_job_id"] == "5"
+    assert out["duration_s_max"] == 9.0 and out["failed_hosts"] == []
+    out = ledger_summary([{"line": a}, {}], ["a", "c"])
+    assert out["status"] == "failed" and out["hosts_without_record"] == ["c"] and out["failed_hosts"] == ["c"]
+    assert ledger_summary([], [])["status"] == "skipped"
