@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from conftest import BIN, Stack, ansible_env, unique_project  # noqa: E402
 
 from ansible_collections.ner11.ops.plugins.module_utils import health as h  # noqa: E402
+from ansible_collections.ner11.ops.plugins.module_utils import health_http as hh  # noqa: E402
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgTarget  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
@@ -52,12 +53,12 @@ def http_get(url, timeout):
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - 127.0.0.1 only
             return h.HttpResponse(
-                url, resp.status, resp.read(h.MAX_BODY), dict(resp.headers), (time.monotonic() - started) * 1000
+                url, resp.status, resp.read(hh.MAX_BODY), dict(resp.headers), (time.monotonic() - started) * 1000
             )
     except urllib.error.HTTPError as exc:
         return h.HttpResponse(url, exc.code, exc.read(), dict(exc.headers), (time.monotonic() - started) * 1000)
     except Exception as exc:  # noqa: BLE001 - every client error is an observation
-        kind, text = h.classify_error(exc)
+        kind, text = hh.classify_error(exc)
         return h.HttpResponse(url, None, b"", {}, (time.monotonic() - started) * 1000, text, kind)
 
 

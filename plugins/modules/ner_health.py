@@ -236,20 +236,17 @@ from ansible.module_utils.urls import open_url
 
 from ansible_collections.ner11.ops.plugins.module_utils.health import (
     COMPONENTS,
-    DEFAULT_CANARY_TABLES,
     DEFAULT_MODULES,
     FAIL_ON,
-    MAX_BODY,
     WAIT_FOR,
     HealthChecker,
     HealthError,
-    HttpResponse,
-    classify_error,
-    failure_message,
-    should_fail,
     validate,
     wait_until,
 )
+from ansible_collections.ner11.ops.plugins.module_utils.health_db import DEFAULT_CANARY_TABLES
+from ansible_collections.ner11.ops.plugins.module_utils.health_http import MAX_BODY, HttpResponse, classify_error
+from ansible_collections.ner11.ops.plugins.module_utils.health_result import failure_message, should_fail
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     POSTGRES_MUTUALLY_EXCLUSIVE,
     PgTarget,

@@ -9,7 +9,12 @@ import time
 
 import pytest
 
+from ansible_collections.ner11.ops.plugins.module_utils import docker_cli as dc
 from ansible_collections.ner11.ops.plugins.module_utils import health as h
+from ansible_collections.ner11.ops.plugins.module_utils import health_db as hd
+from ansible_collections.ner11.ops.plugins.module_utils import health_host as hho
+from ansible_collections.ner11.ops.plugins.module_utils import health_http as hh
+from ansible_collections.ner11.ops.plugins.module_utils import health_result as hr
 
 TIMEOUT = 5.0
 
@@ -19,7 +24,7 @@ def resp(status=200, body=None, url="http://api/x", headers=None, latency=3.0, e
         body = json.dumps(body).encode()
     elif isinstance(body, str):
         body = body.encode()
-    return h.HttpResponse(url, None if error else status, body or b"", headers or {}, latency, error, kind)
+    return hh.HttpResponse(url, None if error else status, body or b"", headers or {}, latency, error, kind)
 
 
 def timeout_resp(url="http://api/x"):
@@ -38,7 +43,7 @@ def params(**over):
 
 # ---- results and aggregation ------------------------------------------------------------
 def test_make_check_has_the_ietf_shape():
-    c = h.make_check("api", "http", "pass", "ok", "healthy", None, 1.234, at="2025-01-01T00:00:00.000Z")
+    c = hr.make_check("api", "http", "pass", "ok", "healthy", None, 1.234, at="2025-01-01T00:00:00.000Z")
     assert c == {
         "status": "pass",
         "component": "api",
@@ -50,28 +55,28 @@ def test_make_check_has_the_ietf_shape():
         "time": "2025-01-01T00:00:00.000Z",
     }
     with pytest.raises(ValueError):
-        h.make_check("api", "http", "ok", "bad status")
+        hr.make_check("api", "http", "ok", "bad status")
 
 
 def test_check_names():
-    assert h.check_name("api", "http") == "api:http"
-    assert h.check_name("container", "ner11-api-1") == "container:ner11-api-1"
-    assert h.check_name("memory", "available") == "memory"
+    assert hr.check_name("api", "http") == "api:http"
+    assert hr.check_name("container", "ner11-api-1") == "container:ner11-api-1"
+    assert hr.check_name("memory", "available") == "memory"
 
 
 def test_aggregate_takes_the_worst_and_counts():
     checks = {
-        "a:x": h.make_check("a", "x", "pass", ""),
-        "b:y": h.make_check("b", "y", "warn", ""),
-        "c:z": h.make_check("c", "z", "fail", ""),
-        "d:w": h.make_check("d", "w", "fail", ""),
+        "a:x": hr.make_check("a", "x", "pass", ""),
+        "b:y": hr.make_check("b", "y", "warn", ""),
+        "c:z": hr.make_check("c", "z", "fail", ""),
+        "d:w": hr.make_check("d", "w", "fail", ""),
     }
-    status, summary, failed = h.aggregate(checks)
+    status, summary, failed = hr.aggregate(checks)
     assert status == "fail"
     assert summary == {"pass": 1, "warn": 1, "fail": 2}
     assert failed == ["c:z", "d:w"]
-    assert h.aggregate({"a:x": checks["a:x"], "b:y": checks["b:y"]})[0] == "warn"
-    assert h.aggregate({}) == ("pass", {"pass": 0, "warn": 0, "fail": 0}, [])
+    assert hr.aggregate({"a:x": checks["a:x"], "b:y": checks["b:y"]})[0] == "warn"
+    assert hr.aggregate({}) == ("pass", {"pass": 0, "warn": 0, "fail": 0}, [])
 
 
 @pytest.mark.parametrize(
@@ -86,7 +91,7 @@ def test_aggregate_takes_the_worst_and_counts():
     ],
 )
 def test_satisfies(status, wait_for, ok):
-    assert h.satisfies(status, wait_for) is ok
+    assert hr.satisfies(status, wait_for) is ok
 
 
 @pytest.mark.parametrize(
@@ -102,7 +107,7 @@ def test_satisfies(status, wait_for, ok):
     ],
 )
 def test_should_fail(status, fail_on, fails):
-    assert h.should_fail(status, fail_on) is fails
+    assert hr.should_fail(status, fail_on) is fails
 
 
 def test_failure_message_lists_failing_checks_with_outputs():
@@ -110,16 +115,16 @@ def test_failure_message_lists_failing_checks_with_outputs():
         "status": "fail",
         "attempts": 3,
         "checks": {
-            "api:http": h.make_check("api", "http", "fail", "connection refused"),
-            "db:pool": h.make_check("db", "pool", "warn", "87%"),
-            "disk:/": h.make_check("disk", "/", "pass", "ok"),
+            "api:http": hr.make_check("api", "http", "fail", "connection refused"),
+            "db:pool": hr.make_check("db", "pool", "warn", "87%"),
+            "disk:/": hr.make_check("disk", "/", "pass", "ok"),
         },
     }
-    msg = h.failure_message(result, "fail")
+    msg = hr.failure_message(result, "fail")
     assert "api:http fail: connection refused" in msg
     assert "db:pool" not in msg
     assert "after 3 attempts" in msg and "1 of 3" in msg
-    msg = h.failure_message(result, "warn")
+    msg = hr.failure_message(result, "warn")
     assert "db:pool warn: 87%" in msg and "2 of 3" in msg
 
 
@@ -127,88 +132,88 @@ def test_failure_message_lists_failing_checks_with_outputs():
 def test_classify_error():
     import urllib.error
 
-    assert h.classify_error(urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")))[0] == "refused"
-    assert h.classify_error(urllib.error.URLError(TimeoutError("timed out")))[0] == "timeout"
-    assert h.classify_error(TimeoutError("timed out")) == ("timeout", "timed out")
-    assert h.classify_error(ConnectionResetError(104, "reset"))[0] == "closed"
+    assert hh.classify_error(urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")))[0] == "refused"
+    assert hh.classify_error(urllib.error.URLError(TimeoutError("timed out")))[0] == "timeout"
+    assert hh.classify_error(TimeoutError("timed out")) == ("timeout", "timed out")
+    assert hh.classify_error(ConnectionResetError(104, "reset"))[0] == "closed"
     import http.client
 
-    assert h.classify_error(http.client.RemoteDisconnected("gone"))[0] == "closed"
-    assert h.classify_error(ValueError("unknown url type"))[0] == "other"
+    assert hh.classify_error(http.client.RemoteDisconnected("gone"))[0] == "closed"
+    assert hh.classify_error(ValueError("unknown url type"))[0] == "other"
 
 
 # ---- api:http ---------------------------------------------------------------------------
 def test_api_http_healthy_passes():
-    c = h.eval_api_http(resp(body={"status": "healthy", "version": "1.0.0", "uptime_seconds": 3}), TIMEOUT)
+    c = hh.eval_api_http(resp(body={"status": "healthy", "version": "1.0.0", "uptime_seconds": 3}), TIMEOUT)
     assert c["status"] == "pass" and c["observed_value"] == "healthy"
     assert "version 1.0.0" in c["output"] and c["latency_ms"] == 3.0
 
 
 def test_api_http_unhealthy_is_not_healthy_g37():
-    c = h.eval_api_http(resp(status=200, body={"status": "unhealthy"}), TIMEOUT)
+    c = hh.eval_api_http(resp(status=200, body={"status": "unhealthy"}), TIMEOUT)
     assert c["status"] == "fail"
     assert "'healthy'" in c["output"] and '"unhealthy"' in c["output"]
 
 
 def test_api_http_degraded_warns_with_sub_checks():
     body = {"status": "degraded", "checks": {"database": "disconnected", "models_loaded": True}}
-    c = h.eval_api_http(resp(body=body), TIMEOUT)
+    c = hh.eval_api_http(resp(body=body), TIMEOUT)
     assert c["status"] == "warn"
     assert 'database "disconnected"' in c["output"]
 
 
 def test_api_http_healthy_word_in_text_is_not_enough():
-    assert h.eval_api_http(resp(body="status: healthy"), TIMEOUT)["status"] == "fail"
-    assert h.eval_api_http(resp(status=503, body={"status": "healthy"}), TIMEOUT)["status"] == "fail"
+    assert hh.eval_api_http(resp(body="status: healthy"), TIMEOUT)["status"] == "fail"
+    assert hh.eval_api_http(resp(status=503, body={"status": "healthy"}), TIMEOUT)["status"] == "fail"
 
 
 def test_api_http_refused_and_timeout_say_what_to_do():
-    c = h.eval_api_http(refused_resp(), TIMEOUT)
+    c = hh.eval_api_http(refused_resp(), TIMEOUT)
     assert c["status"] == "fail" and "connection refused" in c["output"] and "not running" in c["output"]
-    c = h.eval_api_http(timeout_resp(), TIMEOUT)
+    c = hh.eval_api_http(timeout_resp(), TIMEOUT)
     assert c["status"] == "fail" and "no answer within 5s" in c["output"] and "paused" in c["output"]
-    c = h.eval_api_http(resp(error="connection closed by the server", kind="closed"), TIMEOUT)
+    c = hh.eval_api_http(resp(error="connection closed by the server", kind="closed"), TIMEOUT)
     assert "crashed or restarting" in c["output"]
 
 
 # ---- api:model --------------------------------------------------------------------------
 def test_api_model_loaded():
     body = {"models_loaded": True, "available_models": ["ner11-gazetteer"], "load_time_seconds": 0.01}
-    c = h.eval_api_model(resp(body=body), TIMEOUT)
+    c = hh.eval_api_model(resp(body=body), TIMEOUT)
     assert c["status"] == "pass" and c["observed_value"] is True
     assert "ner11-gazetteer" in c["output"] and "0.01s" in c["output"]
 
 
 @pytest.mark.parametrize("value", [False, "true", 1, None])
 def test_api_model_anything_but_true_fails(value):
-    c = h.eval_api_model(resp(body={"models_loaded": value, "error": "sha256 mismatch"}), TIMEOUT)
+    c = hh.eval_api_model(resp(body={"models_loaded": value, "error": "sha256 mismatch"}), TIMEOUT)
     assert c["status"] == "fail"
     assert "sha256 mismatch" in c["output"] and "artifact_restore" in c["output"]
 
 
 def test_api_model_missing_key_or_error():
-    assert h.eval_api_model(resp(body={"available_models": []}), TIMEOUT)["status"] == "fail"
-    assert h.eval_api_model(refused_resp(), TIMEOUT)["status"] == "fail"
+    assert hh.eval_api_model(resp(body={"available_models": []}), TIMEOUT)["status"] == "fail"
+    assert hh.eval_api_model(refused_resp(), TIMEOUT)["status"] == "fail"
 
 
 # ---- api:db -----------------------------------------------------------------------------
 def test_api_db_connected():
-    c = h.eval_api_db(resp(body={"database": "connected", "pool_size": 10, "active_connections": 2}), TIMEOUT)
+    c = hh.eval_api_db(resp(body={"database": "connected", "pool_size": 10, "active_connections": 2}), TIMEOUT)
     assert c["status"] == "pass" and c["observed_value"] == 2 and c["observed_unit"] == "connections"
 
 
 def test_api_db_disconnected_is_not_connected_g37():
-    c = h.eval_api_db(resp(status=503, body={"database": "disconnected", "error": "connection refused"}), TIMEOUT)
+    c = hh.eval_api_db(resp(status=503, body={"database": "disconnected", "error": "connection refused"}), TIMEOUT)
     assert c["status"] == "fail"
     assert '"disconnected"' in c["output"] and "connection refused" in c["output"]
-    assert h.eval_api_db(resp(body={"database": "Connected"}), TIMEOUT)["status"] == "fail"
-    assert h.eval_api_db(resp(body={"db": "connected"}), TIMEOUT)["status"] == "fail"
+    assert hh.eval_api_db(resp(body={"database": "Connected"}), TIMEOUT)["status"] == "fail"
+    assert hh.eval_api_db(resp(body={"db": "connected"}), TIMEOUT)["status"] == "fail"
 
 
 # ---- api:modules ------------------------------------------------------------------------
 def test_api_modules_all_healthy():
     responses = [(m, resp(body={"status": "healthy"})) for m in h.DEFAULT_MODULES]
-    c = h.eval_api_modules(responses, TIMEOUT)
+    c = hh.eval_api_modules(responses, TIMEOUT)
     assert c["status"] == "pass" and c["observed_value"] == 6 and c["output"] == "6/6 modules healthy"
 
 
@@ -221,7 +226,7 @@ def test_api_modules_name_each_failing_module_with_the_runbook_meaning():
         ("prioritization", resp(body={"status": "unhealthy"})),
         ("threat-intelligence", refused_resp()),
     ]
-    c = h.eval_api_modules(responses, TIMEOUT)
+    c = hh.eval_api_modules(responses, TIMEOUT)
     assert c["status"] == "fail" and c["observed_value"] == 1
     out = c["output"]
     assert out.startswith("1/6 modules healthy")
@@ -235,22 +240,22 @@ def test_api_modules_name_each_failing_module_with_the_runbook_meaning():
 
 # ---- api:latency ------------------------------------------------------------------------
 def test_api_latency_rules():
-    assert h.eval_api_latency(resp(latency=12.0, body={"items": []}), 200, TIMEOUT)["status"] == "pass"
-    c = h.eval_api_latency(resp(latency=250.0), 200, TIMEOUT)
+    assert hh.eval_api_latency(resp(latency=12.0, body={"items": []}), 200, TIMEOUT)["status"] == "pass"
+    c = hh.eval_api_latency(resp(latency=250.0), 200, TIMEOUT)
     assert c["status"] == "warn" and c["observed_value"] == 250.0 and c["observed_unit"] == "ms"
-    assert h.eval_api_latency(resp(latency=200.0), 200, TIMEOUT)["status"] == "warn"
-    assert h.eval_api_latency(resp(status=404), 200, TIMEOUT)["status"] == "warn"
-    c = h.eval_api_latency(resp(status=503, body={"detail": "database unavailable"}), 200, TIMEOUT)
+    assert hh.eval_api_latency(resp(latency=200.0), 200, TIMEOUT)["status"] == "warn"
+    assert hh.eval_api_latency(resp(status=404), 200, TIMEOUT)["status"] == "warn"
+    c = hh.eval_api_latency(resp(status=503, body={"detail": "database unavailable"}), 200, TIMEOUT)
     assert c["status"] == "fail" and "database unavailable" in c["output"]
-    assert h.eval_api_latency(timeout_resp(), 200, TIMEOUT)["status"] == "fail"
+    assert hh.eval_api_latency(timeout_resp(), 200, TIMEOUT)["status"] == "fail"
 
 
 def test_api_latency_judges_the_median_of_samples():
-    c = h.eval_api_latency([resp(latency=900.0), resp(latency=20.0), resp(latency=30.0)], 200, TIMEOUT)
+    c = hh.eval_api_latency([resp(latency=900.0), resp(latency=20.0), resp(latency=30.0)], 200, TIMEOUT)
     assert c["status"] == "pass" and c["observed_value"] == 30.0 and "median of 900/20/30" in c["output"]
-    c = h.eval_api_latency([resp(latency=250.0), resp(latency=20.0), resp(latency=300.0)], 200, TIMEOUT)
+    c = hh.eval_api_latency([resp(latency=250.0), resp(latency=20.0), resp(latency=300.0)], 200, TIMEOUT)
     assert c["status"] == "warn" and c["observed_value"] == 250.0
-    c = h.eval_api_latency([resp(latency=20.0), resp(status=500, body={"detail": "boom"})], 200, TIMEOUT)
+    c = hh.eval_api_latency([resp(latency=20.0), resp(status=500, body={"detail": "boom"})], 200, TIMEOUT)
     assert c["status"] == "fail" and "boom" in c["output"]
 
 
@@ -262,12 +267,12 @@ JS = {"content-type": "application/javascript"}
 def fe(page=PAGE, page_status=200, bundle=None, proxy=None):
     bundle = bundle if bundle is not None else resp(body="x", headers=JS, url="http://fe/static/js/main.abc.js")
     proxy = proxy if proxy is not None else resp(body={"status": "healthy"}, url="http://fe/api/v1/health")
-    return h.eval_frontend(resp(status=page_status, body=page, url="http://fe/"), bundle, proxy, TIMEOUT)
+    return hh.eval_frontend(resp(status=page_status, body=page, url="http://fe/"), bundle, proxy, TIMEOUT)
 
 
 def test_frontend_bundle_path_is_read_from_the_page():
-    assert h.frontend_bundle_path(PAGE) == "/static/js/main.abc.js"
-    assert h.frontend_bundle_path("<html></html>") == "/static/js/main.chunk.js"
+    assert hh.frontend_bundle_path(PAGE) == "/static/js/main.abc.js"
+    assert hh.frontend_bundle_path("<html></html>") == "/static/js/main.chunk.js"
 
 
 def test_frontend_healthy():
@@ -299,7 +304,7 @@ def test_frontend_proxy_must_answer_like_the_api():
 
 
 def test_frontend_down():
-    c = h.eval_frontend(refused_resp("http://fe/"), None, None, TIMEOUT)
+    c = hh.eval_frontend(refused_resp("http://fe/"), None, None, TIMEOUT)
     assert c["status"] == "fail" and "frontend not running" in c["output"]
 
 
@@ -322,7 +327,7 @@ def by_name(checks):
 
 
 def test_db_sql_is_read_only_and_quotes_tables():
-    sql = h.db_sql(["vendor_equipment", "o'x"], 4800)
+    sql = hd.db_sql(["vendor_equipment", "o'x"], 4800)
     assert "SET statement_timeout = 4800;" in sql
     assert "'o''x'" in sql and "format('SELECT count(*) AS c FROM %I', t)" in sql
     for word in ("INSERT", "UPDATE", "DELETE", "DROP", "CREATE"):
@@ -330,7 +335,7 @@ def test_db_sql_is_read_only_and_quotes_tables():
 
 
 def test_parse_db_output():
-    data = h.parse_db_output(db_out(canary={"a": 1, "b": None}))
+    data = hd.parse_db_output(db_out(canary={"a": 1, "b": None}))
     assert data["query"] == "1"
     assert data["server"]["version"].startswith("15.10") and data["server"]["in_recovery"] is False
     assert data["max"] == {"max_connections": 100, "reserved": 3}
@@ -339,7 +344,7 @@ def test_parse_db_output():
 
 
 def test_db_all_pass():
-    checks = by_name(h.eval_db(0, db_out(), "", 80.0, params(), "container pg"))
+    checks = by_name(hd.eval_db(0, db_out(), "", 80.0, params(), "container pg"))
     assert [checks[n]["status"] for n in ("connect", "query", "pool", "canary")] == ["pass"] * 4
     assert "authenticated to ner11_db as postgres" in checks["connect"]["output"]
     assert checks["query"]["observed_value"].startswith("15.10")
@@ -361,7 +366,7 @@ def test_db_all_pass():
     ],
 )
 def test_db_connect_failures_name_cause_and_fix(err, hint):
-    checks = by_name(h.eval_db(1 if "daemon" in err or "container" in err else 2, "", err, 30.0, params(), "container pg"))
+    checks = by_name(hd.eval_db(1 if "daemon" in err or "container" in err else 2, "", err, 30.0, params(), "container pg"))
     assert checks["connect"]["status"] == "fail"
     assert hint in checks["connect"]["output"]
     assert err.splitlines()[-1].strip() in checks["connect"]["output"]
@@ -370,31 +375,31 @@ def test_db_connect_failures_name_cause_and_fix(err, hint):
 
 
 def test_db_timeout():
-    checks = by_name(h.eval_db(124, "", "", 5000.0, params(), "container pg", timed_out=True))
+    checks = by_name(hd.eval_db(124, "", "", 5000.0, params(), "container pg", timed_out=True))
     assert checks["connect"]["status"] == "fail" and "no answer within 5s" in checks["connect"]["output"]
     assert "check the host load" in checks["connect"]["output"]
 
 
 def test_db_run_that_stops_after_select_1_does_not_invent_results():
     out = "query\x1f1\nserver\x1f15.10\x1ffalse\x1fner11_db\x1fpostgres\n"
-    checks = by_name(h.eval_db(3, out, "ERROR:  canceling statement due to statement timeout", 10.0, params(), "c"))
+    checks = by_name(hd.eval_db(3, out, "ERROR:  canceling statement due to statement timeout", 10.0, params(), "c"))
     assert checks["connect"]["status"] == "pass" and checks["query"]["status"] == "pass"
     assert checks["pool"]["status"] == "fail" and "statement timeout" in checks["pool"]["output"]
     assert checks["canary"]["status"] == "fail" and checks["canary"]["output"].startswith("not checked: psql stopped")
     # killed by the timeout after the pool rows: pool is judged, canary is not
     out = db_out(canary={})
-    checks = by_name(h.eval_db(124, out, "", 5000.0, params(), "c", timed_out=True))
+    checks = by_name(hd.eval_db(124, out, "", 5000.0, params(), "c", timed_out=True))
     assert checks["pool"]["status"] == "pass"
     assert checks["canary"]["status"] == "fail" and "did not finish within 5s" in checks["canary"]["output"]
 
 
 def test_db_select_1_not_answered():
-    checks = by_name(h.eval_db(3, "query\x1f\n", "ERROR: boom", 10.0, params(), "c"))
+    checks = by_name(hd.eval_db(3, "query\x1f\n", "ERROR: boom", 10.0, params(), "c"))
     assert checks["query"]["status"] == "fail" and "boom" in checks["query"]["output"]
 
 
 def test_db_recovery_warns():
-    checks = by_name(h.eval_db(0, db_out(recovery="true"), "", 10.0, params(), "c"))
+    checks = by_name(hd.eval_db(0, db_out(recovery="true"), "", 10.0, params(), "c"))
     assert checks["query"]["status"] == "warn" and "recovery" in checks["query"]["output"]
 
 
@@ -411,7 +416,7 @@ def test_db_recovery_warns():
     ],
 )
 def test_db_pool_is_relative_to_max_connections_g71(total, max_conn, status):
-    c = h.eval_db_pool({"idle": total - 1, "active": 1}, {"max_connections": max_conn, "reserved": 3}, params())
+    c = hd.eval_db_pool({"idle": total - 1, "active": 1}, {"max_connections": max_conn, "reserved": 3}, params())
     assert c["status"] == status
     assert c["observed_value"] == round(100.0 * total / max_conn, 1)
     assert "%d/%d connections" % (total, max_conn) in c["output"]
@@ -420,17 +425,17 @@ def test_db_pool_is_relative_to_max_connections_g71(total, max_conn, status):
 
 
 def test_db_pool_thresholds_are_options():
-    c = h.eval_db_pool({"idle": 50}, {"max_connections": 100, "reserved": 3}, params(pool_warn_percent=40, pool_fail_percent=60))
+    c = hd.eval_db_pool({"idle": 50}, {"max_connections": 100, "reserved": 3}, params(pool_warn_percent=40, pool_fail_percent=60))
     assert c["status"] == "warn"
 
 
 def test_db_canary_missing_table_fails_and_zero_rows_pass():
-    c = h.eval_db_canary(
+    c = hd.eval_db_canary(
         {"vendor_equipment": 0, "threat_intelligence": None}, ["vendor_equipment", "threat_intelligence"], "ner11_db"
     )
     assert c["status"] == "fail" and "threat_intelligence" in c["output"] and "migrations" in c["output"]
     assert c["observed_value"] == {"vendor_equipment": 0}
-    c = h.eval_db_canary({"vendor_equipment": 0}, ["vendor_equipment"], "ner11_db")
+    c = hd.eval_db_canary({"vendor_equipment": 0}, ["vendor_equipment"], "ner11_db")
     assert c["status"] == "pass" and c["observed_value"] == {"vendor_equipment": 0}
 
 
@@ -468,15 +473,15 @@ def inspect(status="running", health="healthy", restarts=0, oom=False, exit_code
     ],
 )
 def test_container_rules(info, status, text):
-    c = h.eval_container("ner11-api-1", info)
+    c = hho.eval_container("ner11-api-1", info)
     assert c["status"] == status, c
     assert text in c["output"]
 
 
 def test_parse_inspect():
     out = json.dumps([inspect(), {"Name": "/other", "State": {}}])
-    assert sorted(h.parse_inspect(out)) == ["ner11-api-1", "other"]
-    assert h.parse_inspect("") == {} and h.parse_inspect("not json") == {}
+    assert sorted(dc.parse_inspect(out)) == ["ner11-api-1", "other"]
+    assert dc.parse_inspect("") == {} and dc.parse_inspect("not json") == {}
 
 
 # ---- disk -------------------------------------------------------------------------------
@@ -497,25 +502,25 @@ def disk(used_pct, size_gb=100.0, reserved_pct=0.0):
     [(10, "pass"), (79.9, "pass"), (80, "warn"), (89.9, "warn"), (90, "fail"), (99, "fail")],
 )
 def test_disk_percent_thresholds_g13(used, status):
-    c = h.eval_disk("/", disk(used, size_gb=1000), params())
+    c = hho.eval_disk("/", disk(used, size_gb=1000), params())
     assert c["status"] == status
     assert c["observed_unit"] == "percent" and abs(c["observed_value"] - used) < 0.2
 
 
 def test_disk_free_floor_fails_even_when_percent_is_low():
-    c = h.eval_disk("/small", disk(50, size_gb=8), params())  # 4 GiB free < 5 GiB
+    c = hho.eval_disk("/small", disk(50, size_gb=8), params())  # 4 GiB free < 5 GiB
     assert c["status"] == "fail" and "below the 5 GiB floor" in c["output"]
-    assert h.eval_disk("/small", disk(50, size_gb=8), params(disk_min_free_gb=1))["status"] == "pass"
+    assert hho.eval_disk("/small", disk(50, size_gb=8), params(disk_min_free_gb=1))["status"] == "pass"
 
 
 def test_disk_used_percent_counts_reserved_blocks_like_df():
     # 5 % reserved for root: df reports used / (used + avail).
-    c = h.eval_disk("/", disk(76, size_gb=1000, reserved_pct=5), params())
+    c = hho.eval_disk("/", disk(76, size_gb=1000, reserved_pct=5), params())
     assert c["observed_value"] == pytest.approx(80.0, abs=0.1) and c["status"] == "warn"
 
 
 def test_disk_missing_path():
-    c = h.eval_disk("/nope", None, params())
+    c = hho.eval_disk("/nope", None, params())
     assert c["status"] == "fail" and "does not exist" in c["output"]
 
 
@@ -524,16 +529,16 @@ MEMINFO = "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailabl
 
 
 def test_parse_meminfo():
-    info = h.parse_meminfo(MEMINFO % 5000000 + "HugePages_Total:       0\n")
+    info = hho.parse_meminfo(MEMINFO % 5000000 + "HugePages_Total:       0\n")
     assert info["MemAvailable"] == 5000000 * 1024 and info["HugePages_Total"] == 0
 
 
 def test_memory_floor_warns():
-    c = h.eval_memory(h.parse_meminfo(MEMINFO % (8 * 1024 * 1024)), params())
+    c = hho.eval_memory(hho.parse_meminfo(MEMINFO % (8 * 1024 * 1024)), params())
     assert c["status"] == "pass" and c["observed_value"] == 8.0 and c["observed_unit"] == "GiB"
-    c = h.eval_memory(h.parse_meminfo(MEMINFO % (3 * 1024 * 1024)), params())
+    c = hho.eval_memory(hho.parse_meminfo(MEMINFO % (3 * 1024 * 1024)), params())
     assert c["status"] == "warn" and "below 4 GiB" in c["output"]
-    assert h.eval_memory({}, params())["status"] == "warn"
+    assert hho.eval_memory({}, params())["status"] == "warn"
 
 
 # ---- option validation ------------------------------------------------------------------
@@ -587,7 +592,7 @@ class FakeApi:
         path = "/" + url.split("/", 3)[3] if url.count("/") >= 3 else "/"
         if any(path.startswith(p) for p in self.hang):
             time.sleep(timeout)
-            return h.HttpResponse(url, latency_ms=timeout * 1000, error="timed out", error_kind="timeout")
+            return hh.HttpResponse(url, latency_ms=timeout * 1000, error="timed out", error_kind="timeout")
         if not path.endswith("/vendor-equipment/"):
             time.sleep(self.delay)
         for prefix, answer in self.answers.items():
