@@ -174,6 +174,7 @@ def describe(container, project, origin):
         "env_keys": sorted(_env(container)),
         "memory": host.get("Memory") or 0,
         "shm_size": host.get("ShmSize") or 0,
+        "log": _log_config(container),
         "stop_timeout": config.get("StopTimeout"),
     }
 
@@ -200,6 +201,7 @@ def missing(name):
         "env_keys": [],
         "memory": 0,
         "shm_size": 0,
+        "log": {"driver": "", "options": {}},
         "stop_timeout": None,
     }
 
@@ -231,6 +233,11 @@ def _show_env(key, value):
     if _SECRET_RE.search(key) and not key.endswith("_FILE"):
         return "(set)"
     return value
+
+
+def _log_config(container):
+    log = (container.get("HostConfig") or {}).get("LogConfig") or {}
+    return {"driver": log.get("Type") or "", "options": dict(log.get("Config") or {})}
 
 
 def drift(spec, container):
@@ -292,6 +299,14 @@ def drift(spec, container):
         want_shm = size_bytes(spec.get("shm_size"))
         if want_shm != (host.get("ShmSize") or 0):
             out.append({"field": "limits.shm_size", "model": want_shm, "actual": host.get("ShmSize") or 0})
+    if spec.get("log_driver"):
+        # Log limits (json-file max-size/max-file): reported, never changed, on an adopted container.
+        have_log = _log_config(container)
+        if have_log["driver"] and have_log["driver"] != spec["log_driver"]:
+            out.append({"field": "log.driver", "model": spec["log_driver"], "actual": have_log["driver"]})
+        for key, value in sorted((spec.get("log_options") or {}).items()):
+            if str(have_log["options"].get(key, "")) != str(value):
+                out.append({"field": "log.%s" % key, "model": value, "actual": have_log["options"].get(key, "(unset)")})
     if spec.get("stop_timeout") and config.get("StopTimeout") not in (None, spec["stop_timeout"]):
         out.append({"field": "stop_timeout", "model": spec["stop_timeout"], "actual": config.get("StopTimeout")})
     return out

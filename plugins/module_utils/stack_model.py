@@ -22,6 +22,7 @@ SERVICES = ("postgres", "api", "frontend")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 _PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _DURATION_RE = re.compile(r"^[0-9]+(ms|s|m|h)$")
+_SIZE_RE = re.compile(r"^[1-9][0-9]*[kmg]$")
 
 
 class StackModelError(ValueError):
@@ -77,6 +78,12 @@ def default_stack():
                 "depends_on": [],
                 "restart_policy": "unless-stopped",
                 "memory": "",
+                # Docker's default /dev/shm is 64 MB: parallel maintenance (CREATE INDEX, VACUUM with
+                # parallel workers) and parallel queries on a 1 GB database fail with "could not resize
+                # shared memory segment". Sized here, the one defaults place.
+                "shm_size": "256m",
+                # json-file limits (runbooks f.5: postgres 100m x 5) so logs cannot fill the disk.
+                "logging": {"driver": "json-file", "max_size": "100m", "max_file": 5},
             },
             "api": {
                 "image": "ner11/ner-api:ref",
@@ -98,6 +105,8 @@ def default_stack():
                 "depends_on": ["postgres"],
                 "restart_policy": "unless-stopped",
                 "memory": "",
+                "shm_size": "",
+                "logging": {"driver": "json-file", "max_size": "50m", "max_file": 3},
             },
             "frontend": {
                 "image": "ner11/frontend:ref",
@@ -119,6 +128,8 @@ def default_stack():
                 "depends_on": ["api"],
                 "restart_policy": "unless-stopped",
                 "memory": "",
+                "shm_size": "",
+                "logging": {"driver": "json-file", "max_size": "50m", "max_file": 3},
             },
         },
     }
@@ -189,6 +200,37 @@ def _fmt(value, names):
     if isinstance(value, dict):
         return {k: _fmt(v, names) for k, v in value.items()}
     return value
+
+
+def _logging(value, path):
+    """The json-file log limits of one container: {driver, max_size, max_file} (or no limits: driver only)."""
+    if not value:
+        return {"driver": "json-file", "max_size": "", "max_file": 0}
+    if not isinstance(value, dict):
+        raise StackModelError("%s must be a mapping with driver, max_size and max_file" % path)
+    _check_keys(value, ("driver", "max_size", "max_file"), path)
+    driver = str(value.get("driver") or "json-file")
+    if driver not in ("json-file", "local"):
+        raise StackModelError(
+            "%s.driver must be 'json-file' or 'local' (drivers whose files the host rotates), got %r" % (path, driver)
+        )
+    size = str(value.get("max_size") or "").lower()
+    if size and not _SIZE_RE.match(size):
+        raise StackModelError("%s.max_size must be a size such as '50m', got %r" % (path, value.get("max_size")))
+    count = _int(value.get("max_file") or 0, path + ".max_file", 0, 100) if value.get("max_file") else 0
+    if count and not size:
+        raise StackModelError("%s.max_file needs max_size (Docker rotates by size)" % path)
+    return {"driver": driver, "max_size": size, "max_file": count}
+
+
+def log_options(logging):
+    """The Docker log options of a normalized ``logging`` mapping (strings, as the engine stores them)."""
+    out = {}
+    if logging.get("max_size"):
+        out["max-size"] = logging["max_size"]
+        if logging.get("max_file"):
+            out["max-file"] = str(logging["max_file"])
+    return out
 
 
 def normalize(stack=None):
@@ -301,6 +343,12 @@ def normalize(stack=None):
                     raise StackModelError("%s.healthcheck.%s must be a duration such as '5s', got %r" % (path, key, health[key]))
             health["retries"] = _int(health.get("retries", 3), path + ".healthcheck.retries", 1, 1000)
             svc["healthcheck"] = health
+        svc["shm_size"] = str(svc.get("shm_size") or "").lower()
+        if svc["shm_size"] and not _SIZE_RE.match(svc["shm_size"]):
+            raise StackModelError(
+                "%s.shm_size must be a size such as '256m' (or empty for Docker's default), got %r" % (path, svc["shm_size"])
+            )
+        svc["logging"] = _logging(svc.get("logging"), path + ".logging")
         svc["env"] = {str(k): str(v) for k, v in (svc["env"] or {}).items()}
         svc["labels"] = dict(model["labels"])
         svc["labels"].update({"io.ner11.project": project, "io.ner11.service": name})
@@ -384,6 +432,9 @@ def container_spec(model, service):
         "start_timeout": svc["start_timeout"],
         "restart_policy": svc["restart_policy"],
         "memory": svc["memory"] or None,
+        "shm_size": svc["shm_size"] or None,
+        "log_driver": svc["logging"]["driver"],
+        "log_options": log_options(svc["logging"]),
         "labels": svc["labels"],
         "depends_on": svc["depends_on"],
         "url": svc["url"],

@@ -190,3 +190,14 @@ def test_engine_errors_name_the_socket(tmp_path):
         Engine(missing, timeout=2).info()
     with pytest.raises(EngineError, match="unsupported docker host"):
         Engine("ssh://somewhere")
+
+
+def test_log_limits_and_shm_size_of_a_compose_stack_are_reported_as_drift(engine):
+    # Compose-made containers run with Docker's defaults: 64 MB /dev/shm, json-file without limits.
+    found = _discover(engine, _stack("h10fxa", _ports_of(engine, "h10fxa")))
+    pg = {d["field"]: d for d in found["services"]["postgres"]["drift"]}
+    assert pg["log.max-size"]["model"] == "100m" and pg["log.max-file"]["model"] == "5"
+    assert pg["limits.shm_size"]["model"] == 256 * 1024**2
+    api = {d["field"]: d for d in found["services"]["api"]["drift"]}
+    assert api["log.max-size"] == {"field": "log.max-size", "model": "50m", "actual": "(unset)"}
+    assert found["services"]["postgres"]["log"] == {"driver": "", "options": {}}  # the recorded fixture has no LogConfig

@@ -137,3 +137,35 @@ def test_stack_model_filter_reports_invalid_models_as_filter_errors():
     with pytest.raises(AnsibleFilterError, match="invalid ner11_stack: unknown key"):
         stack_model({"nope": 1})
     assert stack_model(None)["project"] == "ner11"
+
+
+def test_postgres_gets_a_sized_shm_and_every_container_json_file_log_limits():
+    from ansible_collections.ner11.ops.plugins.module_utils.stack_model import container_spec
+
+    model = normalize({})
+    pg = container_spec(model, "postgres")
+    assert pg["shm_size"] == "256m"
+    assert pg["log_driver"] == "json-file" and pg["log_options"] == {"max-size": "100m", "max-file": "5"}
+    for service in ("api", "frontend"):
+        spec = container_spec(model, service)
+        assert spec["shm_size"] is None
+        assert spec["log_options"] == {"max-size": "50m", "max-file": "3"}
+    custom = normalize({"services": {"api": {"logging": {"max_size": "5m", "max_file": 2}, "shm_size": "128M"}}})
+    assert container_spec(custom, "api")["log_options"] == {"max-size": "5m", "max-file": "2"}
+    assert container_spec(custom, "api")["shm_size"] == "128m"
+    assert container_spec(normalize({"services": {"api": {"logging": None}}}), "api")["log_options"] == {}
+
+
+@pytest.mark.parametrize(
+    "service, words",
+    [
+        ({"shm_size": "lots"}, "shm_size must be a size"),
+        ({"logging": {"max_size": "big"}}, "max_size must be a size"),
+        ({"logging": {"driver": "syslog"}}, "driver must be 'json-file' or 'local'"),
+        ({"logging": {"max_file": 3, "max_size": ""}}, "max_file needs max_size"),
+        ({"logging": {"rotate": 1}}, "unknown key"),
+    ],
+)
+def test_invalid_shm_and_log_limits_name_the_fix(service, words):
+    with pytest.raises(StackModelError, match=words):
+        normalize({"services": {"postgres": service}})
