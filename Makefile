@@ -12,7 +12,7 @@ INVENTORY ?= inventories/local
 SANITY_ROOT := $(CURDIR)/build/sanity-$(shell date +%s%N)/ansible_collections/ner11/ops
 PYTEST_ARGS ?=
 
-.PHONY: help setup docker images compose demo test lint ruff ansible-lint sanity units units39 molecule integration bench clean
+.PHONY: help setup docker images ee compose demo test lint ruff ansible-lint sanity units units39 molecule integration bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ docker: ## make a Docker engine answer (installs docker.io on Debian as root)
 
 images: docker ## build the reference images (skipped when their source hash exists)
 	bash scripts/build-images.sh
+
+ee: setup images ## the AWX execution environment ner11/ee:ref (images/ee/; skipped when its source hash exists)
+	bash images/ee/build.sh
 
 compose: images ## docker compose v2 for the adoption tests (Debian 12: the next release's package)
 	bash scripts/install-compose.sh
@@ -66,7 +69,7 @@ units39: setup docker ## the unit tests again under Python 3.9 (Debian 11 image 
 molecule: setup images ## molecule scenarios (docker driver, local images)
 	for s in $$(ls molecule); do (cd . && $(BIN)/molecule test -s $$s) || exit 1; done
 
-integration: setup images compose ## pytest against the real Docker engine, PostgreSQL and HTTP
+integration: setup images compose ee ## pytest against the real Docker engine, PostgreSQL and HTTP
 	$(BIN)/python -m pytest tests/integration -q --durations=40 $(PYTEST_ARGS)
 
 bench: setup images ## benchmarks (not part of test); writes bench/RESULTS.md
