@@ -45,8 +45,9 @@ up() {
     rm -f "$RUN/$name.pid"
     nohup dockerd --data-root "$BASE/$name/data" --exec-root "$RUN/$name" --pidfile "$RUN/$name.pid" \
       -H "unix://$sock" --bridge "$bridge" --ip "$address" \
-      --default-address-pool "base=10.232.$((n * 16)).0/20,size=24" \
-      --userland-proxy=false >"$BASE/$name/dockerd.log" 2>&1 &
+      --default-address-pool "base=10.232.$((n * 16)).0/20,size=24" >"$BASE/$name/dockerd.log" 2>&1 &
+    # Keep the default userland proxy: with --userland-proxy=false an engine adds a nat OUTPUT
+    # rule for 127.0.0.0/8 that breaks every 127.0.0.1 port the default engine publishes.
     for _ in $(seq 1 60); do
       engine info >/dev/null 2>&1 && break
       sleep 0.5
