@@ -36,7 +36,7 @@ def startup(stack, check=False, **extra):
 
 
 def summary(result):
-    return result.custom_stats["localhost"]["ner11_startup"]
+    return result.custom_stats["ner11_startup"]["localhost"]  # global set_stats, keyed by host
 
 
 def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack, tmp_path):
@@ -101,7 +101,7 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     assert broken.rc != 0
     msg = broken.task("Fail with the last health output and log lines: api")["msg"]
     assert msg.startswith("api (%s) did not become healthy within 8 s" % api)
-    assert "api:model: fail" in msg
+    assert "api:model fail: " in msg  # the health module's own failure text
     assert "Last 30 log lines of %s" % api in msg
     assert "Model loading failed" in msg  # a real log line of the api
     assert running(stack)["api"] is True  # reported, not torn down
