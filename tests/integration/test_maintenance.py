@@ -1,0 +1,267 @@
+"""playbooks/maintenance.yml against one real stack (shared by the whole module).
+
+Order matters and is the story of a window: the guard refuses outside the window, check mode
+plans and writes nothing, a weekly window runs end to end (and again: the idempotent steps
+change nothing), a monthly window runs with a writer loop through the API while it stops the
+writers, VACUUM FULLs, REINDEXes and updates the api to a new image (no acknowledged write is
+lost), then a monthly window whose post-check is forced to fail (test variable
+maintenance_test_fail_postcheck) rolls the api back to its previous image ID and ends healthy
+with the data it had. The stack model's shm_size and log limits are read from the engine, and
+a parallel index build runs in the postgres container (small: 200 000 rows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+from conftest import Stack, docker, run_playbook, unique_project
+
+from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
+
+STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
+DB = "ner11_db"
+PLAYBOOK = "playbooks/maintenance.yml"
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def build_api_image(tag, generation):
+    """A new api image (the reference one plus a label): what an image update brings."""
+    dockerfile = "FROM ner11/ner-api:ref\nLABEL io.ner11.test=1 io.ner11.generation=%s\n" % generation
+    proc = subprocess.run(
+        ["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return image_id(tag)
+
+
+def image_id(ref):
+    return docker("image", "inspect", "-f", "{{.Id}}", ref).stdout.strip()
+
+
+def running_image(container):
+    return docker("inspect", "-f", "{{.Image}}", container).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    project = unique_project("itm")
+    api_tag = "ner11/ner-api:%s" % project
+    docker("tag", "ner11/ner-api:ref", api_tag)
+    stack = Stack(project)
+    stack.vars["ner11_stack"]["services"]["api"]["image"] = api_tag
+    from ansible_collections.ner11.ops.plugins.module_utils.stack_model import normalize
+
+    stack.model = normalize(stack.vars["ner11_stack"])
+    stack.remove()
+    backup_dir = str(tmp_path_factory.mktemp("maint-backups"))
+    scratch = str(tmp_path_factory.mktemp("maint-tmp"))
+    res = stack.deploy()
+    if res.rc != 0:
+        stack.remove()
+        pytest.fail("deploy failed: %s" % res.explain())
+    ev = dict(
+        stack.vars,
+        ner11_backup_dir=backup_dir,
+        ner11_force_window=True,
+        # Clean a scratch directory only: the test never frees space on the shared machine.
+        maintenance_disk_cleanup={"path": scratch, "target_free_percent": 1, "actions": ["tmp_files"], "tmp_paths": [scratch]},
+        maintenance_baseline_samples=5,
+    )
+    yield {"stack": stack, "ev": ev, "backup_dir": backup_dir, "api_tag": api_tag, "project": project}
+    stack.remove()
+    for ref in docker("images", "-q", "--filter", "reference=ner11/ner-api:*%s*" % project, check=False).stdout.split():
+        docker("rmi", "-f", ref, check=False)
+    docker("rmi", api_tag, check=False)
+
+
+def state_dir(stack):
+    return "%s/maintenance" % stack.model["config_dir"]
+
+
+def ledger_lines(stack):
+    path = "%s/ledger.jsonl" % stack.model["config_dir"]
+    if not os.path.exists(path):
+        return []
+    return [json.loads(line) for line in open(path)]
+
+
+def maint_stats(res):
+    stats = res.custom_stats.get("_run", res.custom_stats)
+    return stats["ner11_maintenance"]
+
+
+def steps_of(report):
+    return {s["name"]: s for s in report["steps"]}
+
+
+def test_window_guard_refuses_outside_the_window(env):
+    stack = env["stack"]
+    today = time.strftime("%a", time.gmtime()).lower()
+    other = [d for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun") if d != today][0]
+    ev = dict(env["ev"], ner11_force_window=False, ner11_maintenance_window={"weekday": other, "start": "02:00", "end": "06:00"})
+    res = run_playbook(PLAYBOOK, ev)
+    assert res.rc != 0
+    assert "Refused: now" in res.explain() and "outside the maintenance window" in res.explain()
+    assert "ner11_force_window=true" in res.explain()
+    assert not os.path.exists(state_dir(stack))  # no report, no backup, nothing stopped
+    assert os.listdir(env["backup_dir"]) == []
+    assert ledger_lines(stack)[-1]["status"] == "refused"
+
+
+def test_check_mode_plans_every_tier_and_writes_nothing(env):
+    stack = env["stack"]
+    for tier, extra in (("weekly", {}), ("quarterly", {"ner11_confirm": DB})):
+        res = run_playbook(PLAYBOOK, dict(env["ev"], ner11_maintenance_tier=tier, **extra), check=True)
+        assert res.rc == 0, res.explain()
+        plan = res.task("Show the plan")["msg"]
+        assert "Steps in order: " in plan
+        if tier == "quarterly":
+            assert plan.rstrip().split("Steps in order: ")[1].startswith("stop_writers, pin_backup, vacuum_full, reindex")
+            assert "dr_drill" in plan
+    assert not os.path.exists(state_dir(stack))
+    assert os.listdir(env["backup_dir"]) == []
+    # monthly without the confirmation is refused before anything happens
+    res = run_playbook(PLAYBOOK, dict(env["ev"], ner11_maintenance_tier="monthly"))
+    assert res.rc != 0 and "ner11_confirm=ner11_db" in res.explain()
+
+
+def test_weekly_window_end_to_end_and_again(env):
+    stack = env["stack"]
+    t0 = time.monotonic()
+    res = run_playbook(PLAYBOOK, env["ev"], env=STATS)
+    assert res.rc == 0, res.explain()
+    first_s = time.monotonic() - t0
+    summary = maint_stats(res)
+    assert summary["status"] == "ok" and summary["hosts"] == {"localhost": "ok"}, summary
+    window = summary["window"]
+    assert window.startswith("weekly-forced-")
+    pin = summary["backup_ids"]["localhost"][0]
+
+    report_json = "%s/reports/%s.json" % (state_dir(stack), window)
+    report = json.load(open(report_json))
+    assert mode(report_json) == 0o600 and mode(os.path.dirname(report_json)) == 0o700
+    assert mode("%s/reports/%s.md" % (state_dir(stack), window)) == 0o600
+    steps = steps_of(report)
+    assert [s["name"] for s in report["steps"]] == ["pin_backup", "vacuum_analyze", "disk_cleanup", "backup_verify"]
+    assert all(s["status"] == "ok" for s in report["steps"]), report["steps"]
+    assert steps["backup_verify"]["detail"] == "%s: ok" % pin
+    assert report["baseline"]["latency_ms_median"] > 0 and report["after"]["db_size_bytes"] > 0
+    assert [p["reason"] for p in cat.Catalog(env["backup_dir"]).pins("database", pin)] == ["maintenance window %s" % window]
+    line = ledger_lines(stack)[-1]
+    assert line["playbook"] == "maintenance" and line["status"] == "ok" and line["window"] == window
+    assert line["backup_ids"] == [pin] and line["duration_s"] > 0
+    assert stack.password not in open("%s/ledger.jsonl" % stack.model["config_dir"]).read()
+
+    # Again: VACUUM ANALYZE and disk cleanup find nothing to do (changed=false); the pinned
+    # backup, the verify and the report are per window by design; the first window's pin is released.
+    res = run_playbook(PLAYBOOK, env["ev"], env=STATS)
+    assert res.rc == 0, res.explain()
+    again = json.load(open("%s/reports/%s.json" % (state_dir(stack), maint_stats(res)["window"])))
+    assert steps_of(again)["vacuum_analyze"]["changed"] is False, again["steps"]
+    assert steps_of(again)["disk_cleanup"]["changed"] is False
+    state = json.load(open("%s/state.json" % state_dir(stack)))
+    assert state["pinned_backup"] == again["pinned_backup"] != pin
+    assert cat.Catalog(env["backup_dir"]).pins("database", pin) == []  # released by the next successful window
+    print("weekly window: %.1f s (first run)" % first_s)
+
+
+class Writer(threading.Thread):
+    """POST /api/v1/ner in a loop; remembers every acknowledged (HTTP 200) text."""
+
+    def __init__(self, api_url):
+        super().__init__(daemon=True)
+        self.api_url = api_url
+        self.acked = []
+        self.errors = 0
+        self.stop = threading.Event()
+
+    def run(self):
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            text = "Siemens S7 maintenance writer %s-%d" % (uuid.uuid4().hex[:6], n)
+            req = urllib.request.Request(
+                self.api_url + "/api/v1/ner", data=json.dumps({"text": text}).encode(),
+                headers={"Content-Type": "application/json"}, method="POST",
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - 127.0.0.1 only
+                    if resp.status == 200:
+                        self.acked.append(text)
+            except (urllib.error.URLError, OSError):
+                self.errors += 1
+                time.sleep(0.2)
+            time.sleep(0.05)
+
+
+def test_monthly_window_with_a_writer_loses_no_acknowledged_write_and_updates_the_image(env):
+    stack = env["stack"]
+    before = running_image(stack.container("api"))
+    new_id = build_api_image(env["api_tag"], "2")
+    assert new_id != before
+    writer = Writer(stack.api_url)
+    writer.start()
+    try:
+        res = run_playbook(PLAYBOOK, dict(env["ev"], ner11_maintenance_tier="monthly", ner11_confirm=DB), env=STATS)
+    finally:
+        time.sleep(2)
+        writer.stop.set()
+        writer.join(20)
+    assert res.rc == 0, res.explain()
+    report = json.load(open("%s/reports/%s.json" % (state_dir(stack), maint_stats(res)["window"])))
+    names = [s["name"] for s in report["steps"]]
+    assert names[:6] == ["stop_writers", "pin_backup", "vacuum_full", "reindex", "start_writers", "image_update"]
+    assert report["images_changed"] == ["api"] and report["images_before"]["api"] == before
+    assert running_image(stack.container("api")) == new_id
+    assert len(writer.acked) > 0 and writer.errors > 0  # the writers were really stopped for a while
+    quoted = ",".join("'%s'" % t for t in writer.acked)
+    stored = int(stack.psql("SELECT count(DISTINCT text) FROM ner_documents WHERE text IN (%s)" % quoted))
+    assert stored == len(writer.acked), "acknowledged writes lost: %d of %d stored" % (stored, len(writer.acked))
+
+
+def test_forced_post_check_failure_rolls_back_to_the_previous_image_with_the_data(env):
+    stack = env["stack"]
+    previous = running_image(stack.container("api"))
+    docs = stack.psql("SELECT count(*) FROM ner_documents")
+    failing = build_api_image(env["api_tag"], "3")
+    ev = dict(env["ev"], ner11_maintenance_tier="monthly", ner11_confirm=DB, maintenance_test_fail_postcheck=True)
+    res = run_playbook(PLAYBOOK, ev, env=STATS)
+    assert res.rc != 0
+    text = res.explain()
+    assert "forced by the test variable" in text and "run again on their previous image IDs" in text
+    assert running_image(stack.container("api")) == previous != failing
+    assert image_id(env["api_tag"]) == previous  # the model's reference points back at it
+    assert stack.psql("SELECT count(*) FROM ner_documents") == docs
+    line = ledger_lines(stack)[-1]
+    assert line["status"] == "rolled_back" and "data was left as it is" in line["results"]["rollback"]
+    assert maint_stats(res)["status"] == "rolled_back"
+    health = run_playbook("playbooks/health.yml", stack.vars)
+    assert health.rc == 0, health.explain()
+
+
+def test_log_limits_and_shm_size_reach_the_containers_and_a_parallel_index_build_passes(env):
+    stack = env["stack"]
+    pg = json.loads(docker("inspect", stack.container("postgres")).stdout)[0]["HostConfig"]
+    assert pg["ShmSize"] == 256 * 1024**2
+    assert pg["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "100m", "max-file": "5"}}
+    api = json.loads(docker("inspect", stack.container("api")).stdout)[0]["HostConfig"]
+    assert api["LogConfig"]["Config"] == {"max-size": "50m", "max-file": "3"}
+    # Small on purpose (200 000 rows): the parallel build must get its workers' shared memory.
+    out = stack.psql(
+        "DROP TABLE IF EXISTS it_shm; CREATE TABLE it_shm AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 200000) g;"
+        " SET max_parallel_maintenance_workers = 2; SET min_parallel_table_scan_size = 0; SET maintenance_work_mem = '64MB';"
+        " CREATE INDEX it_shm_h ON it_shm (h); SELECT count(*) FROM it_shm; DROP TABLE it_shm;"
+    )
+    assert out.splitlines()[-1] in ("200000", "DROP TABLE") or "200000" in out
