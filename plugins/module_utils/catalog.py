@@ -45,6 +45,8 @@ import socket
 import stat
 import time
 
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import is_file_name
+
 SCHEMA = "ner11.backup/v1"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -57,7 +59,6 @@ PARTIAL_PREFIX = ".partial-"
 LOCK_FILE = ".lock"
 KINDS = ("database", "models", "config", "volume")
 PERIODS = ("daily", "weekly", "monthly", "manual")
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _CHUNK = 1024 * 1024
 
 
@@ -87,7 +88,7 @@ def parse_time(text):
 
 def validate_backup_id(backup_id):
     """Reject ids that could escape the catalog (``../``, ``/``, hidden names)."""
-    if not isinstance(backup_id, str) or not _ID_RE.match(backup_id) or ".." in backup_id:
+    if not is_file_name(backup_id):
         raise CatalogError(
             "invalid backup id %r: use letters, digits, '.', '_' and '-' only "
             "(no '/', no '..', at most 128 characters), e.g. ner11_db-20261129T020000Z" % (backup_id,)
@@ -427,7 +428,7 @@ class Catalog:
         out = []
         for name in sorted(os.listdir(directory)):
             full = os.path.join(directory, name)
-            if name.startswith(".") or not os.path.isdir(full) or not _ID_RE.match(name):
+            if name.startswith(".") or not os.path.isdir(full) or not is_file_name(name):
                 continue
             try:
                 out.append((name, self.read_manifest(kind, name), None))

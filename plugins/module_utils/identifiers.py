@@ -47,7 +47,7 @@ def is_name(value):
 def check_name(value, what="name"):
     """``value`` when it is a valid name, else IdentifierError naming ``what`` and the rule."""
     if not is_name(value):
-        raise IdentifierError("%s %r is not a valid PostgreSQL name: %s" % (what, value, NAME_RULE))
+        raise IdentifierError("%s %r is not a valid PostgreSQL identifier: %s" % (what, value, NAME_RULE))
     return value
 
 

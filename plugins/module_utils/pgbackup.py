@@ -58,12 +58,11 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import 
 )
 from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_verify import BackupVerifier  # noqa: F401 - importable from here as before
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
-    APP_NAME,
     PgExecError,
     PgTarget,
     quote_literal,
 )
-from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner, last_line
 
 SIDECAR_LABEL = "io.ner11.pg_backup.catalog"
 PIN_REASON = "pinned by pg_backup keep_until"
@@ -112,13 +111,14 @@ class PgBackup:
     def __init__(self, params, runner, check_mode=False, now=None):
         validate_params(params)
         self.p = params
-        self.runner = runner
+        # One CommandRunner records every command (executed_commands, secret-free).
+        self.cmd = CommandRunner.wrap(runner)
         self.check_mode = check_mode
         self.now = now or cat.utcnow()
         self.catalog = cat.Catalog(params["backup_dir"])
         self.db = params["db_name"]
-        self.target = PgTarget(params, self._run_logged)
-        self.executed = []
+        self.target = PgTarget(params, self.cmd)
+        self.executed = self.cmd.commands
         self.warnings = []
         self.period = params.get("period") or "manual"
         self.tables = list(params.get("canary_tables") or DEFAULT_CANARY_TABLES)
@@ -129,15 +129,9 @@ class PgBackup:
         self.pins = cat.new_backup_pins(params.get("keep_until"), params.get("keep_reason"), self.now, PIN_REASON)
         self.pin_changed = False
 
-    # every command goes through here so executed_commands is complete (and secret-free)
-    def _run_logged(self, cmd, **kwargs):
-        self.executed.append(display(cmd))
-        return self.runner(cmd, **kwargs)
-
     def _sh(self, line, check_msg=None):
         """Run a bash line (redirections, pipefail); every word in it is already shlex-quoted."""
-        self.executed.append(line)
-        rc, out, err = self.runner(["/bin/bash", "-o", "pipefail", "-c", line])
+        rc, out, err = self.cmd.shell(line, check=False)
         if rc != 0 and check_msg:
             raise PgBackupError("%s (rc=%s): %s" % (check_msg, rc, last_line(err or out)))
         return rc, out, err
@@ -147,14 +141,12 @@ class PgBackup:
         c = self.p.get("container")
         if not c:
             return
-        docker = self.p.get("docker_cli") or "docker"
-        rc, out, err = self._run_logged([docker, "inspect", "--format", "{{.State.Status}}|{{.Image}}", c])
-        if rc != 0:
+        status, image = self.target.container_state()
+        if status is None:
             raise PgBackupError(
                 "container %s not found (%s); check the container option (ner11_stack: <project>-postgres-1) "
-                "or start the stack with ner11.ops startup.yml" % (c, last_line(err))
+                "or start the stack with ner11.ops startup.yml" % (c, image)
             )
-        status, _sep, image = out.strip().partition("|")
         if status != "running":
             raise PgBackupError(
                 "container %s is %s, not running; start it (playbooks/startup.yml or docker start %s) and retry" % (c, status, c)
@@ -181,13 +173,7 @@ class PgBackup:
         return self.target.canary_counts(self.tables, self.db)
 
     def _pg_dump_version(self):
-        if self.p.get("container"):
-            _rc, out, _err = self._run_logged(
-                [self.p.get("docker_cli") or "docker", "exec", self.p["container"], "pg_dump", "--version"]
-            )
-        else:
-            _rc, out, _err = self._run_logged(["pg_dump", "--version"])
-        return out.strip()
+        return self.target.tool_version()
 
     # -- decisions ------------------------------------------------------------------
     def _format(self):
@@ -234,9 +220,7 @@ class PgBackup:
         dump_args = [fmt_flag] + zarg + (["-j", str(jobs)] if fmt == "directory" else [])
         user = self.p.get("login_user") or "postgres"
         if self.p.get("login_host"):
-            argv = ["pg_dump"] + [
-                "-h", self.p["login_host"], "-p", str(self.p.get("login_port") or 5432), "-U", user,
-            ] + dump_args  # fmt: skip
+            argv = self.target.argv("pg_dump", dump_args)
             if method == "zstd":
                 return "shell", "%s %s | zstd -q -T0 -%d > %s" % (
                     shlex.join(argv),
@@ -245,22 +229,20 @@ class PgBackup:
                     shlex.quote(out_path),
                 )
             return "argv", argv + ["-f", out_path, self.db]
-        docker = self.p.get("docker_cli") or "docker"
         if fmt == "directory":
-            uid, gid = os.getuid(), os.getgid()
-            return "argv", [
-                docker, "run", "--rm", "--name", self.sidecar_name(), "--label", "%s=%s" % (SIDECAR_LABEL, self.catalog.root),
-                "--network", "container:%s" % self.p["container"], "--user", "%d:%d" % (uid, gid),
-                "-v", "%s:%s" % (partial, partial), "-v", "%s:/run/ner11/pgpass:ro" % self._passfile(),
-                "-e", "PGPASSFILE=/run/ner11/pgpass", "-e", "PGAPPNAME=%s" % APP_NAME,
-                "-e", "PGCONNECT_TIMEOUT=%d" % int(self.p.get("connect_timeout") or 10),
-                "--entrypoint", "pg_dump", self.image or "IMAGE-OF-%s" % self.p["container"],
-                "-h", "127.0.0.1", "-p", str(self.p.get("container_port") or 5432), "-U", user,
-            ] + dump_args + ["-f", out_path, self.db]  # fmt: skip
+            return "argv", self.target.sidecar_argv(
+                "pg_dump",
+                dump_args + ["-f", out_path, self.db],
+                self.image or "IMAGE-OF-%s" % self.p["container"],
+                volumes=["%s:%s" % (partial, partial)],
+                name=self.sidecar_name(),
+                labels=["%s=%s" % (SIDECAR_LABEL, self.catalog.root)],
+                port=int(self.p.get("container_port") or 5432),
+            )
         argv = self.target.argv("pg_dump", dump_args + [self.db])
         if method == "zstd":
             inner = "%s | zstd -q -T0 -%d" % (shlex.join(["pg_dump", "-U", user] + dump_args + [self.db]), level)
-            argv = self.target.argv("bash", []) + ["-o", "pipefail", "-c", inner]
+            argv = self.target.argv("bash", ["-o", "pipefail", "-c", inner])
             # target.argv adds no -U for bash; the inner line carries it
         return "shell", "%s > %s" % (shlex.join(argv), shlex.quote(out_path))
 
@@ -272,33 +254,17 @@ class PgBackup:
         return "shell", "%s > %s" % (shlex.join(self.target.argv("pg_dumpall", args)), shlex.quote(path))
 
     def list_command(self, fmt, partial, artifact):
-        path = os.path.join(partial, artifact)
-        docker = self.p.get("docker_cli") or "docker"
-        if self.p.get("login_host"):
-            return "argv", ["pg_restore", "--list", path]
-        if fmt == "custom":
-            return "shell", "%s < %s" % (
-                shlex.join([docker, "exec", "-i", self.p["container"], "pg_restore", "--list"]),
-                shlex.quote(path),
-            )
-        uid, gid = os.getuid(), os.getgid()
-        return "argv", [
-            docker, "run", "--rm", "--network", "none", "--user", "%d:%d" % (uid, gid),
-            "--label", "%s=%s" % (SIDECAR_LABEL, self.catalog.root), "-v", "%s:%s:ro" % (partial, partial),
-            "--entrypoint", "pg_restore", self.image or "IMAGE-OF-%s" % self.p["container"], "--list", path,
-        ]  # fmt: skip
+        image = self.image or "IMAGE-OF-%s" % self.p.get("container")
+        labels = ["%s=%s" % (SIDECAR_LABEL, self.catalog.root)]
+        return self.target.list_dump_command(fmt, os.path.join(partial, artifact), image, labels)
 
     def sidecar_name(self):
         return "%s-pgdump-%d" % (self.p["container"], os.getpid())
 
-    def _passfile(self):
-        # PgTarget keeps the 0600 passfile in a private 0700 temp dir while the run lasts.
-        return self.target._passfile()
-
     def _exec(self, kind, cmd, msg):
         if kind == "shell":
             return self._sh(cmd, msg)
-        rc, out, err = self._run_logged(cmd, environ_update=self.target.environ())
+        rc, out, err = self.cmd.run(cmd, env=self.target.environ(), check=False)
         if rc != 0:
             raise PgBackupError("%s (rc=%s): %s" % (msg, rc, last_line(err or out)))
         return rc, out, err
@@ -306,11 +272,11 @@ class PgBackup:
     def _remove_orphan_sidecars(self):
         if not self.p.get("container"):
             return []
-        docker = self.p.get("docker_cli") or "docker"
-        rc, out, _err = self._run_logged([docker, "ps", "-aq", "--filter", "label=%s=%s" % (SIDECAR_LABEL, self.catalog.root)])
+        docker = self.target.docker_cli
+        rc, out, _err = docker.call(["ps", "-aq", "--filter", "label=%s=%s" % (SIDECAR_LABEL, self.catalog.root)], check=False)
         ids = out.split() if rc == 0 else []
         if ids:
-            self._run_logged([docker, "rm", "-f"] + ids)
+            docker.call(["rm", "-f"] + ids, check=False)
         return ids
 
     # -- the run ----------------------------------------------------------------------

@@ -20,12 +20,11 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import 
     PgBackupError,
     count_toc,
     counts_match,
-    display,
     test_stream,
 )
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import NAME_RULE, is_name
-from ansible_collections.ner11.ops.plugins.module_utils.pgexec import APP_NAME, PgExecError, PgTarget, quote_ident, quote_literal
-from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError, PgTarget, psql_args
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner, last_line
 
 
 def identity_table(records, now, host=None, results=()):
@@ -103,34 +102,25 @@ class BackupVerifier:
 
     def __init__(self, params, runner, now=None):
         self.p = params
-        self.runner = runner
+        self.cmd = CommandRunner.wrap(runner)
         self.now = now or cat.utcnow()
         self.catalog = cat.Catalog(params["backup_dir"])
         self.kind = cat.validate_kind(params.get("kind") or KIND)
-        self.executed = []
+        self.executed = self.cmd.commands
         self.target = None
         if params.get("container") or params.get("login_host"):
-            self.target = PgTarget(params, self._run_logged)
+            self.target = PgTarget(params, self.cmd)
         self.image = None
         self.actions = []
 
-    def _run_logged(self, cmd, **kwargs):
-        self.executed.append(display(cmd))
-        return self.runner(cmd, **kwargs)
-
     def _sh(self, line):
-        self.executed.append(line)
-        return self.runner(["/bin/bash", "-o", "pipefail", "-c", line])
+        return self.cmd.shell(line, check=False)
 
     def _image(self):
         if self.image is None and self.p.get("container"):
-            docker = self.p.get("docker_cli") or "docker"
-            rc, out, err = self._run_logged([docker, "inspect", "--format", "{{.State.Status}}|{{.Image}}", self.p["container"]])
-            if rc != 0:
-                raise PgBackupError(
-                    "container %s not found (%s); check the container option" % (self.p["container"], last_line(err))
-                )
-            status, _sep, self.image = out.strip().partition("|")
+            status, self.image = self.target.container_state()
+            if status is None:
+                raise PgBackupError("container %s not found (%s); check the container option" % (self.p["container"], self.image))
             if status != "running":
                 raise PgBackupError(
                     "container %s is %s; start it to read or test-restore backups" % (self.p["container"], status)
@@ -152,19 +142,12 @@ class BackupVerifier:
             return []
         if not self.target:
             return []  # no server tools named: checksums only (reported in `checks`)
-        docker = self.p.get("docker_cli") or "docker"
-        if self.p.get("login_host"):
-            rc, out, err = self._run_logged(["pg_restore", "--list", artifact])
-        elif fmt == "custom":
-            rc, out, err = self._sh(
-                "%s < %s"
-                % (shlex.join([docker, "exec", "-i", self.p["container"], "pg_restore", "--list"]), shlex.quote(artifact))
-            )
+        image = self._image() if fmt == "directory" and self.p.get("container") else None
+        kind, cmd = self.target.list_dump_command(fmt, artifact, image)
+        if kind == "shell":
+            rc, out, err = self._sh(cmd)
         else:
-            rc, out, err = self._run_logged(
-                [docker, "run", "--rm", "--network", "none", "--user", "%d:%d" % (os.getuid(), os.getgid()),
-                 "-v", "%s:%s:ro" % (root, root), "--entrypoint", "pg_restore", self._image(), "--list", artifact]
-            )  # fmt: skip
+            rc, out, err = self.cmd.run(cmd, env=self.target.environ(), check=False)
         if rc != 0:
             return ["%s: pg_restore --list failed: %s" % (manifest.get("artifact"), last_line(err or out))]
         toc = count_toc(out)
@@ -292,19 +275,19 @@ class BackupVerifier:
         refusal = marks.scratch_refusal(scratch, (manifest.get("source") or {}).get("db_name"))
         if refusal:
             raise PgBackupError(refusal)
-        existing = self.target.query(marks.marked_sql(scratch))
-        if existing and not (existing[0] + [""])[1].startswith(marks.MARK):
+        comment = self.target.database_comment(scratch)
+        if comment is not None and not comment.startswith(marks.MARK):
             raise PgBackupError(
                 "database %s exists and was not created by ner11.ops; choose another scratch_db (default "
                 "ner11_test_restore) or drop it yourself" % scratch
             )
         if self.p.get("container"):
             self._image()
-        drop = "DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(scratch)
         try:
-            self.target.query(drop)
-            self.target.query("CREATE DATABASE %s TEMPLATE template0;" % quote_ident(scratch))
-            self.target.query("COMMENT ON DATABASE %s IS %s;" % (quote_ident(scratch), quote_literal(marks.SCRATCH_COMMENT)))
+            error = self.target.drop_database(scratch)
+            if error:
+                raise PgBackupError("could not drop the earlier scratch database %s: %s" % (scratch, error))
+            self.target.create_database(scratch, marks.SCRATCH_COMMENT)
             out["actions"] += ["dropped %s if it existed" % scratch, "created %s" % scratch]
             self._restore_into(manifest, scratch)
             out["actions"].append("restored %s into %s" % (manifest["backup_id"], scratch))
@@ -315,11 +298,11 @@ class BackupVerifier:
         except (PgBackupError, PgExecError) as exc:
             out["errors"].append(str(exc))
         finally:
-            try:
-                self.target.query(drop)
+            error = self.target.drop_database(scratch)
+            if error:
+                out["errors"].append("could not drop %s afterwards: %s; drop it by hand" % (scratch, error))
+            else:
                 out["actions"].append("dropped %s" % scratch)
-            except PgExecError as exc:
-                out["errors"].append("could not drop %s afterwards: %s; drop it by hand" % (scratch, exc))
         out["duration_s"] = round(time.monotonic() - started, 3)
         return out
 
@@ -329,20 +312,16 @@ class BackupVerifier:
         fmt = manifest["format"]
         method = (manifest.get("compression") or "none").partition(":")[0]
         user = self.p.get("login_user") or "postgres"
-        docker = self.p.get("docker_cli") or "docker"
         jobs = str(max(int(manifest.get("jobs") or 1), 1))
+        env = self.target.environ()
         if self.p.get("login_host"):
             if fmt in ("custom", "directory"):
                 cmd = self.target.argv("pg_restore", ["--exit-on-error", "-j", jobs, "-d", scratch, artifact])
-                rc, o, e = self._run_logged(cmd, environ_update=self.target.environ())
+                rc, o, e = self.cmd.run(cmd, env=env, check=False)
             else:
-                psql = shlex.join(
-                    self.target.argv("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", scratch])
-                )
                 src = shlex.quote(artifact) if method == "none" else "<(%s -dc %s)" % (method, shlex.quote(artifact))
-                self.executed.append("%s -f %s" % (psql, src))
-                rc, o, e = self.runner(
-                    ["/bin/bash", "-o", "pipefail", "-c", "%s -f %s" % (psql, src)], environ_update=self.target.environ()
+                rc, o, e = self.cmd.shell(
+                    "%s < %s" % (self.target.psql_line(scratch, single_transaction=True), src), env=env, check=False
                 )
         elif fmt == "custom":
             rc, o, e = self._sh(
@@ -353,10 +332,9 @@ class BackupVerifier:
                 )
             )
         elif fmt == "plain":
-            inner = "%spsql -U %s -X -q -v ON_ERROR_STOP=1 --single-transaction -d %s" % (
+            inner = "%s%s" % (
                 "" if method == "none" else "%s -dc | " % method,
-                shlex.quote(user),
-                shlex.quote(scratch),
+                shlex.join(["psql", "-U", user] + psql_args(scratch, single_transaction=True)),
             )
             cmd = self.target.argv("bash", ["-o", "pipefail", "-c", inner], stdin=True)
             rc, o, e = self._sh("%s < %s" % (shlex.join(cmd), shlex.quote(artifact)))
@@ -366,15 +344,13 @@ class BackupVerifier:
                     "a directory-format test restore in container mode runs pg_restore -j in a sidecar over TCP and "
                     "needs login_password (ner11_db_password)"
                 )
-            passfile = self.target._passfile()
-            cmd = [
-                docker, "run", "--rm", "--network", "container:%s" % self.p["container"],
-                "--user", "%d:%d" % (os.getuid(), os.getgid()), "-v", "%s:%s:ro" % (root, root),
-                "-v", "%s:/run/ner11/pgpass:ro" % passfile, "-e", "PGPASSFILE=/run/ner11/pgpass",
-                "-e", "PGAPPNAME=%s" % APP_NAME, "--entrypoint", "pg_restore", self.image,
-                "-h", "127.0.0.1", "-U", user, "--exit-on-error", "-j", jobs, "-d", scratch, artifact,
-            ]  # fmt: skip
-            rc, o, e = self._run_logged(cmd)
+            cmd = self.target.sidecar_argv(
+                "pg_restore",
+                ["--exit-on-error", "-j", jobs, "-d", scratch, artifact],
+                self.image,
+                volumes=["%s:%s:ro" % (root, root)],
+            )
+            rc, o, e = self.cmd.run(cmd, check=False)
         if rc != 0:
             raise PgBackupError(
                 "restoring %s into %s failed (rc=%s): %s" % (manifest["backup_id"], scratch, rc, last_line(e or o))

@@ -18,14 +18,37 @@ Plain Python: the caller passes a ``runner`` with the signature of
 
 from __future__ import annotations
 
+# ruff: noqa: S608 -- every identifier goes through quote_name and every value through quote_literal.
+
 import os
+import shlex
 import shutil
 import tempfile
 
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name, quote_table
-from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line  # noqa: F401 - re-exported
+from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import DockerCli, cli_path
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner, last_line
 
 APP_NAME = "ner11.ops"
+CLIENT_TOOLS = ("psql", "pg_dump", "pg_dumpall", "pg_restore", "pg_isready", "vacuumdb", "reindexdb")
+# psql, always: no psqlrc, quiet, stop at the first error.
+PSQL_FLAGS = ("-X", "-q", "-v", "ON_ERROR_STOP=1")
+FIELD_SEP = "\x1f"
+SIDECAR_PASSFILE = "/run/ner11/pgpass"
+
+
+def psql_args(db, single_transaction=False, command=None, rows=False):
+    """psql's arguments on ``db``: ``PSQL_FLAGS``, SQL from ``command`` (``-c``) or stdin (``-f -``).
+
+    ``rows``: unaligned tuples separated by FIELD_SEP (for ``PgTarget.query``).
+    """
+    args = list(PSQL_FLAGS)
+    if rows:
+        args += ["-A", "-t", "-F", FIELD_SEP]
+    if single_transaction:
+        args.append("--single-transaction")
+    args += ["-d", db]
+    return args + (["-c", command] if command is not None else ["-f", "-"])
 
 
 def postgres_argument_spec():
@@ -90,13 +113,16 @@ class PgTarget:
     def __init__(self, params, runner):
         self.container = params.get("container")
         self.container_user = params.get("container_user") or "postgres"
-        self.docker = params.get("docker_cli") or "docker"
+        self.docker = cli_path(params)
         self.host = params.get("login_host")
         self.port = int(params.get("login_port") or 5432)
         self.user = params.get("login_user") or "postgres"
         self.timeout = int(params.get("connect_timeout") or 10)
         self._password = params.get("login_password")
-        self.runner = runner
+        # One CommandRunner records every command (executed_commands); the password is never shown.
+        self.runner = CommandRunner.wrap(runner)
+        self.runner.add_secret(self._password)
+        self.docker_cli = DockerCli(self.runner, self.docker)
         self._tmpdir = None
         if not self.container and not self.host:
             raise PgExecError("set either container (the PostgreSQL container name) or login_host")
@@ -139,16 +165,10 @@ class PgTarget:
         env.setdefault("PGAPPNAME", APP_NAME)
         env.setdefault("PGCONNECT_TIMEOUT", str(self.timeout))
         if self.container:
-            cmd = [self.docker, "exec"]
-            if stdin:
-                cmd.append("-i")
-            cmd += ["-u", self.container_user]
-            for key in sorted(env):
-                cmd += ["-e", "%s=%s" % (key, env[key])]
-            cmd += [self.container, tool]
-            if tool in ("psql", "pg_dump", "pg_dumpall", "pg_restore", "pg_isready", "vacuumdb", "reindexdb"):
-                cmd += ["-U", self.user]
-            return cmd + list(args)
+            login = ["-U", self.user] if tool in CLIENT_TOOLS else []
+            return self.docker_cli.exec_argv(
+                self.container, [tool] + login + list(args), user=self.container_user, env=env, interactive=stdin
+            )
         return [tool, "-h", self.host, "-p", str(self.port), "-U", self.user] + list(args)
 
     def environ(self, env=None):
@@ -165,22 +185,111 @@ class PgTarget:
     def run(self, tool, args, data=None, env=None, check=True, **kwargs):
         """Run a tool; returns (rc, stdout, stderr). Raises PgExecError when check and rc != 0."""
         cmd = self.argv(tool, args, stdin=data is not None, env=env)
-        rc, out, err = self.runner(cmd, data=data, environ_update=self.environ(env), binary_data=False, **kwargs)
+        rc, out, err = self.runner.run(cmd, data=data, env=self.environ(env), check=False, **kwargs)
         if check and rc != 0:
             raise PgExecError("%s failed on %s (rc=%s): %s" % (tool, self.describe(), rc, _last_line(err or out)))
         return rc, out, err
 
     def query(self, sql, db="postgres", check=True):
-        """Run SQL with psql (ON_ERROR_STOP, no psqlrc); return rows as lists of strings."""
-        rc, out, err = self.run(
-            "psql",
-            ["-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
-            data=sql,
-            check=check,
-        )
+        """Run SQL with psql (ON_ERROR_STOP, no psqlrc); return rows as lists of strings.
+
+        Empty output lines are dropped: never let a one-column value that may be empty decide
+        anything (select a non-empty column first).
+        """
+        rc, out, err = self.run("psql", psql_args(db, rows=True), data=sql, check=check)
         if rc != 0:
             return None
-        return [line.split("\x1f") for line in out.splitlines() if line != ""]
+        return [line.split(FIELD_SEP) for line in out.splitlines() if line != ""]
+
+    def script(self, sql, db, single_transaction=False, check=True):
+        """Run a SQL script (on stdin) in ``db``; returns (rc, stdout, stderr)."""
+        return self.run("psql", psql_args(db, single_transaction=single_transaction), data=sql, check=check)
+
+    def execute(self, statement, db="postgres", check=True):
+        """Run one statement with ``psql -c`` (for those that cannot run in a transaction block)."""
+        return self.run("psql", psql_args(db, command=statement), check=check)
+
+    def psql_line(self, db, single_transaction=False):
+        """A shell-quoted psql command reading SQL on stdin, for a pipeline (``... | <line>``)."""
+        return shlex.join(self.argv("psql", psql_args(db, single_transaction=single_transaction), stdin=True))
+
+    # -- the server's own tools from its image, beside the container ------------------
+    def tool_version(self):
+        """``pg_dump --version`` as the server's container (or this host) has it."""
+        if self.container:
+            cmd = self.docker_cli.exec_argv(self.container, ["pg_dump", "--version"])
+        else:
+            cmd = ["pg_dump", "--version"]
+        _rc, out, _err = self.runner.run(cmd, check=False)
+        return out.strip()
+
+    def container_state(self):
+        """``(status, image id)`` of the server's container, or ``(None, why)`` when it cannot be inspected."""
+        rc, out, err = self.docker_cli.call(["inspect", "--format", "{{.State.Status}}|{{.Image}}", self.container], check=False)
+        if rc != 0:
+            return None, last_line(err)
+        status, _sep, image = out.strip().partition("|")
+        return status, image
+
+    def sidecar_argv(self, tool, args, image, volumes=(), name=None, labels=(), port=5432):
+        """``docker run`` of ``tool`` from the server's image in the DB container's network namespace.
+
+        Runs as this uid (files it writes are ours) and reads the password from the 0600
+        passfile mounted read-only, so no secret is on a command line or in an environment value.
+        """
+        env = {"PGPASSFILE": SIDECAR_PASSFILE, "PGAPPNAME": APP_NAME, "PGCONNECT_TIMEOUT": str(self.timeout)}
+        return self.docker_cli.run_argv(
+            image,
+            ["-h", "127.0.0.1", "-p", str(port), "-U", self.user] + list(args),
+            entrypoint=tool,
+            volumes=list(volumes) + ["%s:%s:ro" % (self._passfile(), SIDECAR_PASSFILE)],
+            labels=labels,
+            user="%d:%d" % (os.getuid(), os.getgid()),
+            network="container:%s" % self.container,
+            env=env,
+            name=name,
+        )
+
+    def list_dump_command(self, fmt, path, image, labels=()):
+        """``(kind, cmd)`` listing a custom/directory dump with ``pg_restore --list`` (no server needed).
+
+        ``argv`` for a list, ``shell`` for a line with a redirection. A directory dump is read by
+        a network-less container of the server's image with the dump's directory mounted read-only.
+        """
+        if not self.container:
+            return "argv", self.argv("pg_restore", ["--list", path])
+        if fmt == "custom":
+            return "shell", "%s < %s" % (shlex.join(self.argv("pg_restore", ["--list"], stdin=True)), shlex.quote(path))
+        root = os.path.dirname(path.rstrip("/"))
+        return "argv", self.docker_cli.run_argv(
+            image,
+            ["--list", path],
+            entrypoint="pg_restore",
+            volumes=["%s:%s:ro" % (root, root)],
+            labels=labels,
+            user="%d:%d" % (os.getuid(), os.getgid()),
+            network="none",
+        )
+
+    # -- databases: created and dropped here only -------------------------------------
+    def create_database(self, name, comment=None):
+        """CREATE DATABASE ``name`` from template0, then its COMMENT (marks: only marked databases are dropped)."""
+        self.execute("CREATE DATABASE %s TEMPLATE template0;" % quote_name(name))
+        if comment is not None:
+            self.execute("COMMENT ON DATABASE %s IS %s;" % (quote_name(name), quote_literal(comment)))
+
+    def drop_database(self, name):
+        """DROP DATABASE IF EXISTS ... WITH (FORCE); None when done, else the error (the caller decides)."""
+        rc, out, err = self.execute("DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_name(name), check=False)
+        return None if rc == 0 else last_line(err or out)
+
+    def database_comment(self, name):
+        """The COMMENT of database ``name`` ('' when it has none), or None when it does not exist."""
+        rows = self.query(
+            "SELECT datname, coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = %s;"
+            % quote_literal(name)
+        )
+        return (rows[0] + [""])[1] if rows else None
 
     def scalar(self, sql, db="postgres"):
         rows = self.query(sql, db)

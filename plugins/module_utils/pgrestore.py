@@ -58,6 +58,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_repair import 
 )
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_runner import Restorer
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_sql import log_insert_sql, swap_sql, table_restore_wrapper
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner
 
 quote_ident = quote_name
 
@@ -115,8 +116,9 @@ def run_restore(params, runner, check_mode=False, now=None):
         "leftovers": [],
         "plan": {},
     }
-    with _target(params, runner) as target:
-        r = Restorer(target, runner, check_mode=check_mode, db=db)
+    cmd = CommandRunner.wrap(runner)
+    with PgTarget(params, cmd) as target:
+        r = Restorer(target, cmd, check_mode=check_mode, db=db)
         result["executed_commands"] = r.commands
         try:
             result["toc_entries"] = r.list_toc(info, manifest.get("toc_entries"))
@@ -173,10 +175,6 @@ def run_restore(params, runner, check_mode=False, now=None):
             raise
         finally:
             r.cleanup()
-
-
-def _target(params, runner):
-    return PgTarget(params, runner)
 
 
 def _finish(result, started):

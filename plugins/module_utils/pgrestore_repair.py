@@ -80,17 +80,6 @@ def scratch_refusal(name, source_db=None):
     return None
 
 
-def marked_sql(name):
-    """``datname, comment`` of database ``name`` (no row when it does not exist).
-
-    The name comes first so that a database without a comment still gives a non-empty row.
-    """
-    return (
-        "SELECT datname, coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = %s;"
-        % quote_literal(name)
-    )
-
-
 def stage_pattern(db):
     return CONTAINER_STAGE_PREFIX + db + "-"
 

@@ -14,8 +14,10 @@ import json
 import os
 import shlex
 
+from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import DockerCli
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import (
     RestoreError,
     filter_globals,
@@ -56,8 +58,10 @@ class Restorer:
 
     def __init__(self, target, runner, log=None, check_mode=False, db=None):
         self.target = target
-        self.runner = runner
-        self.commands = []
+        # One CommandRunner and Docker client record every command (executed_commands).
+        self.cmd = CommandRunner.wrap(runner)
+        self.commands = self.cmd.commands
+        self.docker_cli = DockerCli(self.cmd, target.docker)
         self._log = log or (lambda msg: None)
         self.stage = None
         self.check_mode = check_mode
@@ -70,32 +74,31 @@ class Restorer:
         return self.target.query(sql, db)
 
     def psql_script(self, sql, db, single_transaction=False):
-        args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"]
-        if single_transaction:
-            args.insert(0, "--single-transaction")
-        return self.target.run("psql", args, data=sql)
+        return self.target.script(sql, db, single_transaction)
 
     def shell(self, line, what, display=None):
         """Run a bash pipeline (pipefail) with the target's environment; raise on failure."""
-        cmd = "set -o pipefail; " + line
-        self.commands.append(display or line)
-        rc, out, err = self.runner(
-            cmd, use_unsafe_shell=True, executable="/bin/bash", environ_update=self.target.environ(), binary_data=False
-        )
+        rc, out, err = self.cmd.shell(line, env=self.target.environ(), check=False, display=display)
         if rc != 0:
             raise RestoreError("%s failed (rc=%s): %s" % (what, rc, _tail(err or out)))
         return out
 
     def tool_cmd(self, tool, args, stdin=False):
-        return " ".join(shlex.quote(a) for a in self.target.argv(tool, args, stdin=stdin))
+        return shlex.join(self.target.argv(tool, args, stdin=stdin))
 
     def docker(self, args, what):
-        cmd = [self.target.docker] + list(args)
-        self.commands.append(" ".join(shlex.quote(a) for a in cmd))
-        rc, out, err = self.runner(cmd)
+        """``docker <args>``; its output, or RestoreError naming ``what``."""
+        rc, out, err = self.docker_cli.call(args, check=False)
         if rc != 0:
             raise RestoreError("%s failed (rc=%s): %s" % (what, rc, _tail(err or out)))
         return out
+
+    def in_container(self, argv, what=None, user="0"):
+        """Run ``argv`` in the database container (as root by default); RestoreError when ``what`` and it fails."""
+        rc, out, err = self.docker_cli.exec(self.target.container, argv, user=user, check=False)
+        if what and rc != 0:
+            raise RestoreError("%s failed (rc=%s): %s" % (what, rc, _tail(err or out)))
+        return rc, out, err
 
     # -- target state ----------------------------------------------------------------
     def db_exists(self, db):
@@ -145,19 +148,8 @@ class Restorer:
         return {row[0]: (float(row[1]) if row[1] not in ("", None) else None) for row in self.q(sql, db) or []}
 
     def counts(self, db, tables):
-        present = {"%s.%s" % tuple(r) for r in (self.q(USER_TABLES_SQL, db) or [])}
-        out = {}
-        sqls = []
-        for table in tables:
-            schema, name = split_table(table)
-            if "%s.%s" % (schema, name) in present:
-                sqls.append("SELECT %s, count(*) FROM %s" % (quote_literal(table), qualified(table)))
-            else:
-                out[table] = None
-        if sqls:
-            for name, value in self.q(" UNION ALL ".join(sqls) + ";", db) or []:
-                out[name] = int(value)
-        return out
+        """Canary row counts in ``db`` (None for a missing table), as pg_backup counted them."""
+        return self.target.canary_counts(list(tables), db)
 
     def sessions(self, db):
         return [{"pid": int(r[0]), "application_name": r[1], "user": r[2], "state": r[3]} for r in self.q(sessions_sql(db)) or []]
@@ -184,26 +176,24 @@ class Restorer:
         if self.check_mode:
             raise RestoreError("internal: the dump is never copied in check mode")
         if not self.stage:
-            self.stage = self.docker(
-                ["exec", "-u", "0", container, "mktemp", "-d", stage_pattern(self.db) + "XXXXXX"],
-                "creating a temp dir in %s" % container,
-            ).strip()
+            self.stage = self.in_container(
+                ["mktemp", "-d", stage_pattern(self.db) + "XXXXXX"], "creating a temp dir in %s" % container
+            )[1].strip()
         dest = self.stage + "/" + os.path.basename(info["path"].rstrip("/"))
         if only_toc and info["format"] == "directory":
-            self.docker(["exec", "-u", "0", container, "mkdir", "-p", dest], "creating %s" % dest)
+            self.in_container(["mkdir", "-p", dest], "creating %s" % dest)
             self.docker(["cp", os.path.join(info["path"], "toc.dat"), "%s:%s/toc.dat" % (container, dest)], "copying toc.dat")
         else:
             self.docker(["cp", info["path"], "%s:%s" % (container, dest)], "copying the dump into %s" % container)
             test_pause("copy")
-        self.docker(
-            ["exec", "-u", "0", container, "chown", "-R", self.target.container_user, self.stage],
-            "handing the dump to %s" % self.target.container_user,
+        self.in_container(
+            ["chown", "-R", self.target.container_user, self.stage], "handing the dump to %s" % self.target.container_user
         )
         return dest
 
     def cleanup(self):
         if self.stage and self.target.container:
-            self.runner([self.target.docker, "exec", "-u", "0", self.target.container, "rm", "-rf", self.stage])
+            self.in_container(["rm", "-rf", self.stage])
             self.stage = None
 
     def _input(self, info, staged):
@@ -245,50 +235,11 @@ class Restorer:
 
     def create_db(self, db, comment=TEMP_COMMENT):
         """CREATE DATABASE, then mark it as ours at once (only marked databases are ever dropped by a repair)."""
-        self.target.run(
-            "psql",
-            [
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                "postgres",
-                "-c",
-                "CREATE DATABASE %s TEMPLATE template0;" % quote_ident(db),
-            ],
-        )
-        self.target.run(
-            "psql",
-            [
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                "postgres",
-                "-c",
-                "COMMENT ON DATABASE %s IS %s;" % (quote_ident(db), quote_literal(comment)),
-            ],
-        )
+        self.target.create_database(db, comment)
 
     def drop_db(self, db):
         """DROP DATABASE ... WITH (FORCE); returns None when done, else the error text."""
-        rc, out, err = self.target.run(
-            "psql",
-            [
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                "postgres",
-                "-c",
-                "DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(db),
-            ],
-            check=False,
-        )
-        return None if rc == 0 else _tail(err or out)
+        return self.target.drop_database(db)
 
     # -- what a killed or failed run left ----------------------------------------------------
     def find_leftovers(self, db):
@@ -297,10 +248,7 @@ class Restorer:
         found = classify_leftovers(db, rows)
         stages, clients = [], []
         if self.target.container:
-            rc, out, _err = self.runner(
-                [self.target.docker, "exec", "-u", "0", self.target.container, "sh", "-c", CONTAINER_SCAN, "sh",
-                 temp_db_name(db), stage_pattern(db)]
-            )  # fmt: skip
+            rc, out, _err = self.in_container(["sh", "-c", CONTAINER_SCAN, "sh", temp_db_name(db), stage_pattern(db)])
             for line in (out or "").splitlines() if rc == 0 else []:
                 kind, _sep, rest = line.partition(" ")
                 if kind == "stage" and rest.startswith(stage_pattern(db)):
@@ -316,9 +264,7 @@ class Restorer:
         done = []
         if clients:
             pids = [str(c["pid"]) for c in clients]
-            cmd = [self.target.docker, "exec", "-u", "0", self.target.container, "kill", "-TERM"] + pids
-            self.commands.append(" ".join(shlex.quote(a) for a in cmd))
-            self.runner(cmd)  # a client that ended meanwhile is fine: dropping the database ends the rest
+            self.in_container(["kill", "-TERM"] + pids)  # one that ended meanwhile is fine: dropping the database ends the rest
             done += ["stopped %s (pid %s) in the database container" % (c["tool"], c["pid"]) for c in clients]
         if found["target_blocked"]:
             self.allow_connections(db, True)
@@ -341,7 +287,7 @@ class Restorer:
                 continue
             done.append("dropped %s (replaced by a completed restore)" % old["name"])
         for stage in stages:
-            self.docker(["exec", "-u", "0", self.target.container, "rm", "-rf", "--", stage], "removing %s" % stage)
+            self.in_container(["rm", "-rf", "--", stage], "removing %s" % stage)
             done.append("removed the dump copy %s in the database container" % stage)
         self.changes += done
         return done
@@ -350,9 +296,7 @@ class Restorer:
         staged = self.stage_dump(info, jobs)
         if info["format"] == "plain":
             # G24: stop at the first error, all or nothing.
-            psql = self.tool_cmd(
-                "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", db, "-f", "-"], stdin=True
-            )
+            psql = self.target.psql_line(db, single_transaction=True)
             source = shlex.quote(info["path"])
             if info["decompress"]:
                 line = "%s -dc -- %s | %s" % (info["decompress"], source, psql)
@@ -399,7 +343,7 @@ class Restorer:
             out["note"] = "not checked: %s may not read data_directory (grant it pg_read_all_settings)" % self.target.user
             return out
         paths = [datadir] + (["/tmp"] if staged else [])  # noqa: S108 - the container's /tmp, where mktemp puts the copy
-        rc, text, err = self.runner([self.target.docker, "exec", self.target.container, "df", "-P", "-k"] + paths)
+        rc, text, err = self.in_container(["df", "-P", "-k"] + paths, user=None)
         if rc != 0:
             out["note"] = "not checked: df failed in the container (%s)" % _tail(err or text)
             return out
@@ -471,9 +415,7 @@ class Restorer:
         dump = self.tool_cmd(
             "pg_restore", ["--data-only", "--no-owner", "-f", "-"] + targets + ([arg] if arg else []), stdin=arg is None
         )
-        psql = self.tool_cmd(
-            "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", db, "-f", "-"], stdin=True
-        )
+        psql = self.target.psql_line(db, single_transaction=True)
         line = "{ printf '%%s' %s; %s%s; printf '%%s' %s; } | %s > /dev/null" % (
             shlex.quote(pre),
             dump,
@@ -491,16 +433,8 @@ class Restorer:
 
     def allow_connections(self, db, allow):
         """ALTER DATABASE ... ALLOW_CONNECTIONS; raises when disallowing fails (never restore into a used db)."""
-        return self.target.run(
-            "psql",
-            [
-                "-X",
-                "-q",
-                "-d",
-                "postgres",
-                "-c",
-                "ALTER DATABASE %s WITH ALLOW_CONNECTIONS %s;" % (quote_ident(db), "true" if allow else "false"),
-            ],
+        return self.target.execute(
+            "ALTER DATABASE %s WITH ALLOW_CONNECTIONS %s;" % (quote_ident(db), "true" if allow else "false")
         )
 
 

@@ -150,6 +150,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     PgExecError,
     postgres_argument_spec,
 )
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError
 
 
 def main():
@@ -174,7 +175,7 @@ def main():
     try:
         verifier = BackupVerifier(params, module.run_command)
         result = verifier.run()
-    except (PgBackupError, CatalogError, PgExecError) as exc:
+    except (PgBackupError, CatalogError, PgExecError, CommandError) as exc:
         module.fail_json(msg=str(exc), executed_commands=verifier.executed if verifier else [])
     if module.check_mode and module.params["test_restore"]:
         result["test_restore"] = {"planned": True, "scratch_db": params["scratch_db"], "backup_id": result["newest_backup_id"]}

@@ -200,6 +200,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     PgExecError,
     postgres_argument_spec,
 )
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError
 
 
 def main():
@@ -233,7 +234,7 @@ def main():
     try:
         job = PgBackup(module.params, module.run_command, check_mode=module.check_mode)
         result = job.run()
-    except (PgBackupError, CatalogError, PgExecError) as exc:
+    except (PgBackupError, CatalogError, PgExecError, CommandError) as exc:
         module.fail_json(msg=str(exc), executed_commands=job.executed if job else [])
     for warning in job.warnings:
         module.warn(warning)

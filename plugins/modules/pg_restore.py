@@ -259,6 +259,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     postgres_argument_spec,
 )
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore import Refused, RestoreError, run_restore
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError
 
 
 def main():
@@ -292,7 +293,7 @@ def main():
         partial.setdefault("changed", False)
         partial.setdefault("restored", False)
         module.fail_json(msg=str(exc), refused=True, **partial)
-    except (RestoreError, PgExecError) as exc:
+    except (RestoreError, PgExecError, CommandError) as exc:
         # changed is true when the run changed something before failing (roles created, a repair, the swap).
         partial = dict(getattr(exc, "partial", {}) or {})
         partial.setdefault("changed", False)

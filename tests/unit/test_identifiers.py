@@ -12,7 +12,7 @@ def test_valid_names(name):
 @pytest.mark.parametrize("name", ["", "1db", "-db", "a b", "a;b", '"x"', "a.b", "a" * 64, "é", None, 5, "db\n"])
 def test_invalid_names_name_the_option_and_the_rule(name):
     assert not ids.is_name(name)
-    with pytest.raises(ids.IdentifierError, match=r"db_name .* is not a valid PostgreSQL name: start with a letter"):
+    with pytest.raises(ids.IdentifierError, match=r"db_name .* is not a valid PostgreSQL identifier: start with a letter"):
         ids.check_name(name, "db_name")
 
 

@@ -49,7 +49,7 @@ def test_artifacts_and_format_choice():
         ({"format": "tar"}, "unknown format"),
         ({"backup_dir": "rel"}, "absolute path"),
         ({"jobs": 0}, "jobs must be between 1 and 64"),
-        ({"db_name": "x; drop"}, "db_name 'x; drop' is not a valid PostgreSQL name"),
+        ({"db_name": "x; drop"}, "db_name 'x; drop' is not a valid PostgreSQL identifier"),
         ({"canary_tables": ["a b"]}, "canary table"),
         ({"space_factor": -1.0}, "space_factor"),
         ({"lock_timeout": -1}, "lock_timeout"),

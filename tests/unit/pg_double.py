@@ -1,0 +1,93 @@
+"""A scripted stand-in for the database container (unit tests only): answers docker/psql commands.
+
+Unit tests (also under Python 3.9 in the Debian 11 image) have no PostgreSQL and no Docker
+engine, so the cores' I/O paths run here against scripted answers. The SAME paths run
+against a real server in tests/integration (test_backup.py, test_restore*.py,
+test_identifiers.py); this double only lets the unit tests reach every branch.
+
+Files a dump command would write (``... pg_dump ... > path``) are written, so the
+real catalog code (hashes, publish, verify) runs on real files.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+TOC = ";\n; Archive created at 2026-11-29\n;\n1; 2615 2200 SCHEMA - public pg_database_owner\n2; 1259 16384 TABLE public t postgres\n"
+
+
+class ScriptedServer:
+    """A ``run_command``-shaped callable. ``answers``: [(needle, reply)], first match wins.
+
+    ``needle`` is a substring of the command line plus its stdin (or a callable of that text);
+    ``reply`` is ``(rc, stdout, stderr)`` or a callable ``(line, data) -> (rc, stdout, stderr)``.
+    """
+
+    def __init__(self, counts=None, databases=(), roles=("postgres",), free_kb=10 * 1024 * 1024):
+        self.counts = dict(counts or {})
+        self.databases = set(databases)
+        self.roles = list(roles)
+        self.free_kb = free_kb
+        self.calls = []
+        self.answers = []
+
+    def answer(self, needle, reply):
+        """Put an answer in front of the others (a test's special case)."""
+        self.answers.insert(0, (needle, reply))
+
+    def lines(self):
+        """Each command with its stdin (the SQL), one string per command."""
+        return [line + ("\n" + data if data else "") for line, data in self.calls]
+
+    def __call__(self, args, data=None, environ_update=None, **_kwargs):
+        line = args if isinstance(args, str) else " ".join(args)  # unquoted: tests look for SQL text in it
+        if isinstance(args, list) and args[:3] == ["/bin/bash", "-o", "pipefail"]:
+            line = args[-1]
+        self.calls.append((line, data))
+        text = line + "\n" + (data or "")
+        for needle, reply in self.answers + self._defaults():
+            if needle(text) if callable(needle) else needle in text:
+                return reply(line, data) if callable(reply) else reply
+        return 0, "", ""
+
+    # -- the default answers of a healthy server ------------------------------------------
+    def _defaults(self):
+        return [
+            ("{{.State.Status}}|{{.Image}}", (0, "running|sha256:0123abcd\n", "")),
+            ("server_version_num", lambda line, data: (0, "15.4\x1f150004\x1f%d\n" % (8 * 1048576), "")),
+            ("count(*) AS c FROM", self._canary_counts),
+            ("pg_dump --version", (0, "pg_dump (PostgreSQL) 15.4\n", "")),
+            ("ps -aq --filter", (0, "", "")),
+            (lambda t: " > " in t and ("pg_dump" in t or "pg_dumpall" in t), self._write_dump),
+            ("--list", (0, TOC, "")),
+            ("datallowconn", (0, "", "")),
+            ("SELECT 1 FROM pg_database WHERE datname", self._db_exists),
+            ("SHOW data_directory", (0, "/var/lib/postgresql/data\n", "")),
+            (" df -P -k ", self._df),
+            ("rolname FROM pg_roles", lambda line, data: (0, "".join(r + "\n" for r in self.roles), "")),
+            ("mktemp -d", (0, "/tmp/ner11-restore-x-abc\n", "")),
+        ]
+
+    def _canary_counts(self, line, data):
+        rows = []
+        for table in re.findall(r"SELECT '([^']+)', CASE WHEN", data or ""):
+            value = self.counts.get(table)
+            rows.append("%s\x1f%s\n" % (table, "" if value is None else value))
+        return 0, "".join(rows), ""
+
+    def _write_dump(self, line, data):
+        path = shlex.split(line.rsplit(" > ", 1)[1])[0]
+        with open(path, "wb") as fh:
+            fh.write(b"PGDMP" + b"\0" * 300 if "pg_dump " in line else b"CREATE ROLE app;\n")
+        return 0, "", ""
+
+    def _db_exists(self, line, data):
+        name = re.search(r"datname = '([^']*)'", data or "").group(1)
+        return 0, "1\n" if name in self.databases else "", ""
+
+    def _df(self, line, data):
+        paths = line.split(" df -P -k ", 1)[1].split()
+        rows = ["Filesystem 1024-blocks Used Available Capacity Mounted on"]
+        rows += ["overlay 100000000 0 %d 1%% /" % self.free_kb for _p in paths]
+        return 0, "\n".join(rows) + "\n", ""

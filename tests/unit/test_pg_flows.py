@@ -1,0 +1,301 @@
+"""pg_backup -> backup_verify -> pg_restore through the cores, against a scripted server (pg_double).
+
+Real catalog files are written, hashed, published and verified; only the answers of
+docker/psql are scripted (the same paths run against real PostgreSQL in tests/integration).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import pytest
+from pg_double import ScriptedServer
+
+from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
+from ansible_collections.ner11.ops.plugins.module_utils import pgbackup as pb
+from ansible_collections.ner11.ops.plugins.module_utils import pgbackup_verify as ver
+from ansible_collections.ner11.ops.plugins.module_utils import pgexec
+from ansible_collections.ner11.ops.plugins.module_utils import pgrestore as pr
+from ansible_collections.ner11.ops.plugins.module_utils import pgrestore_plan as plan
+from ansible_collections.ner11.ops.plugins.module_utils import pgrestore_repair as repair
+
+COUNTS = {"public.t": 3, "vendor_equipment": 5}
+NOW = datetime.datetime(2026, 11, 29, 2, 0, 0, tzinfo=datetime.timezone.utc)
+
+
+def backup_params(tmp_path, **extra):
+    params = {
+        "container": "pg1",
+        "db_name": "my-db",
+        "backup_dir": str(tmp_path / "b"),
+        "canary_tables": list(COUNTS),
+        "period": "daily",
+        "compression": "gzip:1",
+    }
+    params.update(extra)
+    return params
+
+
+def make_backup(tmp_path, server=None, **extra):
+    server = server or ScriptedServer(COUNTS)
+    job = pb.PgBackup(backup_params(tmp_path, **extra), server, now=NOW)
+    return job, job.run(), server
+
+
+# -- pg_backup ---------------------------------------------------------------------------
+def test_backup_check_mode_plans_and_writes_nothing(tmp_path):
+    server = ScriptedServer(COUNTS)
+    job = pb.PgBackup(backup_params(tmp_path), server, check_mode=True, now=NOW)
+    result = job.run()
+    assert result["changed"] is True and result["plan"]["format"] == "custom"
+    assert result["backup_id"].startswith("my-db-20261129T020000Z")
+    assert not os.path.exists(str(tmp_path / "b" / "database"))
+    assert any("pg_dump -U postgres -Fc -Z 1 my-db" in c for c in result["plan"]["commands"])
+    assert all("> " not in line for line in server.lines())  # nothing was dumped
+
+
+def test_backup_creates_publishes_and_is_idempotent_per_period(tmp_path):
+    job, result, server = make_backup(tmp_path)
+    assert result["changed"] is True
+    manifest = result["manifest"]
+    assert manifest["status"] == "verified" and manifest["row_counts"] == COUNTS
+    assert manifest["toc_entries"] == 2 and manifest["format"] == "custom"
+    assert manifest["source"]["db_name"] == "my-db" and manifest["pg_dump_version"].startswith("pg_dump")
+    assert os.path.isfile(os.path.join(result["path"], "dump.pgdump"))
+    assert job.executed and all("login_password" not in c for c in job.executed)
+    # The same period again: the existing backup, nothing new.
+    again = pb.PgBackup(backup_params(tmp_path), ScriptedServer(COUNTS), now=NOW).run()
+    assert again["changed"] is False and again["backup_id"] == result["backup_id"]
+    # keep_until on the existing one pins it (a change), then nothing.
+    pinned = pb.PgBackup(backup_params(tmp_path, keep_until="30d"), ScriptedServer(COUNTS), now=NOW).run()
+    assert pinned["changed"] is True and pinned["pins"]
+
+
+def test_backup_records_a_count_range_when_rows_change_during_the_dump(tmp_path):
+    server = ScriptedServer(dict(COUNTS))
+
+    def grow(line, data):
+        server.counts["public.t"] = 4
+        return server._write_dump(line, data)
+
+    server.answer(lambda t: "pg_dump -U" in t and " > " in t, grow)
+    _job, result, _server = make_backup(tmp_path, server)
+    assert result["manifest"]["row_counts"]["public.t"] == 3
+    assert result["manifest"]["row_counts_after"]["public.t"] == 4
+
+
+@pytest.mark.parametrize(
+    "needle,reply,message",
+    [
+        ("{{.State.Status}}", (1, "", "Error: No such object: pg1"), "container pg1 not found"),
+        ("{{.State.Status}}", (0, "exited|sha256:1\n", ""), "container pg1 is exited, not running"),
+        ("server_version_num", (2, "", "could not connect to server"), "cannot query the database server"),
+        ("server_version_num", (0, "15.4\x1f150004\x1f\n", ""), "database my-db does not exist"),
+        ("--list", (1, "", "pg_restore: error: input file is too short"), "pg_restore --list could not read"),
+        ("--list", (0, ";\n", ""), "found no entries"),
+        (lambda t: "pg_dump -U" in t and " > " in t, (1, "", "pg_dump: error: connection lost"), "pg_dump of my-db failed"),
+    ],
+)
+def test_backup_failures_name_the_cause_and_leave_no_partial(tmp_path, needle, reply, message):
+    server = ScriptedServer(COUNTS)
+    server.answer(needle, reply)
+    with pytest.raises(pb.PgBackupError, match=message):
+        make_backup(tmp_path, server)
+    kind_dir = tmp_path / "b" / "database"
+    assert not kind_dir.exists() or [p.name for p in kind_dir.iterdir() if p.name != ".lock"] == []
+
+
+def test_backup_directory_format_needs_a_password_in_container_mode(tmp_path):
+    with pytest.raises(pb.PgBackupError, match="needs login_password"):
+        make_backup(tmp_path, format="directory")
+
+
+def test_backup_directory_format_runs_a_sidecar_with_the_passfile(tmp_path):
+    job = pb.PgBackup(backup_params(tmp_path, login_password="s3cret", jobs=2), ScriptedServer(COUNTS), check_mode=True, now=NOW)
+    result = job.run()
+    dump = result["plan"]["commands"][0]
+    assert result["plan"]["format"] == "directory" and "--network container:pg1" in dump
+    assert "--entrypoint pg_dump" in dump and "PGPASSFILE=/run/ner11/pgpass" in dump and "s3cret" not in dump
+    assert "--network none" in result["plan"]["commands"][2]
+
+
+def test_backup_host_mode_commands(tmp_path):
+    params = backup_params(tmp_path, login_host="db.example", login_port=5433, login_password="pw", format="plain")
+    params.pop("container")
+    params["compression"] = "zstd:3"
+    job = pb.PgBackup(params, ScriptedServer(COUNTS), check_mode=True, now=NOW)
+    kind, line = job.dump_command("plain", "zstd", 3, 1, "/p", "dump.sql.zst")
+    assert kind == "shell" and line.startswith("pg_dump -h db.example -p 5433 -U postgres -Fp") and "| zstd -q -T0 -3 >" in line
+    kind, argv = job.globals_command("/p")
+    assert kind == "argv" and argv[:2] == ["pg_dumpall", "-h"] and "--no-role-passwords" in argv
+    assert job.list_command("custom", "/p", "dump.pgdump")[1][0] == "pg_restore"
+
+
+# -- backup_verify -------------------------------------------------------------------------
+def test_verify_checks_the_archive_and_test_restores_into_a_marked_scratch(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+    server = ScriptedServer(COUNTS)
+    params = {"backup_dir": str(tmp_path / "b"), "container": "pg1", "test_restore": True, "max_age_hours": 0}
+    result = ver.BackupVerifier(params, server, now=NOW).run()
+    assert result["status"] == "ok", result["errors"]
+    assert result["backups"][0]["checks"] == ["manifest", "sha256", "archive"]
+    restore = result["test_restore"]
+    assert restore["row_counts"] == COUNTS and restore["errors"] == []
+    assert any('CREATE DATABASE "ner11_test_restore" TEMPLATE template0' in c for c in server.lines())
+    assert any('COMMENT ON DATABASE "ner11_test_restore" IS \'ner11.ops:' in c for c in server.lines())
+    assert restore["actions"][-1] == "dropped ner11_test_restore"
+    assert cat.Catalog(str(tmp_path / "b")).verification("database", made["backup_id"])["status"] == "ok"
+
+
+def test_verify_refuses_an_unmarked_scratch_database(tmp_path):
+    make_backup(tmp_path)
+    server = ScriptedServer(COUNTS)
+    server.answer(
+        "coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname =",
+        (0, "ner11_test_restore\x1f\n", ""),
+    )
+    params = {"backup_dir": str(tmp_path / "b"), "container": "pg1", "test_restore": True}
+    with pytest.raises(pb.PgBackupError, match="exists and was not created by ner11.ops"):
+        ver.BackupVerifier(params, server, now=NOW).run()
+    assert not any("DROP DATABASE" in c for c in server.lines())
+
+
+def test_verify_reports_a_count_mismatch_and_an_unreadable_archive(tmp_path):
+    make_backup(tmp_path)
+    server = ScriptedServer({"public.t": 2, "vendor_equipment": 5})
+    params = {"backup_dir": str(tmp_path / "b"), "container": "pg1", "test_restore": True}
+    result = ver.BackupVerifier(params, server, now=NOW).run()
+    assert result["status"] == "failed"
+    assert any("public.t: restored 2 rows, manifest says 3" in e for e in result["errors"])
+    broken = ScriptedServer(COUNTS)
+    broken.answer("--list", (1, "", "pg_restore: error: not an archive"))
+    result = ver.BackupVerifier({"backup_dir": str(tmp_path / "b"), "container": "pg1"}, broken, now=NOW).run()
+    assert any("pg_restore --list failed: pg_restore: error: not an archive" in e for e in result["errors"])
+
+
+def test_verify_without_a_server_checks_checksums_only_and_finds_damage(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+    params = {"backup_dir": str(tmp_path / "b")}
+    result = ver.BackupVerifier(params, ScriptedServer(), now=NOW).run()
+    assert result["status"] == "ok" and result["backups"][0]["checks"] == ["manifest", "sha256"]
+    with open(os.path.join(made["path"], "dump.pgdump"), "r+b") as fh:
+        fh.write(b"X")
+    result = ver.BackupVerifier(dict(params, backup_id=made["backup_id"]), ScriptedServer(), now=NOW).run()
+    assert result["status"] == "failed" and result["backups"][0]["status"] == "failed"
+    with pytest.raises(pb.PgBackupError, match="not found"):
+        ver.BackupVerifier(dict(params, backup_id="nope-20261129T020000Z"), ScriptedServer(), now=NOW).run()
+
+
+# -- pg_restore ------------------------------------------------------------------------------
+def restore_params(tmp_path, backup_id, **extra):
+    params = {"container": "pg1", "db_name": "my-db", "backup_dir": str(tmp_path / "b"), "backup_id": backup_id}
+    params.update(extra)
+    return params
+
+
+def test_restore_creates_a_missing_database_check_mode_first(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+    server = ScriptedServer(COUNTS)
+    planned = pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, check_mode=True, now=NOW)
+    assert planned["changed"] is True and planned["operation"] == "create" and planned["restored"] is False
+    assert planned["plan"]["rename"] == {"my-db__ner11_restore": "my-db"}
+    assert planned["plan"]["space"]["checked"] is True
+    assert not any("CREATE DATABASE" in c for c in server.lines())
+    server = ScriptedServer(COUNTS)
+    done = pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)
+    assert done["restored"] is True and done["row_counts"] == COUNTS
+    lines = server.lines()
+    assert any('CREATE DATABASE "my-db__ner11_restore" TEMPLATE template0' in c for c in lines)
+    assert any('ALTER DATABASE "my-db__ner11_restore" RENAME TO "my-db"' in c for c in lines)
+    assert done["globals"]["created"] == ["app"]  # globals.sql had a role the server lacks
+    assert done["executed_commands"] and done["duration_s"] >= 0
+
+
+def test_restore_refuses_a_mismatching_copy_and_drops_it(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+    server = ScriptedServer({"public.t": 1, "vendor_equipment": 5})
+    with pytest.raises(pr.RestoreError, match="does not match backup") as info:
+        pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)
+    assert any('DROP DATABASE IF EXISTS "my-db__ner11_restore" WITH (FORCE)' in c for c in server.lines())
+    assert info.value.partial["changed"] is True  # the role from globals.sql was created
+
+
+def test_restore_replaces_an_existing_database_with_confirm(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+    server = ScriptedServer(COUNTS, databases={"my-db"})
+    server.answer("FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace\nWHERE c.relkind IN", (0, "public\x1ft\n", ""))
+    with pytest.raises(pr.Refused, match="if_exists=replace and confirm=my-db"):
+        pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)
+    server = ScriptedServer(COUNTS, databases={"my-db"})
+    server.answer("FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace\nWHERE c.relkind IN", (0, "public\x1ft\n", ""))
+    done = pr.run_restore(restore_params(tmp_path, made["backup_id"], if_exists="replace", confirm="my-db"), server, now=NOW)
+    assert done["operation"] == "replace" and done["restored"] is True
+    lines = server.lines()
+    assert any('ALTER DATABASE "my-db" WITH ALLOW_CONNECTIONS false;' in c for c in lines)
+    assert any('RENAME TO "my-db__ner11_old_20261129T020000"' in c for c in lines)
+    assert any('DROP DATABASE IF EXISTS "my-db__ner11_old_20261129T020000" WITH (FORCE)' in c for c in lines)
+
+
+def test_restore_repairs_what_a_killed_run_left_first(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+    server = ScriptedServer(COUNTS)
+    left = "my-db\x1ff\x1f\nmy-db__ner11_restore\x1ft\x1f%s\n" % repair.TEMP_COMMENT
+    server.answer("datallowconn", (0, left, ""))
+    server.answer("/proc/[0-9]*", (0, "pid 42 pg_restore\nstage /tmp/ner11-restore-my-db-abc\n", ""))
+    planned = pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, check_mode=True, now=NOW)
+    assert planned["operation"] == "repair" and planned["changed"] is True
+    assert "allow connections to my-db again (a killed restore left them disallowed)" in planned["plan"]["repair"]
+    assert not any("kill -TERM" in c for c in server.lines())  # check mode changes nothing
+
+
+def test_restore_input_errors_name_the_fix(tmp_path):
+    with pytest.raises(pr.RestoreError, match="name the backup"):
+        pr.run_restore({"container": "pg1", "db_name": "my-db", "backup_dir": str(tmp_path)}, ScriptedServer())
+    with pytest.raises(pr.RestoreError, match="db_name 'a b' is not a valid PostgreSQL identifier"):
+        pr.run_restore({"container": "pg1", "db_name": "a b", "latest": True}, ScriptedServer())
+    with pytest.raises(pr.RestoreError, match="jobs must be 1 or more"):
+        pr.run_restore({"container": "pg1", "db_name": "db", "latest": True, "jobs": -1}, ScriptedServer())
+    with pytest.raises(pr.RestoreError, match="no verified full backup of database my-db"):
+        pr.run_restore({"container": "pg1", "db_name": "my-db", "latest": True, "backup_dir": str(tmp_path)}, ScriptedServer())
+    assert plan.validate_db_name("my-db") == "my-db"
+
+
+# -- pgexec --------------------------------------------------------------------------------
+def test_pgtarget_host_mode_uses_a_private_passfile_and_never_a_password_argument():
+    server = ScriptedServer()
+    params = {"login_host": "db", "login_port": 5433, "login_password": "pa:ss", "login_user": "app"}
+    with pgexec.PgTarget(params, server) as target:
+        target.execute("SELECT 1;", "x")
+        line, _data = server.calls[0]
+        assert line.startswith("psql -h db -p 5433 -U app -X -q -v ON_ERROR_STOP=1 -d x -c")
+        env = target.environ()
+        with open(env["PGPASSFILE"]) as fh:
+            assert fh.read() == "*:*:*:app:pa\\:ss\n"
+        assert oct(os.stat(env["PGPASSFILE"]).st_mode & 0o777) == "0o600"
+        passfile = env["PGPASSFILE"]
+    assert not os.path.exists(passfile)  # removed when the target closes
+    assert "pa:ss" not in " ".join(server.lines())
+
+
+def test_pgtarget_databases_and_failures():
+    server = ScriptedServer()
+    target = pgexec.PgTarget({"container": "pg1"}, server)
+    target.create_database("my-db", "ner11.ops: test")
+    assert server.lines()[-2].endswith('-d postgres -c CREATE DATABASE "my-db" TEMPLATE template0;')
+    assert "COMMENT ON DATABASE \"my-db\" IS 'ner11.ops: test';" in server.lines()[-1]
+    assert target.database_comment("my-db") is None
+    server.answer("shobj_description", (0, "my-db\x1f\n", ""))
+    assert target.database_comment("my-db") == ""  # exists, no comment: never read as absent
+    server.answer("DROP DATABASE", (1, "", "ERROR:  database is being accessed\n"))
+    assert target.drop_database("my-db") == "ERROR:  database is being accessed"
+    server.answer("SELECT 42", (2, "", "psql: error: connection refused\n"))
+    with pytest.raises(pgexec.PgExecError, match=r"psql failed on container pg1 \(as postgres\) \(rc=2\): psql: error"):
+        target.query("SELECT 42;")
+    assert target.query("SELECT 42;", check=False) is None
+    assert target.canary_counts([], "db") == {}
+    with pytest.raises(pgexec.PgExecError, match="set either container"):
+        pgexec.PgTarget({}, server)
+    server.answer("{{.State.Status}}", (1, "", "Error: No such object: pg1\n"))
+    assert target.container_state() == (None, "Error: No such object: pg1")
+    assert pgexec.postgres_module_kwargs({"x": {"type": "str"}})["argument_spec"]["x"] == {"type": "str"}
