@@ -97,9 +97,13 @@ def ledger_lines(stack):
     return [json.loads(line) for line in open(path)]
 
 
-def maint_stats(res):
+def maint_stats_key(res, key):
     stats = res.custom_stats.get("_run", res.custom_stats)
-    return stats["ner11_maintenance"]
+    return stats[key]
+
+
+def maint_stats(res):
+    return maint_stats_key(res, "ner11_maintenance")
 
 
 def steps_of(report):
@@ -265,3 +269,31 @@ def test_log_limits_and_shm_size_reach_the_containers_and_a_parallel_index_build
         " CREATE INDEX it_shm_h ON it_shm (h); SELECT count(*) FROM it_shm; DROP TABLE it_shm;"
     )
     assert out.splitlines()[-1] in ("200000", "DROP TABLE") or "200000" in out
+
+
+def test_the_ledger_play_every_playbook_imports_writes_a_redacted_line_and_a_global_summary(tmp_path):
+    # No stack needed: the play only reads the stack model for the ledger's place.
+    ev = {
+        "ner11_stack": {"project": "itledger", "config_dir": str(tmp_path / "cfg")},
+        "ner11_ledger_playbook": "health",
+        "ner11_db_password": "it-secret-" + uuid.uuid4().hex,
+        "ner11_ledger_results": {"note": "a careless message"},
+        "awx_job_id": 77,
+    }
+    ev["ner11_ledger_results"]["note"] += " with " + ev["ner11_db_password"]
+    res = run_playbook("playbooks/parts/run_ledger.yml", ev, env=STATS)
+    assert res.rc == 0, res.explain()
+    path = tmp_path / "cfg" / "ledger.jsonl"
+    assert mode(str(path)) == 0o600 and mode(str(tmp_path / "cfg")) == 0o700
+    line = json.loads(path.read_text().splitlines()[-1])
+    assert line["playbook"] == "health" and line["host"] == "localhost" and line["awx_job_id"] == "77"
+    assert ev["ner11_db_password"] not in path.read_text() and "(redacted)" in line["results"]["note"]
+    summary = maint_stats_key(res, "ner11_run")
+    assert summary["status"] == "ok" and summary["hosts"] == {"localhost": "ok"} and summary["awx_job_id"] == "77"
+    # Every playbook of the collection ends with it (maintenance and the dr playbooks write their own line).
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "playbooks")
+    for name in sorted(os.listdir(root)):
+        if name.endswith(".yml") and name not in ("maintenance.yml", "dr_restore.yml", "dr_drill.yml", "awx_configure.yml"):
+            if name.startswith("incident_"):
+                continue  # the incident role writes its record's ledger line
+            assert "import_playbook: parts/run_ledger.yml" in open(os.path.join(root, name)).read(), name
