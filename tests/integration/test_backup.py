@@ -155,9 +155,10 @@ def test_verify_test_restore_and_flipped_byte(db, tmp_path):
         refused = run_module("ner11.ops.backup_verify", dict(verify_args, test_restore=True, scratch_db=scratch))
         assert refused.get("failed") and scratch in refused["msg"], (scratch, refused.get("msg"))
         assert refused["changed"] is False
-    assert "not created by ner11.ops" in run_module(
-        "ner11.ops.backup_verify", dict(verify_args, test_restore=True, scratch_db="it_mine")
-    )["msg"]
+    assert (
+        "not created by ner11.ops"
+        in run_module("ner11.ops.backup_verify", dict(verify_args, test_restore=True, scratch_db="it_mine"))["msg"]
+    )
     assert db.psql("SELECT count(*) FROM keep_me", db="it_mine") == "1"
     assert db.psql("SELECT count(*) FROM pg_database WHERE datname IN ('postgres', 'template1')", db="postgres") == "2"
     assert int(db.psql("SELECT count(*) FROM vendor_equipment")) == CANARIES["vendor_equipment"]
