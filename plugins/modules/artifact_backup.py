@@ -220,8 +220,11 @@ executed_commands:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ner11.ops.plugins.module_utils.artifacts import DEFAULT_EXCLUDES, ArtifactBackup, ArtifactError
+from ansible_collections.ner11.ops.plugins.module_utils.artifact_tar import DEFAULT_EXCLUDES, ArtifactError
+from ansible_collections.ner11.ops.plugins.module_utils.artifacts import ArtifactBackup
 from ansible_collections.ner11.ops.plugins.module_utils.catalog import CatalogError
+from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import docker_cli_option
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError
 
 
 def main():
@@ -236,7 +239,7 @@ def main():
             excludes=dict(type="list", elements="str", default=list(DEFAULT_EXCLUDES)),
             allow_live=dict(type="bool", default=False),
             helper_image=dict(type="str"),
-            docker_cli=dict(type="str", default="docker"),
+            docker_cli=docker_cli_option(),
             lock_timeout=dict(type="int", default=0),
             source_host=dict(type="str"),
             keep_until=dict(type="str"),
@@ -248,7 +251,7 @@ def main():
     try:
         job = ArtifactBackup(module.params, module.run_command, check_mode=module.check_mode, tmpdir=module.tmpdir)
         result = job.run()
-    except (ArtifactError, CatalogError, OSError, ValueError) as exc:
+    except (ArtifactError, CatalogError, CommandError, OSError, ValueError) as exc:
         module.fail_json(msg=str(exc), executed_commands=job.docker.commands if job else [])
     for warning in job.warnings:
         module.warn(warning)

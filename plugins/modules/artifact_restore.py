@@ -158,8 +158,11 @@ executed_commands:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ner11.ops.plugins.module_utils.artifacts import ArtifactError, ArtifactRestore
+from ansible_collections.ner11.ops.plugins.module_utils.artifact_restorer import ArtifactRestore
+from ansible_collections.ner11.ops.plugins.module_utils.artifact_tar import ArtifactError
 from ansible_collections.ner11.ops.plugins.module_utils.catalog import CatalogError
+from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import docker_cli_option
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError
 
 
 def main():
@@ -176,7 +179,7 @@ def main():
             helper_image=dict(type="str"),
             confirm=dict(type="str"),
             force=dict(type="bool", default=False),
-            docker_cli=dict(type="str", default="docker"),
+            docker_cli=docker_cli_option(),
         ),
         mutually_exclusive=[("backup_id", "latest"), ("volume", "dest"), ("volume", "container")],
         required_by={"container": "dest"},
@@ -188,7 +191,7 @@ def main():
             module.params, module.run_command, check_mode=module.check_mode, diff=module._diff, tmpdir=module.tmpdir
         )
         result = job.run()
-    except (ArtifactError, CatalogError, OSError, ValueError) as exc:
+    except (ArtifactError, CatalogError, CommandError, OSError, ValueError) as exc:
         # changed is true when the run had already written to the target (a created volume, the swap).
         touched = list(getattr(job, "touched", []) or [])
         module.fail_json(

@@ -7,7 +7,9 @@ import tarfile
 
 import pytest
 
-from ansible_collections.ner11.ops.plugins.module_utils import artifacts as art
+from ansible_collections.ner11.ops.plugins.module_utils import artifact_docker as adk
+from ansible_collections.ner11.ops.plugins.module_utils import artifact_extract as ext
+from ansible_collections.ner11.ops.plugins.module_utils import artifact_tar as tar
 
 
 def _write(path, data, mode=0o644):
@@ -30,9 +32,9 @@ def tree(tmp_path):
     return str(root)
 
 
-def _tar_of(root, tmp_path, excludes=art.DEFAULT_EXCLUDES, name="t.tar"):
+def _tar_of(root, tmp_path, excludes=tar.DEFAULT_EXCLUDES, name="t.tar"):
     path = str(tmp_path / name)
-    art.write_tar(path, root, art.list_host_tree(root, excludes))
+    tar.write_tar(path, root, tar.list_host_tree(root, excludes))
     return path
 
 
@@ -48,11 +50,11 @@ def _tar_of(root, tmp_path, excludes=art.DEFAULT_EXCLUDES, name="t.tar"):
     ],
 )
 def test_excludes_match_any_component_like_gnu_tar(rel, expected):
-    assert art.is_excluded(rel, art.DEFAULT_EXCLUDES) is expected
+    assert tar.is_excluded(rel, tar.DEFAULT_EXCLUDES) is expected
 
 
 def test_listing_keeps_every_file_with_mode_and_skips_excludes(tree):
-    listing = art.list_host_tree(tree, art.DEFAULT_EXCLUDES)
+    listing = tar.list_host_tree(tree, tar.DEFAULT_EXCLUDES)
     paths = [e["path"] for e in listing]
     assert paths == [".", "current", "m1", "m1/model.json", "m1/weights.safetensors", "manifest.json"]
     by = {e["path"]: e for e in listing}
@@ -64,29 +66,29 @@ def test_listing_keeps_every_file_with_mode_and_skips_excludes(tree):
 
 def test_tar_scan_equals_host_listing_and_digest(tree, tmp_path):
     tar_path = _tar_of(tree, tmp_path)
-    scanned = art.scan_tar(tar_path)
-    host = art.list_host_tree(tree, art.DEFAULT_EXCLUDES)
-    assert [art._identity(e) for e in scanned] == [art._identity(e) for e in host]
-    assert art.content_digest(scanned) == art.content_digest(host)
-    assert art.summarize(scanned) == {"file_count": 3, "content_bytes": 1000 + 3 + 14, "entries": 6}
+    scanned = tar.scan_tar(tar_path)
+    host = tar.list_host_tree(tree, tar.DEFAULT_EXCLUDES)
+    assert [tar._identity(e) for e in scanned] == [tar._identity(e) for e in host]
+    assert tar.content_digest(scanned) == tar.content_digest(host)
+    assert tar.summarize(scanned) == {"file_count": 3, "content_bytes": 1000 + 3 + 14, "entries": 6}
 
 
 def test_digest_ignores_mtime_but_sees_mode_and_content(tree):
-    before = art.content_digest(art.list_host_tree(tree))
+    before = tar.content_digest(tar.list_host_tree(tree))
     os.utime(os.path.join(tree, "manifest.json"), (1, 1))
-    assert art.content_digest(art.list_host_tree(tree)) == before
+    assert tar.content_digest(tar.list_host_tree(tree)) == before
     os.chmod(os.path.join(tree, "manifest.json"), 0o600)
-    after_mode = art.content_digest(art.list_host_tree(tree))
+    after_mode = tar.content_digest(tar.list_host_tree(tree))
     assert after_mode != before
     _write(os.path.join(tree, "manifest.json"), b"{} \n", 0o600)
-    assert art.content_digest(art.list_host_tree(tree)) != after_mode
+    assert tar.content_digest(tar.list_host_tree(tree)) != after_mode
 
 
 def test_changed_paths_names_only_the_changed_file(tree):
-    old = art.list_host_tree(tree, art.DEFAULT_EXCLUDES)
+    old = tar.list_host_tree(tree, tar.DEFAULT_EXCLUDES)
     _write(os.path.join(tree, "m1", "model.json"), b'{"name": "m1", "v": 2}')
-    new = art.list_host_tree(tree, art.DEFAULT_EXCLUDES)
-    assert art.changed_paths(old, new) == ["m1/model.json"]
+    new = tar.list_host_tree(tree, tar.DEFAULT_EXCLUDES)
+    assert tar.changed_paths(old, new) == ["m1/model.json"]
 
 
 def test_restore_plan_mirror_and_overlay():
@@ -95,27 +97,27 @@ def test_restore_plan_mirror_and_overlay():
 
     backup = [f("a", "1"), f("b", "2"), f("c", "3")]
     target = [f("a", "1"), f("b", "X"), f("d", "4"), {"path": ".", "type": "dir", "mode": "0755"}]
-    plan = art.restore_plan(backup, target, "mirror")
+    plan = tar.restore_plan(backup, target, "mirror")
     assert (plan["write"], plan["replace"], plan["remove"], plan["unchanged"]) == (["c"], ["b"], ["d"], 1)
-    assert plan["identical"] is False and art.plan_needs_confirm(plan, target)
-    overlay = art.restore_plan(backup, target, "overlay")
+    assert plan["identical"] is False and tar.plan_needs_confirm(plan, target)
+    overlay = tar.restore_plan(backup, target, "overlay")
     assert overlay["remove"] == []
-    mode_only = art.restore_plan([f("a", "1", "0600")], [f("a", "1", "0644")], "overlay")
+    mode_only = tar.restore_plan([f("a", "1", "0600")], [f("a", "1", "0644")], "overlay")
     assert mode_only["replace"] == ["a"]
-    assert art.restore_plan(backup, backup, "mirror")["identical"] is True
-    missing = art.restore_plan(backup, None, "mirror")
+    assert tar.restore_plan(backup, backup, "mirror")["identical"] is True
+    missing = tar.restore_plan(backup, None, "mirror")
     assert missing["write"] == ["a", "b", "c"] and not missing["identical"]
-    assert not art.plan_needs_confirm(missing, None)
-    with pytest.raises(art.ArtifactError):
-        art.restore_plan(backup, target, "sideways")
+    assert not tar.plan_needs_confirm(missing, None)
+    with pytest.raises(tar.ArtifactError):
+        tar.restore_plan(backup, target, "sideways")
 
 
 def test_extract_restores_modes_and_links(tree, tmp_path):
     tar_path = _tar_of(tree, tmp_path)
     out = str(tmp_path / "out")
     os.mkdir(out)
-    art.extract_tar(tar_path, out, chown=False)
-    assert art.content_digest(art.list_host_tree(out)) == art.content_digest(art.list_host_tree(tree, art.DEFAULT_EXCLUDES))
+    ext.extract_tar(tar_path, out, chown=False)
+    assert tar.content_digest(tar.list_host_tree(out)) == tar.content_digest(tar.list_host_tree(tree, tar.DEFAULT_EXCLUDES))
     assert stat.S_IMODE(os.stat(os.path.join(out, "m1", "weights.safetensors")).st_mode) == 0o640
     assert os.readlink(os.path.join(out, "current")) == "m1"
 
@@ -137,10 +139,10 @@ def _evil_tar(path, members):
 def test_extract_and_scan_refuse_escaping_members(tmp_path, name):
     path = str(tmp_path / "evil.tar")
     _evil_tar(path, [(name, "file", None)])
-    with pytest.raises(art.ArtifactError, match="escapes"):
-        art.scan_tar(path)
-    with pytest.raises(art.ArtifactError, match="escapes"):
-        art.extract_tar(path, str(tmp_path), chown=False)
+    with pytest.raises(tar.ArtifactError, match="escapes"):
+        tar.scan_tar(path)
+    with pytest.raises(tar.ArtifactError, match="escapes"):
+        ext.extract_tar(path, str(tmp_path), chown=False)
 
 
 def test_extract_never_writes_through_a_symlink(tmp_path):
@@ -151,25 +153,25 @@ def test_extract_never_writes_through_a_symlink(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(OSError):
-        art.extract_tar(path, str(dest), chown=False)
+        ext.extract_tar(path, str(dest), chown=False)
     assert not (outside / "pwned").exists()
 
 
 def test_unreadable_archive_is_named(tmp_path):
     path = tmp_path / "bad.tar"
     path.write_bytes(b"not a tar at all" * 100)
-    with pytest.raises(art.ArtifactError, match="not a readable tar"):
-        art.scan_tar(str(path))
+    with pytest.raises(tar.ArtifactError, match="not a readable tar"):
+        tar.scan_tar(str(path))
 
 
 def test_corrupt_members_names_the_damaged_file(tree, tmp_path):
     tar_path = _tar_of(tree, tmp_path)
-    contents = art.scan_tar(tar_path)
+    contents = tar.scan_tar(tar_path)
     data = bytearray(open(tar_path, "rb").read())
     idx = data.index(b'{"name": "m1"}')
     data[idx + 3] ^= 0xFF
     open(tar_path, "wb").write(bytes(data))
-    assert art.corrupt_members(tar_path, contents) == ["m1/model.json"]
+    assert tar.corrupt_members(tar_path, contents) == ["m1/model.json"]
 
 
 def test_config_listing_is_relative_to_the_common_parent(tmp_path):
@@ -178,14 +180,14 @@ def test_config_listing_is_relative_to_the_common_parent(tmp_path):
     _write(str(proj / ".env"), b"POSTGRES_PASSWORD=s3cret\n", 0o600)
     _write(str(proj / "scripts" / "a.sh"), b"#!/bin/sh\n", 0o755)
     _write(str(proj / "scripts" / "__pycache__" / "x.pyc"), b"x")
-    root, listing = art.list_config(
-        [str(proj / "docker-compose.yml"), str(proj / ".env"), str(proj / "scripts")], art.DEFAULT_EXCLUDES
+    root, listing = tar.list_config(
+        [str(proj / "docker-compose.yml"), str(proj / ".env"), str(proj / "scripts")], tar.DEFAULT_EXCLUDES
     )
     assert root == str(proj)
     by = {e["path"]: e for e in listing}
     assert sorted(by) == [".env", "docker-compose.yml", "scripts", "scripts/a.sh"]
     assert by[".env"]["mode"] == "0600" and by["scripts/a.sh"]["mode"] == "0755"
-    nested_root, nested = art.list_config([str(proj / "scripts" / "a.sh"), str(proj / ".env")])
+    nested_root, nested = tar.list_config([str(proj / "scripts" / "a.sh"), str(proj / ".env")])
     assert nested_root == str(proj) and [e["path"] for e in nested] == [".env", "scripts", "scripts/a.sh"]
 
 
@@ -194,28 +196,28 @@ def test_config_listing_is_relative_to_the_common_parent(tmp_path):
     [([], "no paths"), (["relative/.env"], "not absolute"), (["/a/x", "/a/x"], "twice")],
 )
 def test_config_root_rejects_bad_input(paths, match):
-    with pytest.raises(art.ArtifactError, match=match):
-        art.config_root(paths)
+    with pytest.raises(tar.ArtifactError, match=match):
+        tar.config_root(paths)
 
 
 def test_config_missing_path_is_named(tmp_path):
-    with pytest.raises(art.ArtifactError, match="does not exist"):
-        art.list_config([str(tmp_path / "nope.yml")])
+    with pytest.raises(tar.ArtifactError, match="does not exist"):
+        tar.list_config([str(tmp_path / "nope.yml")])
 
 
 def test_overlay_restore_writes_only_listed_paths(tmp_path):
     proj = tmp_path / "proj"
     _write(str(proj / ".env"), b"A=1\n", 0o600)
     _write(str(proj / "compose.yml"), b"x\n")
-    root, listing = art.list_config([str(proj / ".env"), str(proj / "compose.yml")])
+    root, listing = tar.list_config([str(proj / ".env"), str(proj / "compose.yml")])
     tar_path = str(tmp_path / "c.tar")
-    art.write_tar(tar_path, root, listing)
+    tar.write_tar(tar_path, root, listing)
     dest = tmp_path / "dest"
     _write(str(dest / "other.txt"), b"keep")
     _write(str(dest / ".env"), b"A=2\n", 0o644)
-    plan = art.restore_plan(listing, art.list_config([str(dest / ".env"), str(dest / "other.txt")])[1], "overlay")
+    plan = tar.restore_plan(listing, tar.list_config([str(dest / ".env"), str(dest / "other.txt")])[1], "overlay")
     assert plan["replace"] == [".env"] and plan["write"] == ["compose.yml"] and plan["remove"] == []
-    art.host_restore_overlay(tar_path, str(dest), plan["write"] + plan["replace"])
+    ext.host_restore_overlay(tar_path, str(dest), plan["write"] + plan["replace"])
     assert (dest / ".env").read_bytes() == b"A=1\n"
     assert stat.S_IMODE(os.stat(dest / ".env").st_mode) == 0o600
     assert (dest / "other.txt").read_bytes() == b"keep"
@@ -226,9 +228,9 @@ def test_mirror_restore_swaps_and_removes_the_old_tree(tree, tmp_path):
     tar_path = _tar_of(tree, tmp_path)
     dest = tmp_path / "restored"
     _write(str(dest / "stale.bin"), b"old")
-    art.host_restore_mirror(tar_path, str(dest), "t1")
+    ext.host_restore_mirror(tar_path, str(dest), "t1")
     assert not (dest / "stale.bin").exists()
-    assert art.content_digest(art.list_host_tree(str(dest))) == art.content_digest(art.list_host_tree(tree, art.DEFAULT_EXCLUDES))
+    assert tar.content_digest(tar.list_host_tree(str(dest))) == tar.content_digest(tar.list_host_tree(tree, tar.DEFAULT_EXCLUDES))
     assert sorted(os.listdir(tmp_path)) == ["models", "restored", "t.tar"]
 
 
@@ -237,31 +239,31 @@ def test_mirror_restore_failure_leaves_dest_untouched(tmp_path):
     _evil_tar(path, [("ok", "file", None), ("../escape", "file", None)])
     dest = tmp_path / "dest"
     _write(str(dest / "keep"), b"keep")
-    with pytest.raises(art.ArtifactError):
-        art.host_restore_mirror(path, str(dest), "t2")
+    with pytest.raises(tar.ArtifactError):
+        ext.host_restore_mirror(path, str(dest), "t2")
     assert (dest / "keep").read_bytes() == b"keep"
     assert sorted(os.listdir(tmp_path)) == ["dest", "evil.tar"]
 
 
 def test_manifest_fields_and_digests(tree, tmp_path):
     tar_path = _tar_of(tree, tmp_path)
-    contents = art.scan_tar(tar_path)
+    contents = tar.scan_tar(tar_path)
     archive = {"path": "data.tar", "size": os.path.getsize(tar_path), "sha256": "ab" * 32, "mode": "0600"}
     source = {"host": "h", "path": "/srv/models"}
-    m = art.build_manifest(
+    m = tar.build_manifest(
         "config", "c-1", source, contents, archive, "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "manual", None, 1.23456
     )
-    assert m["sensitive"] is True and m["content_sha256"] == art.content_digest(contents)
-    assert m["sha256"] == art.files_digest([archive]) and m["size_bytes"] == archive["size"]
+    assert m["sensitive"] is True and m["content_sha256"] == tar.content_digest(contents)
+    assert m["sha256"] == tar.files_digest([archive]) and m["size_bytes"] == archive["size"]
     assert m["file_count"] == 3 and m["duration_s"] == 1.235
-    assert art.build_manifest("models", "m-1", source, contents, archive, "x", "y", "daily", "d", 0)["sensitive"] is False
+    assert tar.build_manifest("models", "m-1", source, contents, archive, "x", "y", "daily", "d", 0)["sensitive"] is False
 
 
 def test_source_instance_identifies_each_kind():
-    assert art.source_instance("volume", {"volume": "p_models"}) == "volume:p_models"
-    assert art.source_instance("models", {"container": "c", "path": "/app/models"}) == "container:c:/app/models"
-    assert art.source_instance("models", {"host": "h", "path": "/m"}) == "host:h:/m"
-    assert art.source_instance("config", {"host": "h", "path": "/p", "paths": ["/p/a", "/p/b"]}) == "host:h:/p/a,/p/b"
+    assert tar.source_instance("volume", {"volume": "p_models"}) == "volume:p_models"
+    assert tar.source_instance("models", {"container": "c", "path": "/app/models"}) == "container:c:/app/models"
+    assert tar.source_instance("models", {"host": "h", "path": "/m"}) == "host:h:/m"
+    assert tar.source_instance("config", {"host": "h", "path": "/p", "paths": ["/p/a", "/p/b"]}) == "host:h:/p/a,/p/b"
 
 
 def test_volume_users_and_live_postgres_detection():
@@ -281,15 +283,15 @@ def test_volume_users_and_live_postgres_detection():
             "Mounts": [{"Type": "volume", "Name": "other_vol", "Destination": "/var/lib/postgresql/data"}],
         },
     ]
-    users = art.volume_users_from_inspect(inspected, "p_pg")
+    users = adk.volume_users_from_inspect(inspected, "p_pg")
     assert [u["name"] for u in users] == ["p-postgres-1"]
-    assert art.live_postgres_users(users) == ["p-postgres-1"]
+    assert adk.live_postgres_users(users) == ["p-postgres-1"]
     users[0]["running"] = False
-    assert art.live_postgres_users(users) == []
+    assert adk.live_postgres_users(users) == []
 
 
 def test_tar_args_put_excludes_before_the_operand():
-    args = art.tar_create_args("/app/models", ["*.pyc", "__pycache__"])
+    args = adk.tar_create_args("/app/models", ["*.pyc", "__pycache__"])
     assert args[-3:] == ["-cf", "-", "."]
     assert args.index("--exclude=*.pyc") < args.index(".")
 
@@ -301,12 +303,12 @@ def test_check_mode_stream_listing_equals_the_backup_scan_and_writes_nothing(tre
     import sys
 
     tar_path = _tar_of(tree, tmp_path)
-    here = os.path.dirname(art.__file__)
+    here = os.path.dirname(tar.__file__)
     with open(tar_path, "rb") as fh:
         out = subprocess.run(
-            [sys.executable, "-c", art.LIST_STREAM_SCRIPT, here, json.dumps(list(art.DEFAULT_EXCLUDES))],
+            [sys.executable, "-c", tar.LIST_STREAM_SCRIPT, here, json.dumps(list(tar.DEFAULT_EXCLUDES))],
             stdin=fh, capture_output=True, check=True,
         ).stdout  # fmt: skip
     streamed = json.loads(out)
-    assert streamed == art.scan_tar(tar_path, art.DEFAULT_EXCLUDES)
-    assert art.content_digest(streamed) == art.content_digest(art.list_host_tree(tree, art.DEFAULT_EXCLUDES))
+    assert streamed == tar.scan_tar(tar_path, tar.DEFAULT_EXCLUDES)
+    assert tar.content_digest(streamed) == tar.content_digest(tar.list_host_tree(tree, tar.DEFAULT_EXCLUDES))
