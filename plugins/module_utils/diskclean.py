@@ -18,7 +18,8 @@ Runbook b.8 (DISK_SPACE_ISSUES) done safely:
 * **never a volume** (G43: no ``--volumes``, no volume prune).
 
 Check mode returns the exact plan (each item, its size, why). Plain Python: the caller injects
-``runner`` (the signature of ``AnsibleModule.run_command``) for the docker actions.
+``runner`` (the signature of ``AnsibleModule.run_command``) for the docker actions, which run
+through ``docker_cli.DockerCli``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ import os
 import re
 import stat
 import time
+
+from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import DockerCli, cli_path
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError
 
 ACTIONS = ("tmp_files", "rotated_logs", "stopped_containers", "dangling_images")
 DEFAULTS = {
@@ -139,11 +143,12 @@ def _same_dev(path, device):
         return False
 
 
-def _docker(runner, docker, args):
-    rc, out, err = runner([docker] + list(args))
-    if rc != 0:
-        raise CleanupError("docker %s failed: %s; check that the Docker engine answers" % (args[0], (err or out).strip()[-300:]))
-    return out
+def _docker(docker, args):
+    """stdout of ``docker <args>`` (a DockerCli); a failure is a CleanupError naming the fix."""
+    try:
+        return docker.call(args, what="docker %s" % args[0], hint="check that the Docker engine answers")[1]
+    except CommandError as exc:
+        raise CleanupError(str(exc)) from None
 
 
 def _size(text):
@@ -153,9 +158,8 @@ def _size(text):
     return int(float(match.group(1)) * _UNITS.get(match.group(2), 1))
 
 
-def container_candidates(runner, docker, protect, projects):
+def container_candidates(docker, protect, projects):
     out = _docker(
-        runner,
         docker,
         ["ps", "-a", "--size", "--filter", "status=exited", "--filter", "status=created", "--format", "{{json .}}"],
     )
@@ -183,13 +187,13 @@ def container_candidates(runner, docker, protect, projects):
     return found
 
 
-def image_candidates(runner, docker, age_hours, protect, now=None):
+def image_candidates(docker, age_hours, protect, now=None):
     now = time.time() if now is None else now
-    ids = _docker(runner, docker, ["image", "ls", "-q", "--no-trunc", "--filter", "dangling=true"]).split()
+    ids = _docker(docker, ["image", "ls", "-q", "--no-trunc", "--filter", "dangling=true"]).split()
     if not ids:
         return []
-    used = set(_docker(runner, docker, ["ps", "-a", "--no-trunc", "--format", "{{.Image}}"]).split())
-    info = json.loads(_docker(runner, docker, ["image", "inspect"] + sorted(set(ids))) or "[]")
+    used = set(_docker(docker, ["ps", "-a", "--no-trunc", "--format", "{{.Image}}"]).split())
+    info = json.loads(_docker(docker, ["image", "inspect"] + sorted(set(ids))) or "[]")
     found = []
     for img in info:
         created = img.get("Created", "")[:19]
@@ -209,28 +213,29 @@ def image_candidates(runner, docker, age_hours, protect, now=None):
     return found
 
 
-def plan_action(action, p, device, runner, now=None):
+def plan_action(action, p, device, docker, now=None):
     if action == "tmp_files":
         return file_candidates(action, p["tmp_paths"], p["tmp_age_days"], device, p["protect"], now)
     if action == "rotated_logs":
         return file_candidates(action, p["log_paths"], p["log_age_days"], device, p["protect"], now)
     if action == "stopped_containers":
-        return container_candidates(runner, p.get("docker_cli") or "docker", p["protect"], p["protect_projects"])
-    return image_candidates(runner, p.get("docker_cli") or "docker", p["image_age_hours"], p["protect"], now)
+        return container_candidates(docker, p["protect"], p["protect_projects"])
+    return image_candidates(docker, p["image_age_hours"], p["protect"], now)
 
 
-def remove(action, item, runner, docker):
+def remove(action, item, docker):
     if action in ("tmp_files", "rotated_logs"):
         os.unlink(item["item"])
     elif action == "stopped_containers":
-        _docker(runner, docker, ["rm", item["id"]])
+        _docker(docker, ["rm", item["id"]])
     else:
-        _docker(runner, docker, ["rmi", item["item"]])
+        _docker(docker, ["rmi", item["item"]])
 
 
 def run(params, check_mode, runner=None, now=None, stat_fn=usage):
     """Measure, then clean action by action until the target is met. The module's result."""
     p = validate(params)
+    docker = DockerCli(runner, cli_path(p)) if runner is not None else None
     device = os.stat(p["path"]).st_dev
     total, free, used = stat_fn(p["path"])
     before = {"total_bytes": total, "free_bytes": free, "used_percent": used, "free_percent": free_percent(total, free)}
@@ -243,9 +248,9 @@ def run(params, check_mode, runner=None, now=None, stat_fn=usage):
             results[action] = {"candidates": [], "freed_bytes": 0, "skipped": "target already met"}
             continue
         if action in ("stopped_containers", "dangling_images"):
-            if runner is None:
+            if docker is None:
                 raise CleanupError("%s needs the docker client; none was given" % action)
-            root = _docker(runner, p.get("docker_cli") or "docker", ["info", "--format", "{{.DockerRootDir}}"]).strip()
+            root = _docker(docker, ["info", "--format", "{{.DockerRootDir}}"]).strip()
             if not _same_dev(root, device):
                 results[action] = {
                     "candidates": [],
@@ -253,7 +258,7 @@ def run(params, check_mode, runner=None, now=None, stat_fn=usage):
                     "skipped": "Docker's data root %s is on another filesystem" % root,
                 }
                 continue
-        candidates = plan_action(action, p, device, runner, now)
+        candidates = plan_action(action, p, device, docker, now)
         chosen = []
         for item in candidates:
             if free_percent(total, expected_free) >= target_free:
@@ -267,7 +272,7 @@ def run(params, check_mode, runner=None, now=None, stat_fn=usage):
                 freed += item["size_bytes"]
                 continue
             try:
-                remove(action, item, runner, p.get("docker_cli") or "docker")
+                remove(action, item, docker)
                 freed += item["size_bytes"]
             except (OSError, CleanupError) as exc:
                 errors.append("%s: %s" % (item["item"], exc))

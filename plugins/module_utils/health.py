@@ -62,6 +62,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.health_http import (
 )
 from ansible_collections.ner11.ops.plugins.module_utils.health_result import aggregate, check_name, make_check, satisfies
 from ansible_collections.ner11.ops.plugins.module_utils.health_result import fmt_num as _fmt_num
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import NAME_RULE, is_file_name, is_table
 from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner
 from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line as _last_line
 from ansible_collections.ner11.ops.plugins.module_utils.waiter import poll
@@ -78,8 +79,6 @@ DEFAULT_MODULES = (
     "demographics",
     "prioritization",
 )
-_MODULE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 DEFAULTS = {
     "db_name": "ner11_db",
@@ -146,11 +145,11 @@ def validate(params):
     if p["fail_on"] not in FAIL_ON:
         raise HealthError("fail_on must be one of %s" % ", ".join(FAIL_ON))
     for module in p["modules"]:
-        if not _MODULE_RE.match(str(module)):
+        if not is_file_name(module):
             raise HealthError("modules entry %r is not a module path name such as 'vendor-equipment'" % (module,))
     for table in p["canary_tables"]:
-        if not _IDENT_RE.match(str(table)):
-            raise HealthError("canary_tables entry %r is not a plain table name" % (table,))
+        if not is_table(table):
+            raise HealthError("canary_tables entry %r is not a table name (name or schema.name): %s" % (table, NAME_RULE))
     for disk in p["disks"]:
         if not str(disk).startswith("/"):
             raise HealthError("disks entry %r must be an absolute path (a mount point)" % (disk,))

@@ -12,24 +12,25 @@ from __future__ import annotations
 
 from ansible_collections.ner11.ops.plugins.module_utils.health_result import fmt_num as _fmt_num
 from ansible_collections.ner11.ops.plugins.module_utils.health_result import make_check
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_table
 from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line as _last_line
 
 DEFAULT_CANARY_TABLES = ("vendor_equipment", "threat_intelligence", "compliance_frameworks")
 
 
 _CANARY_SQL = (
-    "SELECT 'canary', t, CASE WHEN to_regclass(quote_ident(t)) IS NULL THEN '-' ELSE"
-    " (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I', t), false, true, '')))[1]::text"
-    " END FROM unnest(ARRAY[@TABLES@]::text[]) AS t WHERE t IS NOT NULL;"
+    "SELECT 'canary', t.name, CASE WHEN to_regclass(t.q) IS NULL THEN '-' ELSE"
+    " (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %s', t.q), false, true, '')))[1]::text"
+    " END FROM (VALUES @TABLES@) AS t(name, q);"
 )
 
 
 def db_sql(canary_tables, statement_timeout_ms):
     """The read-only SQL of the db checks; every row starts with its key."""
-    tables = ",".join("'%s'" % t.replace("'", "''") for t in canary_tables) or "NULL"
-    # Count only tables that exist (a missing one must not abort the other checks);
-    # the names are validated identifiers, passed as quoted literals.
-    canary = _CANARY_SQL.replace("@TABLES@", tables)
+    # Count only tables that exist (a missing one must not abort the other checks). Each table is
+    # a validated name or schema.name (identifiers.is_table), passed as its name and its quoted form.
+    rows = ",".join("(%s, %s)" % (quote_literal(t), quote_literal(quote_table(t))) for t in canary_tables)
+    canary = _CANARY_SQL.replace("@TABLES@", rows) if rows else ""
     return "\n".join(
         [
             "SET statement_timeout = %d;" % int(statement_timeout_ms),

@@ -29,19 +29,25 @@ Plain Python: the caller passes a ``PgTarget`` (pgexec.py) or any object with
 
 from __future__ import annotations
 
-# ruff: noqa: S608 -- SQL holds only quote_ident()/quote_literal()ed names and integers.
+# ruff: noqa: S608 -- SQL holds only quote_name()/quote_literal()ed names and integers.
 
 import math
-import re
 import time
 
-from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError, last_line, quote_ident, quote_literal
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import (
+    NAME_RULE,
+    is_name,
+    is_table,
+    quote_literal,
+    quote_name,
+    split_table,
+)
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError
+from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line
 
 OPERATIONS = ("analyze", "vacuum", "vacuum_full", "reindex")
 EXCLUSIVE = ("vacuum_full", "reindex_plain")
 PAGE = 8192
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
-_TABLE_RE = re.compile(r"^(?:(?P<schema>[A-Za-z_][A-Za-z0-9_$]{0,62})\.)?(?P<name>[A-Za-z_][A-Za-z0-9_$]{0,62})$")
 
 DEFAULTS = {
     "lock_timeout": 10,
@@ -64,7 +70,7 @@ def validate(params):
     """Check and complete the options; returns a new dict. Raises MaintenanceError."""
     p = dict(DEFAULTS)
     p.update({k: v for k, v in params.items() if v is not None})
-    if not p.get("db_name") or not _NAME_RE.match(str(p["db_name"])):
+    if not is_name(p.get("db_name")):
         raise MaintenanceError(
             "db_name %r is not a database name; set it to the stack's database (e.g. ner11_db)" % p.get("db_name")
         )
@@ -72,10 +78,9 @@ def validate(params):
         raise MaintenanceError("operation %r is not one of %s" % (p.get("operation"), ", ".join(OPERATIONS)))
     tables = []
     for name in p.get("tables") or []:
-        match = _TABLE_RE.match(str(name))
-        if not match:
-            raise MaintenanceError("table %r is not a table name: use name or schema.name (letters, digits, _ and $)" % (name,))
-        tables.append((match.group("schema") or "public", match.group("name")))
+        if not is_table(name):
+            raise MaintenanceError("table %r is not a table name: use name or schema.name; each part must %s" % (name, NAME_RULE))
+        tables.append(split_table(name, default_schema="public"))
     p["tables"] = tables
     for key in ("lock_timeout", "statement_timeout"):
         if int(p[key]) < 1:
@@ -264,10 +269,10 @@ def statement(op, obj, concurrently):
     if op == "reindex":
         return "REINDEX INDEX %s%s.%s" % (
             "CONCURRENTLY " if concurrently else "",
-            quote_ident(obj["schema"]),
-            quote_ident(obj["name"]),
+            quote_name(obj["schema"]),
+            quote_name(obj["name"]),
         )
-    target = "%s.%s" % (quote_ident(obj["schema"]), quote_ident(obj["name"]))
+    target = "%s.%s" % (quote_name(obj["schema"]), quote_name(obj["name"]))
     if op == "analyze":
         return "ANALYZE %s" % target
     if op == "vacuum":

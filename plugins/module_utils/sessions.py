@@ -35,7 +35,8 @@ import json
 import re
 import time
 
-from ansible_collections.ner11.ops.plugins.module_utils.pgexec import quote_literal
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import is_name, quote_literal
+from ansible_collections.ner11.ops.plugins.module_utils.waiter import poll
 
 RULES = ("idle_in_transaction", "idle", "running", "blocking")
 ACTIONS = ("report", "cancel", "terminate")
@@ -45,7 +46,6 @@ _MAINTENANCE_QUERY_RE = re.compile(
     r"^\s*(VACUUM|ANALYZE|ANALYSE|REINDEX|CLUSTER|CHECKPOINT|CREATE\s+(UNIQUE\s+)?INDEX|COPY\b.*\bTO\s+STDOUT)",
     re.I | re.S,
 )
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)", "fastpath function call", "disabled")
 
 DEFAULTS = {
@@ -124,7 +124,7 @@ def validate(params):
     p = dict(DEFAULTS)
     p.update({k: v for k, v in params.items() if v is not None})
     db = p.get("db_name")
-    if not db or not _NAME_RE.match(str(db)):
+    if not is_name(db):
         raise SessionsError("db_name %r is not a database name; set db_name to the stack's database (e.g. ner11_db)" % db)
     for key in ("idle_seconds", "running_seconds", "idle_in_transaction_seconds", "blocked_seconds", "cancel_wait_seconds"):
         if int(p[key]) < 0:
@@ -399,6 +399,10 @@ def _alive_sql(pids):
     return "SELECT pid FROM pg_stat_activity WHERE pid IN (%s)" % ", ".join(str(int(p)) for p in pids)
 
 
+def _empty(items):
+    return not items
+
+
 def apply(target, analysis, params, check_mode, sleep=time.sleep, clock=time.monotonic):
     """Cancel/terminate the selected sessions. Returns the action's result keys.
 
@@ -432,17 +436,19 @@ def apply(target, analysis, params, check_mode, sleep=time.sleep, clock=time.mon
     if result["cancelled"]:
         # A cancelled statement moves its session on (new state_change); those still on the
         # same statement after the wait did not honour the cancel: terminate them.
-        deadline = clock() + params["cancel_wait_seconds"]
-        still = list(running)
-        while still and clock() < deadline:
-            sleep(0.5)
+        state = {"still": list(running)}
+
+        def probe():
             rows = target.query(
                 "SELECT pid, (extract(epoch FROM state_change) * 1000000)::bigint FROM pg_stat_activity WHERE pid IN (%s)"
-                % ", ".join(str(int(e["pid"])) for e in still),
+                % ", ".join(str(int(e["pid"])) for e in state["still"]),
                 db,
             )
             now = {int(r[0]): int(r[1] or 0) for r in rows or [] if len(r) > 1}
-            still = [e for e in still if now.get(int(e["pid"])) == int(e["state_change_us"] or 0)]
+            state["still"] = [e for e in state["still"] if now.get(int(e["pid"])) == int(e["state_change_us"] or 0)]
+            return state["still"]
+
+        still, _n, _s = poll(probe, _empty, params["cancel_wait_seconds"], 0.5, clock, sleep, delay_first=True)
         to_end += still
     else:
         to_end += running
@@ -452,13 +458,14 @@ def apply(target, analysis, params, check_mode, sleep=time.sleep, clock=time.mon
         result["terminated"] = _signalled(target.query(sql, db))
         # Backends exit a moment after the signal: wait so the next measurement (and a re-run)
         # no longer sees them.
-        deadline = clock() + 10
-        alive = list(result["terminated"])
-        while alive and clock() < deadline:
-            rows = target.query(_alive_sql(alive), db)
-            alive = [int(r[0]) for r in rows or []]
-            if alive:
-                sleep(0.2)
+        gone = {"alive": list(result["terminated"])}
+
+        def alive():
+            gone["alive"] = [int(r[0]) for r in target.query(_alive_sql(gone["alive"]), db) or []]
+            return gone["alive"]
+
+        if gone["alive"]:
+            poll(alive, _empty, 10, 0.2, clock, sleep)
     acted = set(result["cancelled"]) | set(result["terminated"])
     result["left_alone"] = sorted(e["pid"] for e in selected if e["pid"] not in acted)
     return result

@@ -123,6 +123,7 @@ freed_bytes:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ner11.ops.plugins.module_utils.diskclean import ACTIONS, CleanupError, run
+from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import docker_cli_option
 
 
 def main():
@@ -138,7 +139,7 @@ def main():
             image_age_hours=dict(type="float", default=72),
             protect=dict(type="list", elements="str", default=[]),
             protect_projects=dict(type="list", elements="str", default=[]),
-            docker_cli=dict(type="str", default="docker"),
+            docker_cli=docker_cli_option(),
         ),
         supports_check_mode=True,
     )

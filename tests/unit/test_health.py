@@ -327,9 +327,10 @@ def by_name(checks):
 
 
 def test_db_sql_is_read_only_and_quotes_tables():
-    sql = hd.db_sql(["vendor_equipment", "o'x"], 4800)
+    sql = hd.db_sql(["vendor_equipment", "public.my-t"], 4800)
     assert "SET statement_timeout = 4800;" in sql
-    assert "'o''x'" in sql and "format('SELECT count(*) AS c FROM %I', t)" in sql
+    assert "('public.my-t', '\"public\".\"my-t\"')" in sql and "format('SELECT count(*) AS c FROM %s', t.q)" in sql
+    assert "canary" not in hd.db_sql([], 4800)
     for word in ("INSERT", "UPDATE", "DELETE", "DROP", "CREATE"):
         assert word not in sql.upper().replace("CREATE_", "")
 
@@ -562,7 +563,7 @@ def test_validate_selects_components_by_inputs():
         ({"pool_warn_percent": 0}, "percentage"),
         ({"check_timeout": 0}, "check_timeout"),
         ({"modules": ["../../etc"]}, "module path name"),
-        ({"canary_tables": ["x; drop table y"]}, "plain table name"),
+        ({"canary_tables": ["x; drop table y"]}, "is not a table name"),
         ({"disks": ["var"]}, "absolute path"),
         ({"wait_for": "ready"}, "wait_for"),
         ({"fail_on": "always"}, "fail_on"),
@@ -875,3 +876,13 @@ def test_latency_is_not_measured_when_the_api_is_frozen(tmp_path):
     assert result["checks"]["api:http"]["status"] == "fail"
     assert result["checks"]["api:latency"]["output"] == "not measured: the API did not answer (see api:http)"
     assert not any(u.endswith("/vendor-equipment/") for u, _timeout in api.calls)
+
+
+@pytest.mark.parametrize(("table", "ok"), [("public.t", True), ("my-t", True), ("o'x", False), ("1t", False), ("a.b.c", False)])
+def test_canary_tables_follow_the_one_name_rule(table, ok):
+    params = {"container": "pg", "canary_tables": [table]}
+    if ok:
+        assert h.validate(params)["canary_tables"] == [table]
+    else:
+        with pytest.raises(h.HealthError, match="not a table name"):
+            h.validate(params)
