@@ -12,7 +12,7 @@ INVENTORY ?= inventories/local
 SANITY_ROOT := $(CURDIR)/build/sanity-$(shell date +%s%N)/ansible_collections/ner11/ops
 PYTEST_ARGS ?=
 
-.PHONY: help setup docker images ee compose demo test lint ruff ansible-lint sanity units units39 molecule integration bench clean
+.PHONY: help setup docker images ee compose demo test lint ruff ansible-lint sanity units units39 checks molecule integration bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,7 +39,7 @@ demo: setup images ## clean machine -> running, healthy reference stack
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/demo.yml -e ner11_confirm=ner11_db && \
 	echo "demo: finished in $$(( $$(date +%s) - start )) s" 
 
-test: setup images lint sanity units units39 molecule integration ## everything CI runs
+test: setup images lint sanity units units39 checks molecule integration ## everything CI runs
 
 lint: ruff ansible-lint ## ruff + ansible-lint (production profile)
 
@@ -57,6 +57,9 @@ sanity: setup ## ansible-test sanity, no ignore file, on the collection content 
 	cd $(SANITY_ROOT) && git init -q && git add -A
 	cd $(SANITY_ROOT) && $(BIN)/ansible-test sanity --venv --python 3.11 --color no $(SANITY_ARGS)
 	rm -rf $(dir $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(SANITY_ROOT))))))
+
+checks: setup ## branch coverage >= 80 % per core file (tests/unit) and no duplicated code in plugins/ (scripts/checks.py)
+	$(BIN)/python scripts/checks.py
 
 units: setup ## unit tests of the pure core (module_utils, filters)
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
