@@ -29,6 +29,12 @@ period idempotence and RPO work per identity. 1.0.0 manifests already carry
 ``source.host`` (the machine's hostname) and ``source.instance``.
 
 Plain Python: no Ansible import, unit-tested in tests/unit.
+
+Why one file of ~800 lines (issue 11 asks for a reason above ~500): everything here
+reads or writes the on-disk catalog format and its invariants (publish by rename,
+records beside a backup, pins, the lock); keeping that contract in one place is the
+point. Callers' logic lives elsewhere: retention in ``retention.py``, database dumps
+in ``pgbackup*.py``, restores in ``pgrestore*.py``.
 """
 
 from __future__ import annotations

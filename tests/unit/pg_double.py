@@ -11,6 +11,7 @@ real catalog code (hashes, publish, verify) runs on real files.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 
@@ -60,6 +61,7 @@ class ScriptedServer:
             ("pg_dump --version", (0, "pg_dump (PostgreSQL) 15.4\n", "")),
             ("ps -aq --filter", (0, "", "")),
             (lambda t: " > " in t and ("pg_dump" in t or "pg_dumpall" in t), self._write_dump),
+            ("--entrypoint pg_dump", self._write_directory_dump),
             ("--list", (0, TOC, "")),
             ("datallowconn", (0, "", "")),
             ("SELECT 1 FROM pg_database WHERE datname", self._db_exists),
@@ -80,6 +82,16 @@ class ScriptedServer:
         path = shlex.split(line.rsplit(" > ", 1)[1])[0]
         with open(path, "wb") as fh:
             fh.write(b"PGDMP" + b"\0" * 300 if "pg_dump " in line else b"CREATE ROLE app;\n")
+        return 0, "", ""
+
+    def _write_directory_dump(self, line, data):
+        """``pg_dump -Fd -f <dir>`` in a sidecar: a directory with toc.dat and one data file."""
+        words = line.split()
+        path = words[words.index("-f") + 1]
+        os.makedirs(path)
+        for name, size in (("toc.dat", 200), ("3001.dat.gz", 100)):
+            with open(os.path.join(path, name), "wb") as fh:
+                fh.write(b"\0" * size)
         return 0, "", ""
 
     def _db_exists(self, line, data):

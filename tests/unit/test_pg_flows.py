@@ -299,3 +299,156 @@ def test_pgtarget_databases_and_failures():
     server.answer("{{.State.Status}}", (1, "", "Error: No such object: pg1\n"))
     assert target.container_state() == (None, "Error: No such object: pg1")
     assert pgexec.postgres_module_kwargs({"x": {"type": "str"}})["argument_spec"]["x"] == {"type": "str"}
+
+
+USER_TABLES = "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace\nWHERE c.relkind IN"
+
+
+def existing_server(counts=COUNTS):
+    server = ScriptedServer(counts, databases={"my-db"})
+    server.answer(USER_TABLES, (0, "public\x1ft\n", ""))
+    return server
+
+
+def test_selective_table_restore_check_then_apply_in_one_transaction(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+    params = restore_params(tmp_path, made["backup_id"], tables=["public.t"])
+    with pytest.raises(pr.Refused, match="set confirm=my-db"):
+        pr.run_restore(params, existing_server(), now=NOW)
+    params["confirm"] = "my-db"
+    server = existing_server({"public.t": 2})
+    planned = pr.run_restore(params, server, check_mode=True, now=NOW)
+    assert planned["operation"] == "tables" and planned["plan"]["truncate"] == ["public.t"]
+    assert not any("--data-only" in c for c in server.lines())
+    server = existing_server()
+    done = pr.run_restore(params, server, now=NOW)
+    assert done["restored"] is True and done["row_counts"] == {"public.t": 3}
+    restore_line = [c for c in server.lines() if "--data-only" in c][0]
+    assert 'TRUNCATE ONLY "public"."t";' in restore_line and "--single-transaction" in restore_line
+    assert "<pre.sql>" in done["executed_commands"][[i for i, c in enumerate(done["executed_commands"]) if "--data-only" in c][0]]
+    # rows newer than the backup: the transaction rolls back and the run refuses
+    newer = existing_server()
+    newer.answer("--data-only", (3, "", "ERROR:  ner11: table public.t held rows newer than the backup; set force=true"))
+    with pytest.raises(pr.Refused, match="rolled back, nothing was changed"):
+        pr.run_restore(params, newer, now=NOW)
+
+
+def test_selective_restore_refuses_missing_and_referenced_tables(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+    params = restore_params(tmp_path, made["backup_id"], tables=["public.t"], confirm="my-db")
+    server = existing_server()
+    server.answer("k.contype = 'f'", (0, "public.child\x1fpublic.t\n", ""))
+    with pytest.raises(pr.Refused, match="referenced by foreign keys from public.child"):
+        pr.run_restore(params, server, now=NOW)
+    server = ScriptedServer(COUNTS, databases={"my-db"})
+    server.answer(USER_TABLES, (0, "public\x1fother\n", ""))
+    with pytest.raises(pr.RestoreError, match="do not exist in my-db"):
+        pr.run_restore(params, server, now=NOW)
+
+
+def test_restore_repairs_a_killed_run_then_skips(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+    server = existing_server()
+    left = "my-db\x1ff\x1f\nmy-db__ner11_restore\x1ft\x1f%s\nmy-db__ner11_old_20261128T010000\x1ff\x1f%s\n" % (
+        repair.TEMP_COMMENT,
+        repair.old_comment("b0", False),
+    )
+    server.answer("datallowconn", (0, left, ""))
+    server.answer("/proc/[0-9]*", (0, "pid 42 pg_restore\nstage /tmp/ner11-restore-my-db-abc\n", ""))
+    done = pr.run_restore(restore_params(tmp_path, made["backup_id"], if_exists="skip"), server, now=NOW)
+    assert done["operation"] == "skip" and done["changed"] is True
+    assert done["repaired"] == [
+        "stopped pg_restore (pid 42) in the database container",
+        "allowed connections to my-db again",
+        "dropped the half-built temporary database my-db__ner11_restore",
+        "dropped my-db__ner11_old_20261128T010000 (replaced by a completed restore)",
+        "removed the dump copy /tmp/ner11-restore-my-db-abc in the database container",
+    ]
+    assert any("kill -TERM 42" in c for c in server.lines())
+
+
+def test_restore_refuses_newer_data_and_keeps_the_old_database_on_request(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+
+    def newest(line, data):
+        later = 2000000000.0 if "-d my-db -f" in line else 1000000000.0
+        return 0, "public.t\x1f%s\n" % later, ""
+
+    params = restore_params(tmp_path, made["backup_id"], if_exists="replace", confirm="my-db")
+    server = existing_server()
+    server.answer("a.attname IN", (0, "public\x1ft\x1fcreated_at\n", ""))
+    server.answer("GREATEST(max(", newest)
+    with pytest.raises(pr.Refused, match="holds data newer than backup"):
+        pr.run_restore(params, server, now=NOW)
+    assert any('DROP DATABASE IF EXISTS "my-db__ner11_restore"' in c for c in server.lines())
+    server = existing_server()
+    done = pr.run_restore(dict(params, keep_old=True, force=True), server, now=NOW)
+    assert done["old_db"] == "my-db__ner11_old_20261129T020000"
+    assert any('ALTER DATABASE "my-db__ner11_old_20261129T020000" WITH ALLOW_CONNECTIONS true;' in c for c in server.lines())
+
+
+def test_restore_reports_a_replaced_database_it_could_not_drop(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+    server = existing_server()
+    server.answer('DROP DATABASE IF EXISTS "my-db__ner11_old', (1, "", "ERROR:  permission denied"))
+    done = pr.run_restore(restore_params(tmp_path, made["backup_id"], if_exists="replace", confirm="my-db"), server, now=NOW)
+    assert done["restored"] is True
+    assert done["leftovers"][0]["database"] == "my-db__ner11_old_20261129T020000"
+    assert any("could not be dropped" in w for w in done["warnings"])
+
+
+def test_directory_backup_verified_and_restored_with_jobs_through_a_copy(tmp_path):
+    _job, made, _server = make_backup(tmp_path, login_password="pw", format="directory", jobs=2)
+    assert made["manifest"]["format"] == "directory" and os.path.isfile(os.path.join(made["path"], "dump", "toc.dat"))
+    server = ScriptedServer(COUNTS)
+    params = {"backup_dir": str(tmp_path / "b"), "container": "pg1", "login_password": "pw", "test_restore": True}
+    result = ver.BackupVerifier(params, server, now=NOW).run()
+    assert result["status"] == "ok", result["errors"]
+    assert any("--entrypoint pg_restore" in c and "-j 2" in c and "--network container:pg1" in c for c in server.lines())
+    server = ScriptedServer(COUNTS)
+    done = pr.run_restore(restore_params(tmp_path, made["backup_id"], jobs=2), server, now=NOW)
+    assert done["restored"] is True and done["plan"]["copy_dump_into_container"] is True
+    lines = server.lines()
+    assert any(c.startswith("docker cp ") and c.endswith("/toc.dat") for c in lines)  # the TOC check copies toc.dat only
+    assert any("mktemp -d /tmp/ner11-restore-my-db-XXXXXX" in c for c in lines)
+    assert any("pg_restore -U postgres --exit-on-error --no-password -d my-db__ner11_restore -j 2" in c for c in lines)
+    assert lines[-1].startswith("docker exec -u 0 pg1 rm -rf /tmp/ner11-restore-")  # the copy is removed
+    # check mode never copies the dump: the manifest's TOC count stands in
+    server = ScriptedServer(COUNTS)
+    planned = pr.run_restore(restore_params(tmp_path, made["backup_id"], jobs=2), server, check_mode=True, now=NOW)
+    assert planned["toc_entries"] == made["manifest"]["toc_entries"]
+    assert not any(c.startswith("docker cp ") for c in server.lines())
+
+
+def test_restore_in_host_mode_reads_the_files_and_skips_the_space_check(tmp_path):
+    _job, made, _server = make_backup(tmp_path)
+    params = {"login_host": "db", "login_password": "pw", "db_name": "my-db", "backup_dir": str(tmp_path / "b")}
+    params["backup_id"] = made["backup_id"]
+    server = ScriptedServer(COUNTS)
+    done = pr.run_restore(params, server, now=NOW)
+    assert done["restored"] is True and done["plan"]["space"]["checked"] is False
+    assert any(c.startswith("pg_restore -h db -p 5432 -U postgres --exit-on-error") for c in server.lines())
+    assert "pw" not in " ".join(done["executed_commands"])
+
+
+def test_prune_catalog_keeps_the_policy_and_deletes_the_rest(tmp_path):
+    from ansible_collections.ner11.ops.plugins.module_utils import retention
+
+    ids = []
+    for day in range(4):
+        when = NOW - datetime.timedelta(days=day)
+        job = pb.PgBackup(backup_params(tmp_path), ScriptedServer(COUNTS), now=when)
+        ids.append(job.run()["backup_id"])
+    catalog = cat.Catalog(str(tmp_path / "b"))
+    policy = retention.validate_policy(keep_daily=2, keep_weekly=0, keep_monthly=0, keep_min=1)
+    planned = retention.prune_catalog(catalog, "database", policy, db_name="my-db", check_mode=True, now=NOW)
+    # The four were made within seconds (created_at is the wall clock): one day, so one daily is kept.
+    assert planned["changed"] is True and len(planned["deleted"]) == 3 and set(planned["deleted"]) < set(ids)
+    assert planned["freed_bytes"] > 0 and len(catalog.list("database")) == 4  # check mode deleted nothing
+    done = retention.prune_catalog(catalog, "database", policy, db_name="my-db", now=NOW)
+    assert done["deleted"] == planned["deleted"]
+    assert sorted(m["backup_id"] for m in catalog.list("database")) == sorted(set(ids) - set(done["deleted"]))
+    again = retention.prune_catalog(catalog, "database", policy, db_name="my-db", now=NOW)
+    assert again["changed"] is False
+    other = retention.prune_catalog(catalog, "database", policy, db_name="other", now=NOW)
+    assert other["deleted"] == [] and other["changed"] is False
