@@ -207,7 +207,7 @@ class Writer(threading.Thread):
             except (urllib.error.URLError, OSError):
                 self.errors += 1
                 time.sleep(0.2)
-            time.sleep(0.05)
+            time.sleep(0.3)
 
 
 def test_monthly_window_with_a_writer_loses_no_acknowledged_write_and_updates_the_image(env):
