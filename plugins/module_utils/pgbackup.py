@@ -56,7 +56,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import 
     test_stream,
     tree_sha256,
 )
-from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_verify import BackupVerifier  # noqa: F401 - importable from here as before
+from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_verify import BackupVerifier
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     PgExecError,
     PgTarget,
@@ -473,3 +473,7 @@ class PgBackup:
             "plan": plan,
             "cleaned_partials": getattr(self, "cleaned", []),
         }
+
+
+# BackupVerifier lives in pgbackup_verify; it stays importable from here.
+__all__ = ["BackupVerifier", "PgBackup", "PgBackupError", "validate_params"]

@@ -304,8 +304,8 @@ def test_pgtarget_databases_and_failures():
 USER_TABLES = "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace\nWHERE c.relkind IN"
 
 
-def existing_server(counts=COUNTS):
-    server = ScriptedServer(counts, databases={"my-db"})
+def existing_server(counts=None):
+    server = ScriptedServer(counts or COUNTS, databases={"my-db"})
     server.answer(USER_TABLES, (0, "public\x1ft\n", ""))
     return server
 
