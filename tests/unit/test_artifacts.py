@@ -312,3 +312,63 @@ def test_check_mode_stream_listing_equals_the_backup_scan_and_writes_nothing(tre
     streamed = json.loads(out)
     assert streamed == tar.scan_tar(tar_path, tar.DEFAULT_EXCLUDES)
     assert tar.content_digest(streamed) == tar.content_digest(tar.list_host_tree(tree, tar.DEFAULT_EXCLUDES))
+
+
+def _tar_members(path, members):
+    """A tar built member by member: (name, type, data) with type file/dir/hardlink/fifo."""
+    with tarfile.open(path, "w") as tf:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            info.mode = 0o755 if kind == "dir" else 0o644
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+            elif kind == "hardlink":
+                info.type, info.linkname = tarfile.LNKTYPE, data
+                tf.addfile(info)
+            elif kind == "fifo":
+                info.type = tarfile.FIFOTYPE
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_extract_hard_links_and_refuses_fifos(tmp_path):
+    good = _tar_members(str(tmp_path / "h.tar"), [("a", "file", b"x"), ("b", "hardlink", "a")])
+    ext.extract_tar(good, str(tmp_path / "out"), chown=False)
+    assert os.stat(str(tmp_path / "out" / "a")).st_ino == os.stat(str(tmp_path / "out" / "b")).st_ino
+    bad = _tar_members(str(tmp_path / "f.tar"), [("p", "fifo", None)])
+    with pytest.raises(tar.ArtifactError, match="device, FIFO or socket"):
+        ext.extract_tar(bad, str(tmp_path / "out2"), chown=False)
+
+
+def test_overlay_replaces_files_by_directories_and_back(tmp_path):
+    archive = _tar_members(str(tmp_path / "o.tar"), [("d", "dir", None), ("d/f", "file", b"new"), ("x", "file", b"x")])
+    dest = tmp_path / "dest"
+    _write(str(dest / "x" / "old"), b"a directory where the backup has a file")
+    _write(str(dest / "d"), b"a file where the backup has a directory")
+    _write(str(dest / "keep"), b"not in the backup")
+    assert ext.host_restore_overlay(archive, str(dest), []) == "overlay"
+    assert ext.host_restore_overlay(archive, str(dest), ["d", "d/f", "x"]) == "overlay"
+    assert open(str(dest / "d" / "f"), "rb").read() == b"new" and open(str(dest / "x"), "rb").read() == b"x"
+    assert os.path.exists(str(dest / "keep")) and not [n for n in os.listdir(str(dest)) if n.startswith(".ner11-")]
+
+
+def test_mirror_into_a_mount_point_swaps_contents(tree, tmp_path, monkeypatch):
+    # Mocked: making a real mount point needs privileges; os.path.ismount says yes for dest only.
+    dest = tmp_path / "mnt"
+    _write(str(dest / "old.txt"), b"old")
+    monkeypatch.setattr(ext.os.path, "ismount", lambda p: p == str(dest))
+    archive = _tar_of(tree, tmp_path)
+    assert ext.host_restore_mirror(archive, str(dest), "t1") == "contents-swap"
+    assert tar.list_host_tree(str(dest), tar.DEFAULT_EXCLUDES)[1:] == tar.list_host_tree(tree, tar.DEFAULT_EXCLUDES)[1:]
+    assert not os.path.exists(str(dest / "old.txt"))
+
+
+def test_mirror_removes_leftovers_of_an_interrupted_run(tree, tmp_path):
+    dest = str(tmp_path / "d")
+    os.makedirs(dest + ".ner11-new-t2" + "/junk")
+    assert ext.host_restore_mirror(_tar_of(tree, tmp_path), dest, "t2") == "sibling-swap"
+    assert not os.path.exists(dest + ".ner11-new-t2") and os.path.exists(dest + "/manifest.json")

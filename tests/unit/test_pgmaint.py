@@ -215,3 +215,39 @@ def test_run_check_mode_plans_without_statements():
     assert result["changed"] is True
     assert result["planned"][0]["statement"] == 'VACUUM (ANALYZE) "public"."t"'
     assert [tool for tool, _data in target.ran] == []
+
+
+class FailingTarget(ScriptedTarget):
+    """The scripted target whose statements end with ``rc`` and whose second measurement may fail."""
+
+    def __init__(self, rc, fail_measure=False):
+        super().__init__([ROW], free=10 * 1024**3)
+        self.rc = rc
+        self.fail_measure = fail_measure
+
+    def query(self, sql, db="postgres"):
+        if self.fail_measure and sql is pgmaint.TABLES_SQL and self.ran:
+            raise pgmaint.PgExecError("psql failed: server closed the connection")
+        return super().query(sql, db)
+
+    def run(self, tool, args, data=None, check=True):
+        self.ran.append((tool, data))
+        return (self.rc, "", "ERROR:  canceling statement due to lock timeout\n") if tool == "psql" else (1, "", "")
+
+
+def test_run_applies_and_measures_again():
+    target = ScriptedTarget([ROW], free=10 * 1024**3)
+    result = pgmaint.run(target, {"db_name": "ner11_db", "operation": "vacuum"}, check_mode=False)
+    assert result["changed"] is True and result["objects"][0]["status"] == "done"
+    assert "SET lock_timeout = '10s'" in target.ran[0][1] and result["objects"][0]["before"]["dead_tuples"] is not None
+
+
+def test_a_failed_statement_is_named_with_the_fix():
+    result = pgmaint.run(FailingTarget(1), {"db_name": "ner11_db", "operation": "vacuum"}, check_mode=False)
+    assert result["failed"] and result["objects"][0]["error"] == "ERROR:  canceling statement due to lock timeout"
+    assert "raise lock_timeout" in result["msg"] and result["changed"] is False
+
+
+def test_a_failed_second_measurement_is_reported():
+    result = pgmaint.run(FailingTarget(0, fail_measure=True), {"db_name": "ner11_db", "operation": "vacuum"}, check_mode=False)
+    assert result["failed"] and "measuring the result failed" in result["msg"] and result["changed"] is True
