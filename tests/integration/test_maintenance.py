@@ -38,7 +38,13 @@ def mode(path):
 
 def build_api_image(tag, generation):
     """A new api image (the reference one plus a label): what an image update brings."""
-    dockerfile = "FROM ner11/ner-api:ref\nLABEL io.ner11.test=1 io.ner11.generation=%s\n" % generation
+    # Labelled with the project (the tag's name) so teardown removes every tag of it, also the
+    # <repo>:failed-<window> tag a rollback leaves.
+    project = tag.split(":")[-1]
+    dockerfile = "FROM ner11/ner-api:ref\nLABEL io.ner11.test=1 io.ner11.project=%s io.ner11.generation=%s\n" % (
+        project,
+        generation,
+    )
     proc = subprocess.run(
         ["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, capture_output=True, text=True, timeout=300, check=False
     )
@@ -81,7 +87,7 @@ def env(tmp_path_factory):
     )
     yield {"stack": stack, "ev": ev, "backup_dir": backup_dir, "api_tag": api_tag, "project": project}
     stack.remove()
-    for ref in docker("images", "-q", "--filter", "reference=ner11/ner-api:*%s*" % project, check=False).stdout.split():
+    for ref in set(docker("images", "-q", "--filter", "label=io.ner11.project=%s" % project, check=False).stdout.split()):
         docker("rmi", "-f", ref, check=False)
     docker("rmi", api_tag, check=False)
 
