@@ -17,6 +17,8 @@ and every SQL identifier is quoted here (like community.postgresql's
 * A **file name** (backup ids, record files) starts with a letter or digit and
   continues with letters, digits, ``.``, ``_`` or ``-``; at most 128 characters;
   never contains ``..``.
+* A **container name** follows Docker's rule (the file-name characters, ``..`` allowed);
+  a **project name** follows Compose's (lowercase letters, digits, ``_`` and ``-``, at most 63).
 
 Plain Python 3.9+, no Ansible import.
 """
@@ -31,6 +33,8 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_$-]{0,%d}" % (NAME_MAX - 1)
 _NAME_RE = re.compile(_NAME)
 _TABLE_RE = re.compile(r"(?:(%s)\.)?(%s)" % (_NAME, _NAME))
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (FILE_NAME_MAX - 1))
+_CONTAINER_NAME_RE = _FILE_NAME_RE
+_PROJECT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,%d}" % (NAME_MAX - 1))
 NAME_RULE = "start with a letter or '_', then letters, digits, '_', '$' or '-', at most %d characters" % NAME_MAX
 FILE_NAME_RULE = "letters, digits, '.', '_' and '-' only (no '/', no '..', at most %d characters)" % FILE_NAME_MAX
 
@@ -98,3 +102,13 @@ def check_file_name(value, what="name"):
     if not is_file_name(value):
         raise IdentifierError("invalid %s %r: use %s" % (what, value, FILE_NAME_RULE))
     return value
+
+
+def is_container_name(value):
+    """Docker's rule for container names (letters, digits, '.', '_', '-'; a letter or digit first)."""
+    return isinstance(value, str) and bool(_CONTAINER_NAME_RE.fullmatch(value))
+
+
+def is_project_name(value):
+    """Compose's rule for project names (lowercase letters, digits, '_', '-'; at most 63)."""
+    return isinstance(value, str) and bool(_PROJECT_NAME_RE.fullmatch(value))

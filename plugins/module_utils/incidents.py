@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 from ansible_collections.ner11.ops.plugins.module_utils.catalog import atomic_write
-
-_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import is_file_name
 
 
 class RecordError(Exception):
@@ -31,7 +29,7 @@ def plan(directory, files, ledger=None):
         raise RecordError("ledger must be an absolute path, got %r" % ledger)
     paths = []
     for name in sorted(files or {}):
-        if not _FILE_RE.match(name) or name in (".", ".."):
+        if not is_file_name(name):
             raise RecordError("file name %r is not a plain file name (letters, digits, '.', '_', '-')" % name)
         paths.append(os.path.join(directory, name))
     return paths

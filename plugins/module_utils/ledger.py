@@ -20,6 +20,8 @@ import os
 import re
 import time
 
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import is_file_name
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not a POSIX host
@@ -42,8 +44,6 @@ _SECRET_KEY_SAFE_RE = re.compile(r"(_file|_path|_dir|_set|_given|_mode|_name)$",
 _URL_CRED_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,31}://[^/\s:@]{0,256}):([^@\s/]{1,1024})@")
 # PGPASSWORD=..., password=... inside free text (a DSN, a command line)
 _KV_CRED_RE = re.compile(r"\b((?:PG)?PASS(?:WORD)?|password|secret|token)=(\S+)", re.IGNORECASE)
-
-_PLAYBOOK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class LedgerError(Exception):
@@ -146,7 +146,7 @@ def build_line(
     now=None,
 ):
     """The redacted ledger record of one run on one host (a dict, JSON-serialisable)."""
-    if not playbook or not _PLAYBOOK_RE.match(str(playbook)):
+    if not playbook or not is_file_name(str(playbook)):
         raise LedgerError("playbook must be the playbook's name such as 'maintenance', got %r" % (playbook,))
     if not host:
         raise LedgerError("host must name the host the run is recorded for (inventory_hostname)")

@@ -218,7 +218,6 @@ class PgBackup:
         zarg = ["-Z", "0" if method == "none" else str(level)] if method != "zstd" else []
         fmt_flag = {"directory": "-Fd", "custom": "-Fc", "plain": "-Fp"}[fmt]
         dump_args = [fmt_flag] + zarg + (["-j", str(jobs)] if fmt == "directory" else [])
-        user = self.p.get("login_user") or "postgres"
         if self.p.get("login_host"):
             argv = self.target.argv("pg_dump", dump_args)
             if method == "zstd":
@@ -241,7 +240,7 @@ class PgBackup:
             )
         argv = self.target.argv("pg_dump", dump_args + [self.db])
         if method == "zstd":
-            inner = "%s | zstd -q -T0 -%d" % (shlex.join(["pg_dump", "-U", user] + dump_args + [self.db]), level)
+            inner = "%s | zstd -q -T0 -%d" % (shlex.join(self.target.inner_argv("pg_dump", dump_args + [self.db])), level)
             argv = self.target.argv("bash", ["-o", "pipefail", "-c", inner])
             # target.argv adds no -U for bash; the inner line carries it
         return "shell", "%s > %s" % (shlex.join(argv), shlex.quote(out_path))

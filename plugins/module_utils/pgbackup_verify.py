@@ -311,7 +311,6 @@ class BackupVerifier:
         artifact = os.path.join(root, manifest["artifact"])
         fmt = manifest["format"]
         method = (manifest.get("compression") or "none").partition(":")[0]
-        user = self.p.get("login_user") or "postgres"
         jobs = str(max(int(manifest.get("jobs") or 1), 1))
         env = self.target.environ()
         if self.p.get("login_host"):
@@ -334,7 +333,7 @@ class BackupVerifier:
         elif fmt == "plain":
             inner = "%s%s" % (
                 "" if method == "none" else "%s -dc | " % method,
-                shlex.join(["psql", "-U", user] + psql_args(scratch, single_transaction=True)),
+                shlex.join(self.target.inner_argv("psql", psql_args(scratch, single_transaction=True))),
             )
             cmd = self.target.argv("bash", ["-o", "pipefail", "-c", inner], stdin=True)
             rc, o, e = self._sh("%s < %s" % (shlex.join(cmd), shlex.quote(artifact)))

@@ -209,6 +209,10 @@ class PgTarget:
         """Run one statement with ``psql -c`` (for those that cannot run in a transaction block)."""
         return self.run("psql", psql_args(db, command=statement), check=check)
 
+    def inner_argv(self, tool, args):
+        """``tool -U <user> args``: the client command inside a shell line that ``argv("bash", ...)`` wraps."""
+        return [tool, "-U", self.user] + list(args)
+
     def psql_line(self, db, single_transaction=False):
         """A shell-quoted psql command reading SQL on stdin, for a pipeline (``... | <line>``)."""
         return shlex.join(self.argv("psql", psql_args(db, single_transaction=single_transaction), stdin=True))

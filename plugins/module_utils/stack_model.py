@@ -17,10 +17,10 @@ from __future__ import annotations
 import copy
 import re
 
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import NAME_RULE, is_container_name, is_name, is_project_name
+
 SERVICES = ("postgres", "api", "frontend")
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
-_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _DURATION_RE = re.compile(r"^[0-9]+(ms|s|m|h)$")
 _SIZE_RE = re.compile(r"^[1-9][0-9]*[kmg]$")
 
@@ -250,7 +250,7 @@ def normalize(stack=None):
     model = _merge(defaults, {k: v for k, v in stack.items() if v is not None}, "ner11_stack")
 
     project = str(model["project"])
-    if not _PROJECT_RE.match(project):
+    if not is_project_name(project):
         raise StackModelError(
             "ner11_stack.project %r is not a valid project name: use lowercase letters, digits, '-' and '_'" % project
         )
@@ -262,8 +262,8 @@ def normalize(stack=None):
         raise StackModelError("ner11_stack.secrets_mode must be 'file' or 'env', got %r" % model["secrets_mode"])
     names = {"project": project, "db_name": model["db_name"], "db_user": model["db_user"]}
     for key in ("db_name", "db_user"):
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", str(model[key])):
-            raise StackModelError("ner11_stack.%s %r is not a plain SQL identifier" % (key, model[key]))
+        if not is_name(str(model[key])):
+            raise StackModelError("ner11_stack.%s %r is not a valid PostgreSQL name: %s" % (key, model[key], NAME_RULE))
 
     seen_ports = {}
     seen_names = {}
@@ -272,7 +272,7 @@ def normalize(stack=None):
         path = "ner11_stack.services.%s" % name
         svc["service"] = name
         svc["container_name"] = svc["container_name"] or "%s-%s-1" % (project, name)
-        if not _NAME_RE.match(svc["container_name"]):
+        if not is_container_name(svc["container_name"]):
             raise StackModelError("%s.container_name %r is not a valid container name" % (path, svc["container_name"]))
         if svc["container_name"] in seen_names:
             raise StackModelError(

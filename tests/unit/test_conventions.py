@@ -116,17 +116,6 @@ def test_yaml_scanner_ignores_comments(tmp_path):
 COMMAND_OWNERS = {"runner.py", "docker_cli.py", "pgexec.py", "identifiers.py"}
 CLIENT_TOOLS = {"docker", "psql", "pg_dump", "pg_dumpall", "pg_restore"}
 DOCKER_NAMES = {"docker", "docker_cli", "docker_bin", "cli"}
-# Files that still build such command lines or define name regexes, each with its reason.
-# Every entry is a debt: move the code to the owners above and delete the entry.
-PENDING = {
-    # core-pg (issue 11) is moving the client-tool command lines into pgexec.py:
-    "pgbackup.py": "pg_dump command line (dump formats) still built here",
-    "pgbackup_verify.py": "psql command line of the scratch restore still built here",
-    # the same rules as identifiers.check_file_name / a container-name rule, not yet moved:
-    "incidents.py": "record file name regex (identifiers.is_file_name is the same rule)",
-    "ledger.py": "playbook name regex (identifiers.is_file_name is the same rule)",
-    "stack_model.py": "container, project and database name regexes",
-}
 _RE_FUNCS = {"compile", "match", "fullmatch", "search"}
 
 
@@ -177,18 +166,13 @@ def test_command_lines_and_name_rules_have_one_home():
     found = []
     for path in _files("plugins", (".py",)):
         name = os.path.basename(path)
-        if name in COMMAND_OWNERS or name in PENDING:
+        if name in COMMAND_OWNERS:
             continue
         found += command_violations(path)
     assert not found, (
         "docker/psql command lines go through runner.py, docker_cli.py or pgexec.py and name rules live in "
         "identifiers.py:\n" + "\n".join(found)
     )
-
-
-def test_pending_entries_are_still_needed():
-    stale = [name for name in PENDING if not command_violations(os.path.join(ROOT, "plugins", "module_utils", name))]
-    assert not stale, "these files no longer violate; delete them from PENDING: %s" % ", ".join(stale)
 
 
 @pytest.mark.parametrize(

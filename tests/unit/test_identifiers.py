@@ -47,3 +47,20 @@ def test_file_names():
         assert not ids.is_file_name(bad)
     with pytest.raises(ids.IdentifierError, match="invalid backup id '../x': use letters"):
         ids.check_file_name("../x", "backup id")
+
+
+def test_container_and_project_names():
+    assert ids.is_container_name("ner11-postgres-1") and ids.is_container_name("Db.v2_x")
+    assert not ids.is_container_name("-x") and not ids.is_container_name("a/b")
+    assert not ids.is_container_name("x" * 129) and not ids.is_container_name(None)
+    assert ids.is_project_name("ner11") and ids.is_project_name("my_stack-2")
+    assert not ids.is_project_name("Ner11") and not ids.is_project_name("a.b")
+    assert not ids.is_project_name("p" * 64)
+
+
+def test_the_stack_model_takes_the_same_database_names():
+    from ansible_collections.ner11.ops.plugins.module_utils import stack_model
+
+    assert stack_model.normalize({"db_name": "my-db"})["db_name"] == "my-db"
+    with pytest.raises(stack_model.StackModelError, match="not a valid PostgreSQL name"):
+        stack_model.normalize({"db_name": "x; drop"})

@@ -63,7 +63,7 @@ def test_healthcheck_expands_names():
         ({"services": {"api": {"depends_on": ["cache"]}}}, "unknown service 'cache'"),
         ({"services": {"api": {"container_name": "ner11-postgres-1"}}}, "also used by postgres"),
         ({"services": {"api": {"healthcheck": {"test": ["CMD", "true"], "interval": "often"}}}}, "must be a duration"),
-        ({"db_name": "x; drop"}, "not a plain SQL identifier"),
+        ({"db_name": "x; drop"}, "not a valid PostgreSQL name"),
         ({"secrets_mode": "plain"}, "'file' or 'env'"),
         ({"config_dir": "relative"}, "absolute path"),
     ],
