@@ -39,7 +39,7 @@ demo: setup images ## clean machine -> running, healthy reference stack
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/demo.yml -e ner11_confirm=ner11_db && \
 	echo "demo: finished in $$(( $$(date +%s) - start )) s" 
 
-test: setup images lint sanity units units39 checks molecule integration ## everything CI runs
+test: setup images lint sanity checks units39 molecule integration ## everything CI runs (checks runs the unit tests, under coverage)
 
 lint: ruff ansible-lint ## ruff + ansible-lint (production profile)
 
@@ -58,7 +58,7 @@ sanity: setup ## ansible-test sanity, no ignore file, on the collection content 
 	cd $(SANITY_ROOT) && $(BIN)/ansible-test sanity --venv --python 3.11 --color no $(SANITY_ARGS)
 	rm -rf $(dir $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(SANITY_ROOT))))))
 
-checks: setup ## branch coverage >= 80 % per core file (tests/unit) and no duplicated code in plugins/ (scripts/checks.py)
+checks: setup ## the unit tests under branch coverage (>= 80 % per core file) and no duplicated code in plugins/ (scripts/checks.py)
 	$(BIN)/python scripts/checks.py
 
 units: setup ## unit tests of the pure core (module_utils, filters)
