@@ -63,10 +63,11 @@ def test_secrets_are_redacted_by_key_by_url_by_pair_and_by_value():
     ],
 )
 def test_invalid_input_names_the_field(kwargs, words):
-    args = {"playbook": "health", "host": "h"}
-    args.update(kwargs)
+    args = dict(kwargs)
+    playbook = args.pop("playbook", "health")
+    host = args.pop("host", "h")
     with pytest.raises(L.LedgerError, match=r".*" + words.replace("[", r"\[").replace("]", r"\]")):
-        L.build_line(args.pop("playbook"), args.pop("host"), **args)
+        L.build_line(playbook, host, **args)
 
 
 def test_append_is_0600_in_a_0700_dir_and_read_returns_lines_in_order(tmp_path):
