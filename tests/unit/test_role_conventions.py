@@ -15,7 +15,10 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
+
+# Controller-side checks of roles and playbooks: the Python 3.9 managed-node image
+# (make units39) has no PyYAML, and no managed node runs this code.
+yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = sorted(p for p in (ROOT / "roles").iterdir() if p.is_dir())
