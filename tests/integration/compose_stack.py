@@ -202,7 +202,7 @@ def day_two(cs, backup_dir, rerun_deploy=False):
 
     restart = run_playbook("playbooks/service.yml", dict(cs.vars, ner11_service="api", ner11_action="restart"))
     assert restart.rc == 0, restart.explain()
-    assert "ner11.ops.service : Stop the container: api" in restart.changed_tasks()
+    assert "ner11.ops.common : Stop the container: api" in restart.changed_tasks(), restart.changed_tasks()
 
     startup = run_playbook("playbooks/startup.yml", dict(cs.vars, **SMALL))
     assert startup.rc == 0, startup.explain()
