@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from fake_clock import FakeClock
 
 from ansible_collections.ner11.ops.plugins.module_utils import docker_cli as dc
 from ansible_collections.ner11.ops.plugins.module_utils import health as h
@@ -802,19 +803,6 @@ def test_real_host_disk_and_memory(tmp_path):
 
 
 # ---- the wait loop ----------------------------------------------------------------------
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-        self.sleeps = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def sequence(statuses, clock, cost=0.1):
     it = iter(statuses)
 
