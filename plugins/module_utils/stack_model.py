@@ -23,6 +23,8 @@ SERVICES = ("postgres", "api", "frontend")
 
 _DURATION_RE = re.compile(r"^[0-9]+(ms|s|m|h)$")
 _SIZE_RE = re.compile(r"^[1-9][0-9]*[kmg]$")
+# host:port of a peer: a DNS name or IPv4 address, or a bracketed IPv6 address.
+_PEER_RE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$")
 
 
 class StackModelError(ValueError):
@@ -53,6 +55,12 @@ def default_stack():
         # <VAR>_FILE (nothing in `docker inspect`), "env" sets <VAR> directly.
         "secrets_mode": "file",
         "labels": {},
+        # Multi-host (docs/multi-host.md): where the services of OTHER hosts answer, as host:port.
+        # ``postgres``: the database the api connects to (empty: the ``postgres`` container on
+        # this host's stack network); ``api``: the APIs the frontend balances over (empty: the
+        # ``api`` container on this host's network). The internal role common fills them from
+        # the inventory's ner11_db and ner11_api hosts for a host that does not run them.
+        "peers": {"postgres": "", "api": []},
         "canary_tables": ["vendor_equipment", "threat_intelligence", "compliance_frameworks"],
         "services": {
             "postgres": {
@@ -223,6 +231,35 @@ def _logging(value, path):
     return {"driver": driver, "max_size": size, "max_file": count}
 
 
+def _peer(value, path):
+    """One host:port peer address, validated (the port in 1..65535)."""
+    text = str(value).strip()
+    match = _PEER_RE.match(text)
+    if not match or not 1 <= int(match.group(3)) <= 65535:
+        raise StackModelError("%s must be host:port such as '10.0.0.5:8000', got %r" % (path, value))
+    return text
+
+
+def _peers(value):
+    """The ``peers`` mapping: postgres (one host:port or empty) and api (a list of host:port)."""
+    if not isinstance(value, dict):
+        raise StackModelError("ner11_stack.peers must be a mapping with 'postgres' and 'api'")
+    _check_keys(value, ("postgres", "api"), "ner11_stack.peers")
+    postgres = value.get("postgres") or ""
+    api = value.get("api") or []
+    if isinstance(api, str):
+        api = [a for a in re.split(r"[,\s]+", api) if a]
+    if not isinstance(api, list):
+        raise StackModelError("ner11_stack.peers.api must be a list of host:port")
+    out_api = []
+    for i, address in enumerate(api):
+        address = _peer(address, "ner11_stack.peers.api[%d]" % i)
+        if address in out_api:
+            raise StackModelError("ner11_stack.peers.api lists %s twice; list each API once" % address)
+        out_api.append(address)
+    return {"postgres": _peer(postgres, "ner11_stack.peers.postgres") if postgres else "", "api": out_api}
+
+
 def log_options(logging):
     """The Docker log options of a normalized ``logging`` mapping (strings, as the engine stores them)."""
     out = {}
@@ -260,6 +297,7 @@ def normalize(stack=None):
         raise StackModelError("ner11_stack.config_dir must be an absolute path, got %r" % model["config_dir"])
     if model["secrets_mode"] not in ("file", "env"):
         raise StackModelError("ner11_stack.secrets_mode must be 'file' or 'env', got %r" % model["secrets_mode"])
+    model["peers"] = _peers(model["peers"])
     names = {"project": project, "db_name": model["db_name"], "db_user": model["db_user"]}
     for key in ("db_name", "db_user"):
         if not is_name(str(model[key])):
@@ -381,11 +419,15 @@ def service_env(model, service, secret_dir):
     """
     svc = model["services"][service]
     env = {}
+    peers = model.get("peers") or {}
     if service == "api":
+        db_host, db_port = "postgres", "5432"
+        if peers.get("postgres"):
+            db_host, db_port = peers["postgres"].rsplit(":", 1)
         env.update(
             {
-                "POSTGRES_HOST": "postgres",
-                "POSTGRES_PORT": "5432",
+                "POSTGRES_HOST": db_host,
+                "POSTGRES_PORT": db_port,
                 "POSTGRES_DB": model["db_name"],
                 "POSTGRES_USER": model["db_user"],
             }
@@ -394,7 +436,12 @@ def service_env(model, service, secret_dir):
         env.update({"POSTGRES_DB": model["db_name"], "POSTGRES_USER": model["db_user"]})
     elif service == "frontend":
         api_ports = model["services"]["api"]["ports"]
-        env["NER11_API_UPSTREAM"] = "api:%d" % (api_ports[0]["container"] if api_ports else 8000)
+        if peers.get("api"):
+            # Several APIs: the frontend balances over them (images/frontend: upstream group,
+            # passive health checks, idempotent requests retried on the next API).
+            env["NER11_API_UPSTREAM"] = ",".join(peers["api"])
+        else:
+            env["NER11_API_UPSTREAM"] = "api:%d" % (api_ports[0]["container"] if api_ports else 8000)
     env.update(svc["env"])
     mounts = []
     secret_vars = {}
