@@ -99,6 +99,18 @@ options:
     description: Seconds one statement may run.
     type: int
     default: 3600
+  fingerprint:
+    description:
+      - Also return RV(fingerprint), the state fingerprint of the data taken before the operation (the one
+        M(ner11.ops.pg_restore) records; docs/restore.md). Reads every table once (a count).
+    type: bool
+    default: false
+  writes_since:
+    description:
+      - A RV(fingerprint) returned earlier. Also return RV(writes_since), what was written since it.
+      - Only data writes count (tables created or dropped, row counts, rows inserted or updated, sequence values);
+        the rewrites of VACUUM FULL and REINDEX do not.
+    type: dict
 notes:
   - The collection's PostgreSQL container gets a sized C(/dev/shm); with Docker's default 64 MB, parallel index
     builds on large tables fail with C(could not resize shared memory segment).
@@ -168,6 +180,17 @@ duration_s:
   description: Wall time of the run, seconds.
   returned: always
   type: float
+fingerprint:
+  description: With O(fingerprint), the state fingerprint of the data before the operation.
+  returned: when O(fingerprint=true)
+  type: dict
+writes_since:
+  description: >-
+    With O(writes_since), why data may have been written since that fingerprint, one reason per change
+    (empty - nothing was written). A fingerprint that cannot be compared gives a reason too (the safe direction).
+  returned: when O(writes_since) is set
+  type: list
+  elements: str
 queries:
   description: The maintenance statements that ran.
   returned: always
@@ -195,6 +218,8 @@ def main():
         space_margin_bytes=dict(type="int", default=67108864),
         lock_timeout=dict(type="int", default=10),
         statement_timeout=dict(type="int", default=3600),
+        fingerprint=dict(type="bool", default=False),
+        writes_since=dict(type="dict"),
     )
     module = AnsibleModule(**postgres_module_kwargs(options))
     result = run_on_target(module, run, MaintenanceError)

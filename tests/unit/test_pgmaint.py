@@ -6,6 +6,8 @@ session refusal) is in tests/integration/test_pg_maintenance.py.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ansible_collections.ner11.ops.plugins.module_utils import pgmaint
@@ -251,3 +253,78 @@ def test_a_failed_statement_is_named_with_the_fix():
 def test_a_failed_second_measurement_is_reported():
     result = pgmaint.run(FailingTarget(0, fail_measure=True), {"db_name": "ner11_db", "operation": "vacuum"}, check_mode=False)
     assert result["failed"] and "measuring the result failed" in result["msg"] and result["changed"] is True
+
+
+def fp(rels, h=100, nxt=120, db_oid=5):
+    return {"v": pgmaint.FINGERPRINT_VERSION, "h": h, "next": nxt, "db_oid": db_oid, "rels": rels}
+
+
+PIN = {
+    "public.t": ["r", 1, 1001, "700", "10/0"],
+    "public.t_id_seq": ["S", 2, 1002, "701", "10/true"],
+    "public.v": ["v", 3, 0, "702", ""],
+}
+
+
+def test_data_writes_ignores_the_rewrites_of_the_window():
+    # VACUUM FULL / REINDEX: new file nodes and pg_class rows, same rows and sequence values.
+    rewritten = {
+        "public.t": ["r", 1, 2001, "900", "10/0"],
+        "public.t_id_seq": ["S", 2, 1002, "701", "10/true"],
+        "public.v": ["v", 3, 0, "702", ""],
+    }
+    assert pgmaint.data_writes(fp(PIN), fp(rewritten)) == []
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"public.t": ["r", 1, 1001, "700", "11/1"]}, "public.t: 11 rows now, 10 at the pin"),
+        ({"public.t": ["r", 1, 1001, "700", "10/1"]}, "public.t: rows inserted or updated since the pin"),
+        ({"public.t_id_seq": ["S", 2, 1002, "701", "11/true"]}, "sequence moved from 10/true to 11/true"),
+        ({"public.new": ["r", 9, 9, "9", "0/0"]}, "public.new was created"),
+    ],
+)
+def test_data_writes_names_each_write(change, fragment):
+    assert fragment in "; ".join(pgmaint.data_writes(fp(PIN), fp(dict(PIN, **change))))
+
+
+def test_data_writes_counts_an_unusable_comparison_as_written():
+    dropped = {k: v for k, v in PIN.items() if k != "public.t"}
+    assert pgmaint.data_writes(fp(PIN), fp(dropped)) == ["public.t was dropped"]
+    assert pgmaint.data_writes(None, fp(PIN)) == ["no usable fingerprint was taken at the pin"]
+    assert pgmaint.data_writes(fp(PIN), None) == ["the fingerprint could not be read now"]
+    assert pgmaint.data_writes(fp(PIN), fp(PIN, db_oid=6)) == ["the database was dropped and created again"]
+    assert pgmaint.data_writes(fp(PIN), fp(PIN, nxt=100 + 2**31)) == [
+        "too many transactions since the pin to compare row versions"
+    ]
+    assert pgmaint.data_writes(fp(PIN), fp(PIN, nxt="x")) == ["the transaction horizon is unreadable"]
+
+
+class FingerprintTarget(ScriptedTarget):
+    """The scripted target answering the fingerprint query with ``now``."""
+
+    def __init__(self, now):
+        super().__init__([], free=10 * 1024**3)
+        self.now = now
+        self.horizons = []
+
+    def scalar(self, sql, db="postgres"):
+        if "json_build_object" in sql:
+            self.horizons.append(sql.split("SELECT ", 2)[1].split(" AS h")[0])
+            return json.dumps(self.now)
+        return super().scalar(sql, db)
+
+
+def test_run_returns_the_fingerprint_and_what_was_written_since_one():
+    target = FingerprintTarget(fp(PIN, h=150))
+    base = {"db_name": "ner11_db", "operation": "analyze"}
+    result = pgmaint.run(target, dict(base, fingerprint=True), check_mode=True)
+    assert result["fingerprint"]["rels"] == PIN and "writes_since" not in result
+    target.now = fp(dict(PIN, **{"public.t": ["r", 1, 1001, "700", "12/2"]}))
+    result = pgmaint.run(target, dict(base, writes_since=fp(PIN, h=150)), check_mode=True)
+    assert result["writes_since"] == ["public.t: 12 rows now, 10 at the pin"]
+    assert target.horizons[-1] == "150::bigint"  # compared with the horizon of the pin
+    assert pgmaint.run(target, dict(base, writes_since={"v": 0}), check_mode=True)["writes_since"] == [
+        "no usable fingerprint was taken at the pin"
+    ]
