@@ -127,6 +127,11 @@ class PgTarget:
         if not self.container and not self.host:
             raise PgExecError("set either container (the PostgreSQL container name) or login_host")
 
+    @property
+    def has_password(self):
+        """True when a password was given (a sidecar can then log in over TCP with the passfile)."""
+        return bool(self._password)
+
     # -- context: the passfile lives only while the target is open ------------
     def __enter__(self):
         return self

@@ -248,7 +248,7 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
             for t, v in sorted(state["newest"].items())
             if v is not None and v > epoch(manifest["created_at"])
         ]
-    staged = r.target.container and (info["format"] == "directory" or (info["format"] == "custom" and jobs > 1))
+    staged = r.copies_dump(info, jobs)
     space = r.space_check(manifest, info, staged)
     result["plan"].update(
         {
@@ -261,6 +261,7 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
             "globals": bool(info["globals_path"]),
             "jobs": jobs,
             "copy_dump_into_container": bool(staged),
+            "read_dump_by_mount": r.reads_by_mount(info, jobs),
             "space": space,
             "expected_row_counts": {k: v[0] if v[0] == v[1] else list(v) for k, v in expected.items()},
             # Check mode can only estimate "newer" from the backup's start time; the apply

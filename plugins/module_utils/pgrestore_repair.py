@@ -126,7 +126,10 @@ def repair_plan(db, found, stage_dirs=(), clients=()):
             "yourself before restoring %s; nothing was changed" % (found["temp"]["name"], db)
         )
     for client in clients:
-        steps.append("stop %s still running in the database container (pid %s)" % (client["tool"], client["pid"]))
+        if client.get("sidecar"):
+            steps.append("remove the %s sidecar container %s of a killed restore" % (client["tool"], client["sidecar"][:12]))
+        else:
+            steps.append("stop %s still running in the database container (pid %s)" % (client["tool"], client["pid"]))
     if found["target_blocked"]:
         steps.append("allow connections to %s again (a killed restore left them disallowed)" % db)
     if found["temp"]:

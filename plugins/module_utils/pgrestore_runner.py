@@ -52,6 +52,9 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_state import (
 
 quote_ident = quote_name
 
+# Label of the pg_restore sidecars (value: <container>/<database>): a killed run's sidecar is found by it.
+SIDECAR_LABEL = "io.ner11.pg_restore.target"
+
 
 class Restorer:
     """Runs the steps against one server. ``runner`` has AnsibleModule.run_command's signature."""
@@ -64,6 +67,7 @@ class Restorer:
         self.docker_cli = DockerCli(self.cmd, target.docker)
         self._log = log or (lambda msg: None)
         self.stage = None
+        self.image = None
         self.check_mode = check_mode
         self.db = db or "db"
         # What this run changed for good (for ``changed`` when it fails later).
@@ -157,6 +161,48 @@ class Restorer:
     def roles(self):
         return [r[0] for r in self.q("SELECT rolname FROM pg_roles ORDER BY 1;") or []]
 
+    # -- where the tools read the dump ----------------------------------------------------
+    def reads_by_mount(self, info, jobs):
+        """True when ``pg_restore`` reads the dump through a read-only mount into a sidecar (no copy).
+
+        Container mode with ``login_password``: a sidecar of the database container's image,
+        in its network namespace, logs in over 127.0.0.1 with the 0600 passfile (as pg_backup
+        dumps). Without a password a seekable dump is copied into the container instead.
+        """
+        return bool(
+            self.target.container
+            and self.target.has_password
+            and (info["format"] == "directory" or (info["format"] == "custom" and jobs > 1))
+        )
+
+    def copies_dump(self, info, jobs):
+        """True when the dump is copied into the database container (``docker cp``) to restore it."""
+        if not self.target.container or self.reads_by_mount(info, jobs):
+            return False
+        return info["format"] == "directory" or (info["format"] == "custom" and jobs > 1)
+
+    def db_image(self):
+        """The image of the database container (sidecars run its own client tools)."""
+        if self.image is None:
+            status, image = self.target.container_state()
+            if status != "running":
+                raise RestoreError(
+                    "container %s is %s; start it (playbooks/startup.yml) and run again"
+                    % (self.target.container, status or "not found (%s)" % image)
+                )
+            self.image = image
+        return self.image
+
+    def sidecar_label(self, db):
+        return "%s=%s/%s" % (SIDECAR_LABEL, self.target.container, db)
+
+    def find_sidecars(self, db):
+        """Ids of pg_restore sidecars (running or not) of a restore into ``db`` of this container."""
+        if not self.target.container:
+            return []
+        rc, out, _err = self.docker_cli.call(["ps", "-aq", "--filter", "label=" + self.sidecar_label(db)], check=False)
+        return out.split() if rc == 0 else []
+
     # -- staging the dump where the tools can read it ------------------------------------
     def stage_dump(self, info, jobs, only_toc=False):
         """Path of the dump as the tools see it.
@@ -213,12 +259,24 @@ class Restorer:
             return None
         if self.check_mode and info["format"] == "directory" and self.target.container:
             return recorded
+        if info["format"] == "directory" and self.target.container:
+            # A network-less sidecar of the DB image reads the directory through a read-only mount (no copy).
+            kind, cmd = self.target.list_dump_command("directory", info["path"], self.db_image())
+            rc, out, err = self.cmd.run(cmd, check=False)
+            if rc != 0:
+                raise RestoreError(
+                    "pg_restore --list (the dump is unreadable; restore another backup) failed (rc=%s): %s"
+                    % (rc, _tail(err or out))
+                )
+            return self._toc_count(out)
         staged = self.stage_dump(info, jobs=1, only_toc=True)
         arg, redirect = self._input(info, staged)
         line = self.tool_cmd("pg_restore", ["--list"] + ([arg] if arg else []), stdin=arg is None) + redirect
         out = self.shell(line, "pg_restore --list (the dump is unreadable; restore another backup)")
-        if info["format"] == "directory" and self.target.container:
-            self.cleanup()
+        return self._toc_count(out)
+
+    @staticmethod
+    def _toc_count(out):
         entries = [x for x in out.splitlines() if x.strip() and not x.startswith(";")]
         if not entries:
             raise RestoreError("pg_restore --list shows no entries; the dump is empty or damaged: restore another backup")
@@ -257,15 +315,21 @@ class Restorer:
                     pid, _sep, tool = rest.partition(" ")
                     if pid.isdigit():
                         clients.append({"pid": int(pid), "tool": os.path.basename(tool.strip()) or "client"})
+            clients += [{"sidecar": cid, "tool": "pg_restore"} for cid in self.find_sidecars(temp_db_name(db))]
         return found, stages, clients
 
     def repair(self, db, found, stages, clients):
         """Bring back a state the restore can start from; returns what was done (each step a sentence)."""
         done = []
-        if clients:
-            pids = [str(c["pid"]) for c in clients]
+        in_db = [c for c in clients if c.get("pid")]
+        sidecars = [c for c in clients if c.get("sidecar")]
+        if in_db:
+            pids = [str(c["pid"]) for c in in_db]
             self.in_container(["kill", "-TERM"] + pids)  # one that ended meanwhile is fine: dropping the database ends the rest
-            done += ["stopped %s (pid %s) in the database container" % (c["tool"], c["pid"]) for c in clients]
+            done += ["stopped %s (pid %s) in the database container" % (c["tool"], c["pid"]) for c in in_db]
+        if sidecars:
+            self.docker(["rm", "-f"] + [c["sidecar"] for c in sidecars], "removing the pg_restore sidecar of a killed restore")
+            done += ["removed the %s sidecar container %s" % (c["tool"], c["sidecar"][:12]) for c in sidecars]
         if found["target_blocked"]:
             self.allow_connections(db, True)
             done.append("allowed connections to %s again" % db)
@@ -293,6 +357,9 @@ class Restorer:
         return done
 
     def restore_full(self, info, db, jobs):
+        if self.reads_by_mount(info, jobs):
+            self._restore_by_mount(info, db, jobs)
+            return
         staged = self.stage_dump(info, jobs)
         if info["format"] == "plain":
             # G24: stop at the first error, all or nothing.
@@ -309,6 +376,23 @@ class Restorer:
             args += ["-j", str(jobs)]
         arg, redirect = self._input(info, staged)
         line = self.tool_cmd("pg_restore", args + ([arg] if arg else []), stdin=arg is None) + redirect
+        if os.environ.get("NER11_OPS_TEST_PAUSE_AT") == "pg_restore":
+            # Test-only hook: pg_restore runs on while this run waits to be killed.
+            line = '{ %s; } & sleep 0.3; echo $$ > "$NER11_OPS_TEST_PAUSE_DIR/pg_restore"; wait $!; sleep 300' % line
+        self.shell(line, "pg_restore into %s" % db)
+
+    def _restore_by_mount(self, info, db, jobs):
+        """``pg_restore -j`` in a sidecar of the DB image, the backup directory mounted read-only."""
+        root = os.path.dirname(info["path"].rstrip("/"))
+        argv = self.target.sidecar_argv(
+            "pg_restore",
+            ["--exit-on-error", "--no-password", "-d", db, "-j", str(jobs), info["path"]],
+            self.db_image(),
+            volumes=["%s:%s:ro" % (root, root)],
+            name="%s-pgrestore-%d" % (self.target.container, os.getpid()),
+            labels=[self.sidecar_label(db)],
+        )
+        line = shlex.join(argv)
         if os.environ.get("NER11_OPS_TEST_PAUSE_AT") == "pg_restore":
             # Test-only hook: pg_restore runs on while this run waits to be killed.
             line = '{ %s; } & sleep 0.3; echo $$ > "$NER11_OPS_TEST_PAUSE_DIR/pg_restore"; wait $!; sleep 300' % line

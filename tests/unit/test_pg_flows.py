@@ -409,7 +409,9 @@ def test_directory_backup_verified_and_restored_with_jobs_through_a_copy(tmp_pat
     done = pr.run_restore(restore_params(tmp_path, made["backup_id"], jobs=2), server, now=NOW)
     assert done["restored"] is True and done["plan"]["copy_dump_into_container"] is True
     lines = server.lines()
-    assert any(c.startswith("docker cp ") and c.endswith("/toc.dat") for c in lines)  # the TOC check copies toc.dat only
+    # the TOC check reads the directory through a read-only mount into a network-less container: no copy
+    assert any("--entrypoint pg_restore" in c and "--network none" in c and "--list" in c and ":ro" in c for c in lines)
+    assert not any(c.startswith("docker cp ") and c.endswith("/toc.dat") for c in lines)
     assert any("mktemp -d /tmp/ner11-restore-my-db-XXXXXX" in c for c in lines)
     assert any("pg_restore -U postgres --exit-on-error --no-password -d my-db__ner11_restore -j 2" in c for c in lines)
     assert lines[-1].startswith("docker exec -u 0 pg1 rm -rf /tmp/ner11-restore-")  # the copy is removed
@@ -418,6 +420,38 @@ def test_directory_backup_verified_and_restored_with_jobs_through_a_copy(tmp_pat
     planned = pr.run_restore(restore_params(tmp_path, made["backup_id"], jobs=2), server, check_mode=True, now=NOW)
     assert planned["toc_entries"] == made["manifest"]["toc_entries"]
     assert not any(c.startswith("docker cp ") for c in server.lines())
+
+
+def test_directory_restore_with_a_password_reads_the_dump_by_mount_not_by_copy(tmp_path):
+    _job, made, _server = make_backup(tmp_path, login_password="pw", format="directory", jobs=2)
+    server = ScriptedServer(COUNTS)
+    done = pr.run_restore(restore_params(tmp_path, made["backup_id"], jobs=2, login_password="pw"), server, now=NOW)
+    assert done["restored"] is True
+    assert done["plan"]["copy_dump_into_container"] is False and done["plan"]["read_dump_by_mount"] is True
+    assert done["plan"]["space"]["dump_copy_bytes"] == 0
+    lines = server.lines()
+    assert not any(c.startswith("docker cp ") or "mktemp" in c for c in lines)
+    dump = os.path.join(made["path"], "dump")
+    restore = [c for c in lines if "--entrypoint pg_restore" in c and "-d my-db__ner11_restore" in c]
+    assert len(restore) == 1, lines
+    assert "--network container:pg1" in restore[0] and "-j 2 %s" % dump in restore[0]
+    assert "-v %s:%s:ro" % (made["path"], made["path"]) in restore[0]
+    assert "--label io.ner11.pg_restore.target=pg1/my-db__ner11_restore" in restore[0]
+    assert "pw" not in " ".join(done["executed_commands"])
+
+
+def test_a_killed_restore_sidecar_is_removed_by_the_next_run(tmp_path):
+    _job, made, _server = make_backup(tmp_path, login_password="pw", format="directory", jobs=2)
+    server = ScriptedServer(COUNTS)
+    server.answer("label=io.ner11.pg_restore.target=pg1/my-db__ner11_restore", (0, "abc123def4567890\n", ""))
+    planned = pr.run_restore(
+        restore_params(tmp_path, made["backup_id"], jobs=2, login_password="pw"), server, check_mode=True, now=NOW
+    )
+    assert "remove the pg_restore sidecar container abc123def456 of a killed restore" in planned["plan"]["repair"]
+    assert not any(c.startswith("docker rm") for c in server.lines())
+    done = pr.run_restore(restore_params(tmp_path, made["backup_id"], jobs=2, login_password="pw"), server, now=NOW)
+    assert "removed the pg_restore sidecar container abc123def456" in done["repaired"]
+    assert any(c == "docker rm -f abc123def4567890" for c in server.lines())
 
 
 def test_restore_in_host_mode_reads_the_files_and_skips_the_space_check(tmp_path):
