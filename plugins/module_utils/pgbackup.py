@@ -128,6 +128,15 @@ class PgBackup:
         self.source_host = params.get("source_host") or socket.gethostname()
         self.pins = cat.new_backup_pins(params.get("keep_until"), params.get("keep_reason"), self.now, PIN_REASON)
         self.pin_changed = False
+        # Every step that ran, with its seconds (returned as ``steps``; the bench prints them).
+        self.steps = []
+        self._mark = time.monotonic()
+
+    def _step(self, name):
+        """Close the step that ends now: ``name`` took the time since the previous mark."""
+        now = time.monotonic()
+        self.steps.append({"step": name, "s": round(now - self._mark, 3)})
+        self._mark = now
 
     def _sh(self, line, check_msg=None):
         """Run a bash line (redirections, pipefail); every word in it is already shlex-quoted."""
@@ -322,11 +331,13 @@ class PgBackup:
 
     def _run(self):
         started = time.monotonic()
+        self._mark = started
         plan, found, facts, (fmt, method, level, jobs) = self.plan()
+        self._step("plan: container state, server facts, period lookup")
         if found:
             return self._existing(found, plan)
         if self.check_mode:
-            return {"changed": True, "backup_id": plan["backup_id"], "path": plan["path"], "plan": plan}
+            return {"changed": True, "backup_id": plan["backup_id"], "path": plan["path"], "plan": plan, "steps": self.steps}
         timeout = int(self.p.get("lock_timeout") or 0)
         try:
             lock = self.catalog.lock(KIND, wait=timeout > 0, timeout=timeout)
@@ -334,7 +345,8 @@ class PgBackup:
                 # G58: under the lock no other writer of this kind is alive (flock dies with its
                 # process), so every partial is orphaned: remove them and any orphan sidecar.
                 self.cleaned = self._clean_partials()
-                found = self.existing()  # a concurrent run may have made it while we waited
+                found = self.existing()
+                self._step("lock, orphan sidecars and partials removed")  # a concurrent run may have made it while we waited
                 if found:
                     existing = found
                 else:
@@ -374,16 +386,24 @@ class PgBackup:
         created = cat.utcnow()
         partial = self.catalog.begin(KIND, backup_id)
         artifact = artifact_name(fmt, method)
+        self._step("free space check, partial directory")
         try:
             counts_before = self._row_counts()
+            self._step("canary row counts before")
             version = self._pg_dump_version()
+            self._step("pg_dump --version")
             kind, cmd = self.dump_command(fmt, method, level, jobs, partial, artifact)
             self._exec(kind, cmd, "pg_dump of %s failed on %s" % (self.db, self.target.describe()))
+            self._step("pg_dump")
             kind, cmd = self.globals_command(partial)
             self._exec(kind, cmd, "pg_dumpall --globals-only failed on %s" % self.target.describe())
+            self._step("pg_dumpall --globals-only")
             counts_after = self._row_counts()
+            self._step("canary row counts after")
             toc = self._verify_artifact(fmt, method, partial, artifact)
+            self._step("pg_restore --list" if fmt != "plain" else "decompression test")
             files = cat.hash_tree(partial)
+            self._step("sha256 of every file")
             size = sum(f["size"] for f in files)
             dump_size = sum(f["size"] for f in files if f["path"] == artifact or f["path"].startswith(artifact + "/"))
             if dump_size < 64:
@@ -428,6 +448,7 @@ class PgBackup:
                 # Writes happened during the dump: the dump holds a count between the two (G23).
                 manifest["row_counts_after"] = counts_after
             self.catalog.publish(KIND, backup_id, manifest, pins=self.pins)
+            self._step("publish: sha256 re-check, manifest, fsync, rename")
         except BaseException:
             self._remove_orphan_sidecars()
             self.catalog.discard(KIND, backup_id)
@@ -471,6 +492,7 @@ class PgBackup:
             "duration_s": manifest.get("duration_s") if changed else 0.0,
             "plan": plan,
             "cleaned_partials": getattr(self, "cleaned", []),
+            "steps": list(self.steps),
         }
 
 

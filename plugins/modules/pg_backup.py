@@ -183,6 +183,15 @@ pins:
   returned: success
   type: list
   elements: dict
+steps:
+  description:
+    - The steps this run took, in order, each with its wall time in seconds (C(step), C(s)); a backup made
+      lists every safety step (row counts, C(pg_restore --list) or decompression test, sha256, publish with
+      re-check and fsync).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"step": "pg_dump", "s": 7.41}]
 executed_commands:
   description: Every command run, secret-free.
   returned: always

@@ -64,6 +64,12 @@ def test_backup_creates_publishes_and_is_idempotent_per_period(tmp_path):
     assert manifest["source"]["db_name"] == "my-db" and manifest["pg_dump_version"].startswith("pg_dump")
     assert os.path.isfile(os.path.join(result["path"], "dump.pgdump"))
     assert job.executed and all("login_password" not in c for c in job.executed)
+    # Every safety step ran and is reported with its time (the bench prints them).
+    steps = [s["step"] for s in result["steps"]]
+    for needed in ("canary row counts before", "pg_dump", "canary row counts after", "pg_restore --list"):
+        assert needed in steps, steps
+    assert steps[-1] == "publish: sha256 re-check, manifest, fsync, rename" and "sha256 of every file" in steps
+    assert all(s["s"] >= 0 for s in result["steps"])
     # The same period again: the existing backup, nothing new.
     again = pb.PgBackup(backup_params(tmp_path), ScriptedServer(COUNTS), now=NOW).run()
     assert again["changed"] is False and again["backup_id"] == result["backup_id"]
