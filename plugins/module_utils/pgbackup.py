@@ -41,6 +41,7 @@ from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import IdentifierError, check_name, check_table
 from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import (
     DEFAULT_CANARY_TABLES,
+    DEFAULT_CLIENT_IMAGE,
     FORMATS,
     KIND,
     PgBackupError,
@@ -66,6 +67,14 @@ from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRun
 
 SIDECAR_LABEL = "io.ner11.pg_backup.catalog"
 PIN_REASON = "pinned by pg_backup keep_until"
+
+
+def dumped_by(listing):
+    """``pg_dump (PostgreSQL) <version>`` from the ``Dumped by pg_dump version:`` line of a TOC listing."""
+    for line in (listing or "").splitlines():
+        if "Dumped by pg_dump version:" in line:
+            return "pg_dump (PostgreSQL) " + line.split(":", 1)[1].strip()
+    return None
 
 
 def validate_params(params):
@@ -124,6 +133,8 @@ class PgBackup:
         self.tables = list(params.get("canary_tables") or DEFAULT_CANARY_TABLES)
         self.jobs = int(params.get("jobs") or 2)
         self.image = None
+        self.client_image = params.get("client_image") or DEFAULT_CLIENT_IMAGE
+        self._listing = ""
         # source identity (docs/backup-catalog.md): the name the role passes, else this machine's
         self.source_host = params.get("source_host") or socket.gethostname()
         self.pins = cat.new_backup_pins(params.get("keep_until"), params.get("keep_reason"), self.now, PIN_REASON)
@@ -196,7 +207,22 @@ class PgBackup:
             )
         method, level = parse_compression(fmt, self.p.get("compression"))
         jobs = self.jobs if fmt == "directory" else 1
+        if fmt == "directory" and method == "zstd" and self.p.get("container"):
+            self._check_client_image()
         return fmt, method, level, jobs
+
+    def uses_client_image(self, fmt, method):
+        """A zstd directory dump in container mode runs pg_dump >= 16 from the client image, not the server's."""
+        return bool(self.p.get("container")) and fmt == "directory" and method == "zstd"
+
+    def _check_client_image(self):
+        rc, _out, err = self.target.docker_cli.call(["image", "inspect", "--format", "{{.Id}}", self.client_image], check=False)
+        if rc != 0:
+            raise PgBackupError(
+                "compression zstd needs pg_dump >= 16 from the client image %s, which is not on this host (%s); "
+                "build it with 'make pgclient' (images/pgclient/build.sh) or set client_image to an image with "
+                "pg_dump 16 or later, or use compression gzip:<level>" % (self.client_image, last_line(err))
+            )
 
     def existing(self):
         """The good backup of this source identity that already covers this period, or None.
@@ -225,11 +251,13 @@ class PgBackup:
         """(kind, cmd): ``argv`` for a list, ``shell`` for a bash line with redirection."""
         out_path = os.path.join(partial, artifact)
         zarg = ["-Z", "0" if method == "none" else str(level)] if method != "zstd" else []
+        if method == "zstd" and fmt == "directory":
+            zarg = ["-Z", "zstd:%d" % level]  # pg_dump >= 16's own zstd
         fmt_flag = {"directory": "-Fd", "custom": "-Fc", "plain": "-Fp"}[fmt]
         dump_args = [fmt_flag] + zarg + (["-j", str(jobs)] if fmt == "directory" else [])
         if self.p.get("login_host"):
             argv = self.target.argv("pg_dump", dump_args)
-            if method == "zstd":
+            if method == "zstd" and fmt == "plain":
                 return "shell", "%s %s | zstd -q -T0 -%d > %s" % (
                     shlex.join(argv),
                     shlex.quote(self.db),
@@ -241,7 +269,7 @@ class PgBackup:
             return "argv", self.target.sidecar_argv(
                 "pg_dump",
                 dump_args + ["-f", out_path, self.db],
-                self.image or "IMAGE-OF-%s" % self.p["container"],
+                self._sidecar_image(fmt, method),
                 volumes=["%s:%s" % (partial, partial)],
                 name=self.sidecar_name(),
                 labels=["%s=%s" % (SIDECAR_LABEL, self.catalog.root)],
@@ -261,8 +289,13 @@ class PgBackup:
             return "argv", self.target.argv("pg_dumpall", args + ["-f", path])
         return "shell", "%s > %s" % (shlex.join(self.target.argv("pg_dumpall", args)), shlex.quote(path))
 
-    def list_command(self, fmt, partial, artifact):
-        image = self.image or "IMAGE-OF-%s" % self.p.get("container")
+    def _sidecar_image(self, fmt, method):
+        if self.uses_client_image(fmt, method):
+            return self.client_image
+        return self.image or "IMAGE-OF-%s" % self.p.get("container")
+
+    def list_command(self, fmt, partial, artifact, method="gzip"):
+        image = self._sidecar_image(fmt, method)
         labels = ["%s=%s" % (SIDECAR_LABEL, self.catalog.root)]
         return self.target.list_dump_command(fmt, os.path.join(partial, artifact), image, labels)
 
@@ -308,11 +341,12 @@ class PgBackup:
             "db_size_bytes": facts["db_size_bytes"],
             "exists": bool(found),
             "source_host": self.source_host,
+            "client_image": self.client_image if self.uses_client_image(fmt, method) else None,
             "pins": self.pins,
             "commands": [
                 display(self.dump_command(fmt, method, level, jobs, partial, artifact)[1]),
                 display(self.globals_command(partial)[1]),
-                display(self.list_command(fmt, partial, artifact)[1]) if fmt != "plain" else "decompression test",
+                display(self.list_command(fmt, partial, artifact, method)[1]) if fmt != "plain" else "decompression test",
             ],
         }
         return plan, found, facts, (fmt, method, level, jobs)
@@ -390,8 +424,10 @@ class PgBackup:
         try:
             counts_before = self._row_counts()
             self._step("canary row counts before")
-            version = self._pg_dump_version()
-            self._step("pg_dump --version")
+            version = None
+            if not self.uses_client_image(fmt, method):
+                version = self._pg_dump_version()
+                self._step("pg_dump --version")
             kind, cmd = self.dump_command(fmt, method, level, jobs, partial, artifact)
             self._exec(kind, cmd, "pg_dump of %s failed on %s" % (self.db, self.target.describe()))
             self._step("pg_dump")
@@ -402,6 +438,8 @@ class PgBackup:
             self._step("canary row counts after")
             toc = self._verify_artifact(fmt, method, partial, artifact)
             self._step("pg_restore --list" if fmt != "plain" else "decompression test")
+            if version is None:
+                version = dumped_by(self._listing)
             files = cat.hash_tree(partial)
             self._step("sha256 of every file")
             size = sum(f["size"] for f in files)
@@ -442,8 +480,10 @@ class PgBackup:
                 "sha256": tree_sha256(files),
                 "duration_s": round(time.monotonic() - started, 3),
                 "tool": {"name": "ner11.ops.pg_backup", "version": None},
-                "restore": restore_commands(fmt, method, artifact, jobs, True),
+                "restore": restore_commands(fmt, method, artifact, jobs, True, version),
             }
+            if self.uses_client_image(fmt, method):
+                manifest["client_image"] = self.client_image
             if counts_after != counts_before:
                 # Writes happened during the dump: the dump holds a count between the two (G23).
                 manifest["row_counts_after"] = counts_after
@@ -463,8 +503,9 @@ class PgBackup:
         if fmt == "plain":
             test_stream(path, method, self._sh)
             return None
-        kind, cmd = self.list_command(fmt, partial, artifact)
+        kind, cmd = self.list_command(fmt, partial, artifact, method)
         _rc, out, _err = self._exec(kind, cmd, "pg_restore --list could not read the new dump %s" % path)
+        self._listing = out
         toc = count_toc(out)
         if toc <= 0:
             raise PgBackupError("pg_restore --list found no entries in %s; the dump is unusable" % path)

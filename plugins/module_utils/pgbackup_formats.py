@@ -21,6 +21,7 @@ DEFAULT_CANARY_TABLES = ("vendor_equipment", "threat_intelligence", "compliance_
 ARTIFACTS = {
     ("directory", "gzip"): "dump",
     ("directory", "none"): "dump",
+    ("directory", "zstd"): "dump",
     ("custom", "gzip"): "dump.pgdump",
     ("custom", "none"): "dump.pgdump",
     ("plain", "none"): "dump.sql",
@@ -34,8 +35,21 @@ class PgBackupError(Exception):
 
 
 # -- pure helpers (unit-tested) --------------------------------------------------
+# The client image with pg_dump >= 16 (zstd built in) that the project builds (images/pgclient, make pgclient).
+DEFAULT_CLIENT_IMAGE = "ner11/pgclient:ref"
+
+# pg_restore >= 17 sends this to any server; a PostgreSQL 15/16 server rejects it. It is the one error a
+# restore of a zstd dump accepts (docs/backup-catalog.md, "zstd dumps"); any other error fails the restore.
+KNOWN_OLD_SERVER_ERROR = 'unrecognized configuration parameter "transaction_timeout"'
+KNOWN_OLD_SERVER_COMMAND = "SET transaction_timeout = 0;"
+
+
 def parse_compression(fmt, value):
-    """``none`` | ``gzip:<0-9>`` | ``<0-9>`` (gzip level) | ``zstd:<1-19>`` (plain only) → (method, level)."""
+    """``none`` | ``gzip:<0-9>`` | ``<0-9>`` (gzip level) | ``zstd:<1-19>`` (plain, directory) → (method, level).
+
+    zstd for ``directory`` is pg_dump's own (``-Z zstd:<level>``, pg_dump >= 16: the client image);
+    for ``plain`` the SQL is piped through ``zstd``.
+    """
     text = str(value if value is not None else "gzip:1").strip().lower()
     if text in ("none", "0", "gzip:0"):
         return "none", 0
@@ -51,13 +65,13 @@ def parse_compression(fmt, value):
         level = level or "3"
         if not level.isdigit() or not 1 <= int(level) <= 19:
             raise PgBackupError("compression %r: the zstd level must be 1-19, e.g. zstd:3" % (value,))
-        if fmt != "plain":
+        if fmt not in ("plain", "directory"):
             raise PgBackupError(
-                "compression %r: zstd is only available for format=plain (PostgreSQL 15's pg_dump has only gzip "
-                "built in); use gzip:<level> with format=%s" % (value, fmt)
+                "compression %r: zstd is available for format=directory (pg_dump >= 16 from the client image) and "
+                "format=plain (piped through zstd); use gzip:<level> with format=%s" % (value, fmt)
             )
         return "zstd", int(level)
-    raise PgBackupError("unknown compression %r: use none, gzip:<1-9> or zstd:<1-19> (plain only)" % (value,))
+    raise PgBackupError("unknown compression %r: use none, gzip:<1-9> or zstd:<1-19> (directory, plain)" % (value,))
 
 
 def compression_label(method, level):
@@ -86,13 +100,26 @@ def tree_sha256(files):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def restore_commands(fmt, method, artifact, jobs, has_globals):
+def restore_commands(fmt, method, artifact, jobs, has_globals, pg_dump_version=None):
     """Stock-tool restore lines, run in the backup directory; ``{target_db}`` is a placeholder."""
     cmds = []
     if has_globals:
         cmds.append("psql -X -d postgres -f globals.sql")
     cmds.append("createdb -T template0 {target_db}")
-    if fmt in ("directory", "custom"):
+    tools = None
+    if fmt == "directory" and method == "zstd":
+        # pg_restore >= 16 reads zstd; 17 sends SET transaction_timeout, which a 15/16 server rejects:
+        # no --exit-on-error, then the log must show that one error only (per worker).
+        cmds.append(
+            "pg_restore -j %d -d {target_db} %s 2> restore.log; grep 'pg_restore: error' restore.log "
+            "| grep -v 'transaction_timeout'; echo 'restore is good when the line above is empty'" % (max(jobs, 1), artifact)
+        )
+        tools = (
+            "pg_restore of PostgreSQL 16 or later (the dump was made by %s with zstd): e.g. "
+            "docker run --rm -it --network container:<db container> -v $PWD:$PWD -w $PWD ner11/pgclient:ref "
+            "(images/pgclient, make pgclient) or Debian's postgresql-client-17" % (pg_dump_version or "pg_dump >= 16")
+        )
+    elif fmt in ("directory", "custom"):
         cmds.append("pg_restore --exit-on-error -j %d -d {target_db} %s" % (max(jobs, 1), artifact))
     elif method == "none":
         cmds.append("psql -X -v ON_ERROR_STOP=1 --single-transaction -d {target_db} -f %s" % artifact)
@@ -108,12 +135,48 @@ def restore_commands(fmt, method, artifact, jobs, has_globals):
             "globals.sql recreates roles (without passwords: set them afterwards with ALTER ROLE ... PASSWORD); "
             "on a server that already has the roles it reports harmless 'already exists' errors - skip it there."
         )
+    if tools:
+        notes.append("Tools: " + tools)
     return {
         "workdir": "the backup directory (where manifest.json is)",
         "placeholders": {"{target_db}": "the database to restore into (must not exist yet)"},
         "commands": cmds,
         "notes": notes,
     }
+
+
+def unexpected_restore_errors(stderr):
+    """The errors in ``pg_restore``'s stderr other than the known old-server one (empty: the restore is good).
+
+    pg_restore without ``--exit-on-error`` reports each failed statement as ``pg_restore: error: ...``
+    followed by ``Command was: ...``, and ``errors ignored on restore: N`` at the end. Every error must
+    be KNOWN_OLD_SERVER_ERROR for KNOWN_OLD_SERVER_COMMAND; anything else is returned.
+    """
+    lines = (stderr or "").splitlines()
+    out = []
+    for index, line in enumerate(lines):
+        if "pg_restore: error:" not in line:
+            continue
+        following = lines[index + 1].strip() if index + 1 < len(lines) else ""
+        if KNOWN_OLD_SERVER_ERROR in line and following == "Command was: " + KNOWN_OLD_SERVER_COMMAND:
+            continue
+        out.append(line.strip())
+    return out
+
+
+def judge_lenient_restore(rc, stderr):
+    """None when a ``pg_restore`` run without ``--exit-on-error`` is good, else the reason (strict).
+
+    rc 0, or rc 1 with only the known old-server error; any other error, or another exit code, fails.
+    """
+    unexpected = unexpected_restore_errors(stderr)
+    if unexpected:
+        return "; ".join(unexpected[:3]) + (" (and %d more)" % (len(unexpected) - 3) if len(unexpected) > 3 else "")
+    if rc not in (0, 1):
+        return "pg_restore exited with rc=%s: %s" % (rc, last_line(stderr))
+    if rc == 1 and KNOWN_OLD_SERVER_ERROR not in (stderr or ""):
+        return "pg_restore exited with rc=1: %s" % last_line(stderr)
+    return None
 
 
 def required_space(db_size, factor):

@@ -18,8 +18,10 @@ from ansible_collections.ner11.ops.plugins.module_utils import pgrestore_repair 
 from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import (
     KIND,
     PgBackupError,
+    DEFAULT_CLIENT_IMAGE,
     count_toc,
     counts_match,
+    judge_lenient_restore,
     test_stream,
 )
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import NAME_RULE, is_name
@@ -96,6 +98,13 @@ def rpo_errors(row, max_age):
     return []
 
 
+def client_image(manifest):
+    """The image with pg_restore >= 16 that reads a zstd directory dump (None for any other dump)."""
+    if manifest.get("format") == "directory" and str(manifest.get("compression") or "").startswith("zstd"):
+        return manifest.get("client_image") or DEFAULT_CLIENT_IMAGE
+    return None
+
+
 # -- verification (module backup_verify) -----------------------------------------------
 class BackupVerifier:
     """Prove backups usable: manifest, checksums, archive readable, age (RPO), optional test restore (G65)."""
@@ -143,6 +152,8 @@ class BackupVerifier:
         if not self.target:
             return []  # no server tools named: checksums only (reported in `checks`)
         image = self._image() if fmt == "directory" and self.p.get("container") else None
+        if image and client_image(manifest):
+            image = client_image(manifest)
         kind, cmd = self.target.list_dump_command(fmt, artifact, image)
         if kind == "shell":
             rc, out, err = self._sh(cmd)
@@ -343,13 +354,20 @@ class BackupVerifier:
                     "a directory-format test restore in container mode runs pg_restore -j in a sidecar over TCP and "
                     "needs login_password (ner11_db_password)"
                 )
+            zstd = client_image(manifest)
             cmd = self.target.sidecar_argv(
                 "pg_restore",
-                ["--exit-on-error", "-j", jobs, "-d", scratch, artifact],
-                self.image,
+                ([] if zstd else ["--exit-on-error"]) + ["-j", jobs, "-d", scratch, artifact],
+                zstd or self.image,
                 volumes=["%s:%s:ro" % (root, root)],
             )
             rc, o, e = self.cmd.run(cmd, check=False)
+            if zstd:
+                # pg_restore 17 into a 15/16 server: only the known SET transaction_timeout error is accepted.
+                problem = judge_lenient_restore(rc, e)
+                if problem:
+                    raise PgBackupError("restoring %s into %s failed: %s" % (manifest["backup_id"], scratch, problem))
+                return
         if rc != 0:
             raise PgBackupError(
                 "restoring %s into %s failed (rc=%s): %s" % (manifest["backup_id"], scratch, rc, last_line(e or o))

@@ -93,6 +93,11 @@ def run_restore(params, runner, check_mode=False, now=None):
         source_host=params.get("source_host"),
     )
     info = dump_info(manifest, backup_path)
+    if info["client_image"] and params.get("container") and not params.get("login_password"):
+        raise RestoreError(
+            "backup %s is a zstd dump: pg_restore 16 or later from %s restores it in a sidecar that logs in over TCP; "
+            "set login_password (ner11_db_password)" % (manifest["backup_id"], info["client_image"])
+        )
     if tables and info["format"] == "plain":
         raise RestoreError(
             "backup %s is a plain SQL dump, which cannot be restored table by table; restore it whole into a "

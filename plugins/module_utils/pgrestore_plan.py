@@ -26,6 +26,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.catalog import (
     validate_backup_id,
 )
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import IdentifierError, check_name, quote_table
+from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import DEFAULT_CLIENT_IMAGE
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import split_table as _split_table
 
 LOG_SCHEMA = "ner11_ops"
@@ -235,6 +236,10 @@ def dump_info(manifest, backup_path):
         "globals_path": globals_path,
         "created_at": manifest["created_at"],
         "sha256": manifest.get("sha256") or "",
+        # A zstd directory dump (pg_dump >= 16) is read with the client image that made it.
+        "client_image": (manifest.get("client_image") or DEFAULT_CLIENT_IMAGE)
+        if fmt == "directory" and compression.startswith("zstd")
+        else None,
     }
 
 

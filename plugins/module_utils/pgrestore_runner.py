@@ -16,6 +16,7 @@ import shlex
 
 from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import DockerCli
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name
+from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import judge_lenient_restore
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError
 from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import (
@@ -169,6 +170,8 @@ class Restorer:
         in its network namespace, logs in over 127.0.0.1 with the 0600 passfile (as pg_backup
         dumps). Without a password a seekable dump is copied into the container instead.
         """
+        if self.target.container and info.get("client_image"):
+            return True  # a zstd dump: only the client image's pg_restore (>= 16) reads it
         return bool(
             self.target.container
             and self.target.has_password
@@ -261,7 +264,7 @@ class Restorer:
             return recorded
         if info["format"] == "directory" and self.target.container:
             # A network-less sidecar of the DB image reads the directory through a read-only mount (no copy).
-            kind, cmd = self.target.list_dump_command("directory", info["path"], self.db_image())
+            kind, cmd = self.target.list_dump_command("directory", info["path"], info.get("client_image") or self.db_image())
             rc, out, err = self.cmd.run(cmd, check=False)
             if rc != 0:
                 raise RestoreError(
@@ -384,10 +387,18 @@ class Restorer:
     def _restore_by_mount(self, info, db, jobs):
         """``pg_restore -j`` in a sidecar of the DB image, the backup directory mounted read-only."""
         root = os.path.dirname(info["path"].rstrip("/"))
+        lenient = bool(info.get("client_image"))
+        if lenient and not self.target.has_password:
+            raise RestoreError(
+                "backup %s is a zstd dump: pg_restore 16 or later from %s restores it in a sidecar that logs in over "
+                "TCP; set login_password (ner11_db_password)" % (os.path.basename(root), info["client_image"])
+            )
+        # pg_restore 17 sends SET transaction_timeout, which a 15/16 server rejects: a zstd restore runs
+        # without --exit-on-error and then fails on any error but that one (judge_lenient_restore).
         argv = self.target.sidecar_argv(
             "pg_restore",
-            ["--exit-on-error", "--no-password", "-d", db, "-j", str(jobs), info["path"]],
-            self.db_image(),
+            ([] if lenient else ["--exit-on-error"]) + ["--no-password", "-d", db, "-j", str(jobs), info["path"]],
+            info.get("client_image") or self.db_image(),
             volumes=["%s:%s:ro" % (root, root)],
             name="%s-pgrestore-%d" % (self.target.container, os.getpid()),
             labels=[self.sidecar_label(db)],
@@ -396,7 +407,13 @@ class Restorer:
         if os.environ.get("NER11_OPS_TEST_PAUSE_AT") == "pg_restore":
             # Test-only hook: pg_restore runs on while this run waits to be killed.
             line = '{ %s; } & sleep 0.3; echo $$ > "$NER11_OPS_TEST_PAUSE_DIR/pg_restore"; wait $!; sleep 300' % line
-        self.shell(line, "pg_restore into %s" % db)
+        if not lenient:
+            self.shell(line, "pg_restore into %s" % db)
+            return
+        rc, out, err = self.cmd.shell(line, check=False)
+        problem = judge_lenient_restore(rc, err)
+        if problem:
+            raise RestoreError("pg_restore into %s failed: %s" % (db, problem))
 
     # -- space pre-flight -----------------------------------------------------------------
     def space_check(self, manifest, info, staged):
@@ -488,6 +505,11 @@ class Restorer:
         return [{"table": r[0], "references": r[1]} for r in rows or []]
 
     def restore_tables(self, info, db, tables, pre, post):
+        if info.get("client_image"):
+            raise RestoreError(
+                "a zstd dump cannot be restored table by table yet (the database container's pg_restore cannot read "
+                "zstd); restore it whole into a scratch database, or take gzip backups for selective restores"
+            )
         staged = self.stage_dump(info, jobs=1)
         sequences = self.owned_sequences(db, tables)
         targets = []

@@ -56,9 +56,21 @@ options:
     choices: [directory, custom, plain]
   compression:
     description:
-      - V(none), V(gzip:<1-9>) (or just the level) or V(zstd:<1-19>) (V(plain) only; piped through C(zstd)).
+      - V(none), V(gzip:<1-9>) (or just the level) or V(zstd:<1-19>).
+      - V(zstd:<level>) with O(format=directory) runs C(pg_dump -Fd -j N -Z zstd:<level>) of PostgreSQL 16 or later
+        from O(client_image) in the sidecar (opt-in; the PostgreSQL 15 server's own pg_dump has gzip only). Those
+        dumps are restored by C(pg_restore) 16 or later (M(ner11.ops.pg_restore) and M(ner11.ops.backup_verify) use the
+        image recorded in the manifest); see docs/backup-catalog.md.
+      - With O(format=plain) the SQL is piped through C(zstd).
     type: str
     default: gzip:1
+  client_image:
+    description:
+      - Image with C(pg_dump) 16 or later used for O(compression=zstd:<level>) with O(format=directory) in container
+        mode. The project builds V(ner11/pgclient:ref) locally (C(make pgclient), images/pgclient/).
+      - Recorded in the manifest (C(client_image)) so restores and verification read the dump with the same tools.
+    type: str
+    default: ner11/pgclient:ref
   jobs:
     description: Parallel pg_dump workers for O(format=directory).
     type: int
@@ -219,6 +231,7 @@ def main():
         backup_dir=dict(type="path", required=True),
         format=dict(type="str", choices=["directory", "custom", "plain"]),
         compression=dict(type="str", default="gzip:1"),
+        client_image=dict(type="str", default="ner11/pgclient:ref"),
         jobs=dict(type="int", default=2),
         period=dict(type="str", choices=["daily", "weekly", "monthly", "manual"], default="manual"),
         force=dict(type="bool", default=False),

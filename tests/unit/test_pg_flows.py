@@ -10,7 +10,7 @@ import datetime
 import os
 
 import pytest
-from pg_double import ScriptedServer
+from pg_double import TOC, ScriptedServer
 
 from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
 from ansible_collections.ner11.ops.plugins.module_utils import pgbackup as pb
@@ -124,6 +124,57 @@ def test_backup_directory_format_runs_a_sidecar_with_the_passfile(tmp_path):
     assert result["plan"]["format"] == "directory" and "--network container:pg1" in dump
     assert "--entrypoint pg_dump" in dump and "PGPASSFILE=/run/ner11/pgpass" in dump and "s3cret" not in dump
     assert "--network none" in result["plan"]["commands"][2]
+
+
+def test_zstd_directory_backup_runs_pg_dump_of_the_client_image_and_is_restored_by_it(tmp_path):
+    listing = TOC + ";     Dumped by pg_dump version: 17.6 (Debian 17.6-1)\n"
+    server = ScriptedServer(COUNTS)
+    server.answer("--list", (0, listing, ""))
+    job, made, server = make_backup(tmp_path, server, login_password="pw", format="directory", compression="zstd:1")
+    lines = server.lines()
+    dump = [c for c in lines if "--entrypoint pg_dump" in c][0]
+    assert "ner11/pgclient:ref" in dump and "-Fd -Z zstd:1 -j 2" in dump and "--network container:pg1" in dump
+    assert any(c.startswith("docker image inspect --format {{.Id}} ner11/pgclient:ref") for c in lines)
+    assert not any("pg_dump --version" in c for c in lines)  # the server's pg_dump 15 did not make this dump
+    manifest = made["manifest"]
+    assert manifest["compression"] == "zstd:1" and manifest["client_image"] == "ner11/pgclient:ref"
+    assert manifest["pg_dump_version"] == "pg_dump (PostgreSQL) 17.6 (Debian 17.6-1)"
+    listed = [c for c in lines if "--entrypoint pg_restore" in c and "--list" in c][0]
+    assert "ner11/pgclient:ref" in listed
+    # restore: pg_restore of the client image in a sidecar, no --exit-on-error, strict on the errors
+    known = (
+        'pg_restore: error: could not execute query: ERROR:  unrecognized configuration parameter "transaction_timeout"\n'
+        "Command was: SET transaction_timeout = 0;\n"
+    )
+    server = ScriptedServer(COUNTS)
+    server.answer(lambda t: "--entrypoint pg_restore" in t and "-d my-db__ner11_restore" in t, (1, "", known * 2))
+    done = pr.run_restore(restore_params(tmp_path, made["backup_id"], jobs=2, login_password="pw"), server, now=NOW)
+    assert done["restored"] is True
+    restore = [c for c in server.lines() if "--entrypoint pg_restore" in c and "-d my-db__ner11_restore" in c][0]
+    assert "ner11/pgclient:ref" in restore and "--exit-on-error" not in restore
+    server = ScriptedServer(COUNTS)
+    bad = known + "pg_restore: error: could not execute query: ERROR:  permission denied for schema public\nCommand was: X;\n"
+    server.answer(lambda t: "--entrypoint pg_restore" in t and "-d my-db__ner11_restore" in t, (1, "", bad))
+    with pytest.raises(pr.RestoreError, match="permission denied for schema public"):
+        pr.run_restore(restore_params(tmp_path, made["backup_id"], jobs=2, login_password="pw"), server, now=NOW)
+    assert any('DROP DATABASE IF EXISTS "my-db__ner11_restore"' in c for c in server.lines())
+    # without a password the sidecar cannot log in: refused before anything is touched
+    with pytest.raises(pr.RestoreError, match="set login_password"):
+        pr.run_restore(restore_params(tmp_path, made["backup_id"], jobs=2), ScriptedServer(COUNTS), now=NOW)
+    # backup_verify reads it (and test-restores it) with the client image too
+    server = ScriptedServer(COUNTS)
+    params = {"backup_dir": str(tmp_path / "b"), "container": "pg1", "login_password": "pw", "test_restore": True}
+    server.answer(lambda t: "--entrypoint pg_restore" in t and "-d ner11_test_restore" in t, (1, "", known))
+    result = ver.BackupVerifier(params, server, now=NOW).run()
+    assert result["status"] == "ok", result["errors"]
+    assert all("ner11/pgclient:ref" in c for c in server.lines() if "--entrypoint pg_restore" in c)
+
+
+def test_zstd_directory_backup_needs_the_client_image(tmp_path):
+    server = ScriptedServer(COUNTS)
+    server.answer("docker image inspect", (1, "", "Error: No such image: ner11/pgclient:ref"))
+    with pytest.raises(pb.PgBackupError, match="make pgclient"):
+        make_backup(tmp_path, server, login_password="pw", format="directory", compression="zstd:1")
 
 
 def test_backup_host_mode_commands(tmp_path):

@@ -15,6 +15,7 @@ from ansible_collections.ner11.ops.plugins.module_utils import pgexec
         ("plain", "0", ("none", 0)),
         ("plain", "zstd:3", ("zstd", 3)),
         ("plain", "zstd", ("zstd", 3)),
+        ("directory", "zstd:1", ("zstd", 1)),
     ],
 )
 def test_parse_compression(fmt, value, expected):
@@ -24,7 +25,7 @@ def test_parse_compression(fmt, value, expected):
 @pytest.mark.parametrize(
     "fmt,value,needle",
     [
-        ("custom", "zstd:3", "only available for format=plain"),
+        ("custom", "zstd:3", "zstd is available for format=directory"),
         ("plain", "gzip:12", "gzip level must be 1-9"),
         ("plain", "zstd:30", "zstd level must be 1-19"),
         ("plain", "lz4", "unknown compression"),
@@ -185,3 +186,39 @@ def test_rpo_is_per_identity_skips_manual_only_and_names_a_source_without_good_b
     assert "no good database backup of audit on host h1" in ver.rpo_errors(rows[("h1", "audit")], 26)[0]
     only_h1 = ver.identity_table(records, now, host="h1")
     assert {r["host"] for r in only_h1} == {"h1"}
+
+
+OLD_SERVER_ERR = (
+    'pg_restore: error: could not execute query: ERROR:  unrecognized configuration parameter "transaction_timeout"\n'
+    "Command was: SET transaction_timeout = 0;\n"
+)
+
+
+def test_a_lenient_restore_accepts_only_the_known_old_server_error():
+    two_workers = OLD_SERVER_ERR * 2 + "pg_restore: warning: errors ignored on restore: 2\n"
+    assert formats.unexpected_restore_errors(two_workers) == []
+    assert formats.judge_lenient_restore(1, two_workers) is None
+    assert formats.judge_lenient_restore(0, "") is None
+    other = 'pg_restore: error: could not execute query: ERROR:  relation "t" already exists\nCommand was: CREATE TABLE t ();\n'
+    problem = formats.judge_lenient_restore(1, OLD_SERVER_ERR + other + "pg_restore: warning: errors ignored on restore: 2\n")
+    assert problem and 'relation "t" already exists' in problem
+    # the known message for another statement is not the known error
+    odd = OLD_SERVER_ERR.replace("SET transaction_timeout = 0;", "SET transaction_timeout = 5;")
+    assert formats.judge_lenient_restore(1, odd)
+    # rc 1 without the known error, or a killed pg_restore, fails
+    assert formats.judge_lenient_restore(1, "pg_restore: warning: something\n")
+    assert "rc=137" in formats.judge_lenient_restore(137, OLD_SERVER_ERR)
+
+
+def test_zstd_directory_restore_commands_name_the_tools():
+    out = formats.restore_commands("directory", "zstd", "dump", 2, True, "pg_dump (PostgreSQL) 17.6")
+    assert any(c.startswith("pg_restore -j 2 -d {target_db} dump 2> restore.log") for c in out["commands"])
+    assert any("PostgreSQL 16 or later" in n and "17.6" in n and "ner11/pgclient:ref" in n for n in out["notes"])
+    gzip = formats.restore_commands("directory", "gzip", "dump", 2, True)
+    assert "pg_restore --exit-on-error -j 2 -d {target_db} dump" in gzip["commands"]
+
+
+def test_dumped_by_reads_the_version_from_the_listing():
+    listing = ";\n; Archive created at 2026-12-02\n;     Dumped by pg_dump version: 17.6 (Debian 17.6-1)\n"
+    assert pb.dumped_by(listing) == "pg_dump (PostgreSQL) 17.6 (Debian 17.6-1)"
+    assert pb.dumped_by("") is None
