@@ -5,10 +5,11 @@ Deploys a dedicated bench stack (project ``bench<hex>``, free ports, labelled), 
 the databases (bench/datagen.py), runs bench/backup_restore.py per size and
 bench/playbook_overhead.py, writes the sections "## Backup and restore" and
 "## Playbook overhead" of bench/RESULTS.md (other sections, e.g. "## Health check", are
-kept), and removes the stack and its data. bench/health_bench.py (the health section) runs
-too unless ``--skip-health``.
+kept), and removes the stack and its data. bench/health_bench.py (the health section) and
+bench/dr_startup.py (the DR/startup section, its own stack) run too unless ``--skip-health`` /
+``--skip-dr``.
 
-    .venv/bin/python bench/run.py                     # 100 MB (2 reps) + 1 GB (1 rep) + overhead
+    .venv/bin/python bench/run.py                     # 100 MB (2 reps) + 1 GB (1 rep) + overhead (1 host, 5 reps)
     .venv/bin/python bench/run.py --smoke             # scale 1, 1 rep, 1/2 hosts; writes bench/data/RESULTS.smoke.md
 """
 
@@ -42,12 +43,13 @@ def parse():
     ap.add_argument("--sizes", default="100MB,1GB", help="comma list of %s" % ",".join(SIZES))
     ap.add_argument("--reps-small", type=int, default=2, help="repetitions at 100MB (default 2)")
     ap.add_argument("--reps-large", type=int, default=1, help="repetitions at 1GB (default 1)")
-    ap.add_argument("--hosts", default="1,10,50", help="host counts of the overhead bench")
-    ap.add_argument("--overhead-reps", type=int, default=3, help="startup.yml runs per host count (median)")
+    ap.add_argument("--hosts", default="1", help="host counts of the overhead bench (comma list)")
+    ap.add_argument("--overhead-reps", type=int, default=5, help="runs of each playbook per host count (median)")
     ap.add_argument("--deploy-reps", type=int, default=None, help="deploy.yml runs per host count (default --overhead-reps)")
     ap.add_argument("--skip-backup", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-health", action="store_true", help="do not run bench/health_bench.py")
+    ap.add_argument("--skip-dr", action="store_true", help="do not run bench/dr_startup.py")
     ap.add_argument("--max-load", type=float, default=4.0, help="wait while the 1-minute load is above this")
     ap.add_argument("--wait-minutes", type=int, default=30, help="longest wait for the load to drop")
     ap.add_argument("--smoke", action="store_true", help="scale 1, 1 rep, hosts 1,2; results to bench/data/")
@@ -55,7 +57,7 @@ def parse():
     args = ap.parse_args()
     if args.smoke:
         args.sizes, args.reps_small, args.reps_large, args.hosts, args.overhead_reps = "smoke", 1, 1, "1,2", 1
-        args.skip_health, args.max_load = True, 1000
+        args.skip_health, args.skip_dr, args.max_load = True, True, 1000
     return args
 
 
@@ -142,6 +144,11 @@ def main():
         rc = subprocess.run([sys.executable, os.path.join(benchlib.ROOT, "bench", "health_bench.py")]).returncode
         if rc != 0:
             log("health_bench.py failed rc=%d (its section of RESULTS.md is unchanged)" % rc)
+    if not args.skip_dr:
+        log("bench/dr_startup.py")
+        rc = subprocess.run([sys.executable, os.path.join(benchlib.ROOT, "bench", "dr_startup.py")]).returncode
+        if rc != 0:
+            log("dr_startup.py failed rc=%d (its section of RESULTS.md is unchanged)" % rc)
     log("results: %s" % results)
 
 
