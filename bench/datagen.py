@@ -9,6 +9,11 @@
   ``ner_entities`` 4 entities per document.
 
 scale 5 ≈ 110 MB and scale 50 ≈ 1.1 GB in total (``pg_database_size``).
+
+Two profiles (``PROFILES``): ``compressible`` is the above (blank-padded pgbench rows and a small
+vocabulary compress very well); ``incompressible`` replaces them with log-like rows that compress
+like real operational data - timestamps, host names, md5 text, jsonb with random numbers and a
+float table (``bench_events``, ``bench_metrics``), about the same ``pg_database_size`` per scale.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from __future__ import annotations
 from benchlib import psql, sh
 
 DOCS_PER_SCALE = 5000
+EVENTS_PER_SCALE = 110000
+METRICS_PER_SCALE = 100000
+PROFILES = ("compressible", "incompressible")
 _VOCABULARY = (
     "Siemens SIMATIC S7-1500 PLC firmware Modbus TCP DNP3 IEC-61850 Schneider Modicon M580 Rockwell ControlLogix "
     "ABB AC800M Honeywell Experion DCS controller Cisco IE3400 Moxa EDR-G903 firewall VPN engineering workstation "
@@ -48,10 +56,34 @@ VACUUM ANALYZE ner_entities;
 """.format(words=words, n=ndocs)  # noqa: S608
 
 
-def generate(stack, scale, log=print):
-    """Fill ner11_db; returns {"scale", "db_bytes", "rows": {...}}."""
+def incompressible_sql(scale):
+    # constants and an int only: no injection surface
+    return """
+DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bench_events, bench_metrics;
+TRUNCATE ner_documents, ner_entities RESTART IDENTITY;
+CREATE TABLE bench_events (id bigint PRIMARY KEY, at timestamptz, host text, msg text, payload jsonb);
+INSERT INTO bench_events
+  SELECT g, now() - make_interval(secs => g * random()), 'host-' || (g % 997) || '.site' || (g % 13) || '.example',
+         md5(g::text) || ' ' || md5(random()::text),
+         jsonb_build_object('v', random(), 'n', (random() * 1e9)::bigint, 'k', md5((g * 3)::text))
+  FROM generate_series(1, {events}) g;
+CREATE TABLE bench_metrics (id bigint PRIMARY KEY, a float8, b float8, c float8);
+INSERT INTO bench_metrics SELECT g, random(), random() * 1e6, random() - 0.5 FROM generate_series(1, {metrics}) g;
+VACUUM ANALYZE bench_events;
+VACUUM ANALYZE bench_metrics;
+""".format(events=EVENTS_PER_SCALE * scale, metrics=METRICS_PER_SCALE * scale)  # noqa: S608
+
+
+def generate(stack, scale, log=print, profile="compressible"):
+    """Fill ner11_db with ``profile``; returns {"scale", "db_bytes", "rows": {...}}."""
     container = stack.container("postgres")
     db = stack.model["db_name"]
+    if profile == "incompressible":
+        log("datagen: incompressible profile, scale %d" % scale)
+        psql(stack, incompressible_sql(scale))
+        psql(stack, "CHECKPOINT;")
+        return describe(stack, scale)
+    psql(stack, "DROP TABLE IF EXISTS bench_events, bench_metrics;")
     log("datagen: pgbench -i -s %d" % scale)
     sh("docker exec -u postgres %s pgbench -i -q -s %d %s" % (container, scale, db), timeout=3600)
     ndocs = DOCS_PER_SCALE * scale
@@ -61,15 +93,16 @@ def generate(stack, scale, log=print):
     return describe(stack, scale)
 
 
+COUNTED = ("pgbench_accounts", "ner_documents", "ner_entities", "bench_events", "bench_metrics")
+
+
 def describe(stack, scale=None, db=None):
-    counts = psql(
-        stack,
-        "SELECT pg_database_size(current_database()), (SELECT count(*) FROM pgbench_accounts), "
-        "(SELECT count(*) FROM ner_documents), (SELECT count(*) FROM ner_entities);",
-        db=db,
-    ).split("|")
-    return {
-        "scale": scale,
-        "db_bytes": int(counts[0]),
-        "rows": {"pgbench_accounts": int(counts[1]), "ner_documents": int(counts[2]), "ner_entities": int(counts[3])},
-    }
+    """Size and row counts of the tables that exist (a restore check compares them)."""
+    parts = ", ".join(
+        "(SELECT CASE WHEN to_regclass('%s') IS NULL THEN -1 ELSE "  # noqa: S608 - constant table names
+        "(xpath('/row/c/text()', query_to_xml('SELECT count(*) AS c FROM %s', false, true, '')))[1]::text::bigint END)" % (t, t)
+        for t in COUNTED
+    )
+    counts = psql(stack, "SELECT pg_database_size(current_database()), %s;" % parts, db=db).split("|")
+    rows = {t: int(c) for t, c in zip(COUNTED, counts[1:], strict=True) if int(c) >= 0}
+    return {"scale": scale, "db_bytes": int(counts[0]), "rows": rows}

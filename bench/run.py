@@ -41,8 +41,9 @@ def log(msg):
 def parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100MB,1GB", help="comma list of %s" % ",".join(SIZES))
-    ap.add_argument("--reps-small", type=int, default=2, help="repetitions at 100MB (default 2)")
-    ap.add_argument("--reps-large", type=int, default=1, help="repetitions at 1GB (default 1)")
+    ap.add_argument("--reps-small", type=int, default=3, help="repetitions at 100MB (default 3)")
+    ap.add_argument("--reps-large", type=int, default=3, help="repetitions at 1GB (default 3)")
+    ap.add_argument("--profiles", default=",".join(datagen.PROFILES), help="data profiles (%s)" % ",".join(datagen.PROFILES))
     ap.add_argument("--hosts", default="1", help="host counts of the overhead bench (comma list)")
     ap.add_argument("--overhead-reps", type=int, default=5, help="runs of each playbook per host count (median)")
     ap.add_argument("--deploy-reps", type=int, default=None, help="deploy.yml runs per host count (default --overhead-reps)")
@@ -103,23 +104,27 @@ def main():
             br_lines = [
                 header,
                 "",
-                "Reproduce: `make bench` (or `.venv/bin/python bench/run.py --skip-overhead`); methods: bench/README.md.",
+                "Command: `%s` (`make bench` runs it with the defaults); methods: bench/README.md."
+                % " ".join(["bench/run.py"] + sys.argv[1:]),
                 "",
             ]
             noop, _ = timed(run_module, "ansible.builtin.ping", {})
             for label, scale in sizes.items():
-                l0 = load()
-                log("size %s (scale %d), load %.1f" % (label, scale, l0))
-                source = datagen.generate(stack, scale, log)
-                log("  database %.0f MB %s" % (source["db_bytes"] / 1e6, source["rows"]))
-                bench = backup_restore.BackupRestoreBench(stack, os.path.join(work, label), log)
-                reps = args.reps_large if label == "1GB" else args.reps_small
-                out = bench.run(source, reps)
-                bench.cleanup()
-                lines, _summary = backup_restore.section_lines(label, source, out, benchlib.loads_text(l0, load()), reps, noop)
-                br_lines += lines
-                for line in lines:
-                    print(line)
+                for profile in args.profiles.split(","):
+                    l0 = load()
+                    log("size %s (scale %d), %s data, load %.1f" % (label, scale, profile, l0))
+                    source = datagen.generate(stack, scale, log, profile=profile)
+                    log("  database %.0f MB %s" % (source["db_bytes"] / 1e6, source["rows"]))
+                    bench = backup_restore.BackupRestoreBench(stack, os.path.join(work, label + profile), log)
+                    reps = args.reps_large if label == "1GB" else args.reps_small
+                    out = bench.run(source, reps)
+                    bench.cleanup()
+                    lines, _summary = backup_restore.section_lines(
+                        label, source, out, benchlib.loads_text(l0, load()), reps, noop, profile
+                    )
+                    br_lines += lines
+                    for line in lines:
+                        print(line)
             br_lines += backup_restore.NOTES
             write_section("Backup and restore", br_lines, results)
         if not args.skip_overhead:

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Where pg_backup and pg_restore spend their time beyond the raw command (issue 16, profile).
+
+Runs the modules' cores in-process (the same code the modules run) against a throwaway
+PostgreSQL container with a timing ``run_command``: every command's wall time is printed,
+and the time spent in Python between commands (hashing, fsync, manifest) as ``python``.
+
+    .venv/bin/python bench/profile_backup_restore.py --scale 7 [--compression gzip:1]
+
+Nothing here is written to RESULTS.md: it is a tool to find the overhead, run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import benchlib  # noqa: E402,F401 - sets sys.path for the collection and the integration conftest
+from conftest import StandalonePostgres  # noqa: E402
+
+from ansible_collections.ner11.ops.plugins.module_utils.pgbackup import PgBackup  # noqa: E402
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore import run_restore  # noqa: E402
+
+
+class TimingRunner:
+    """``run_command``-shaped; records (seconds, first words) of every command and the gaps between them."""
+
+    def __init__(self):
+        self.rows = []
+        self.last_end = None
+
+    def __call__(self, args, data=None, environ_update=None, binary_data=False, **_ignored):
+        start = time.monotonic()
+        if self.last_end is not None:
+            self.rows.append((start - self.last_end, "python (between commands)"))
+        env = dict(os.environ)
+        env.update(environ_update or {})
+        if data is not None and not binary_data and not data.endswith("\n"):
+            data += "\n"
+        proc = subprocess.run(args, input=data, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+        self.last_end = time.monotonic()
+        self.rows.append((self.last_end - start, describe(args)))
+        return proc.returncode, proc.stdout, proc.stderr
+
+
+def describe(args):
+    text = args[-1] if args[0].endswith("bash") else " ".join(args)
+    for word in ("pg_dump ", "pg_restore", "pg_dumpall", "psql", "docker cp", "mktemp", "chown", "rm -rf", "inspect", "createdb"):
+        if word in text:
+            extra = ""
+            if "docker run" in text or text.startswith("docker run"):
+                extra = " (sidecar)"
+            return "%s%s: %s" % (word.strip(), extra, text[:110])
+    return text[:120]
+
+
+def report(title, runner, total):
+    print("\n### %s: %.2f s in the core" % (title, total))
+    spent = sum(s for s, _ in runner.rows)
+    for s, what in runner.rows:
+        if s >= 0.02:
+            print("%7.2f s  %s" % (s, what))
+    print("%7.2f s  (rest: before the first command / after the last)" % (total - spent))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--scale", type=int, default=7)
+    ap.add_argument("--compression", default="gzip:1")
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    pg = StandalonePostgres("prof")
+    work = tempfile.mkdtemp(prefix="ner11-prof-", dir="/var/tmp")
+    try:
+        pg.start(deadline_s=240)
+        proc = subprocess.run(
+            ["docker", "exec", "-u", "postgres", pg.name, "pgbench", "-i", "-q", "-s", str(args.scale), pg.db],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError("pgbench -i failed: %s" % proc.stderr[-1000:])
+        pg.sql(
+            "CREATE TABLE noise AS SELECT g AS id, md5(g::text) || md5(random()::text) AS t, random() AS f "
+            "FROM generate_series(1, %d) g; CHECKPOINT;" % (200000 * args.scale)
+        )
+        print("db size:", pg.sql("SELECT pg_size_pretty(pg_database_size('%s'));" % pg.db), "load %.1f" % os.getloadavg()[0])
+        params = {
+            "backup_dir": work,
+            "db_name": pg.db,
+            "container": pg.name,
+            "login_password": pg.password,
+            "compression": args.compression,
+            "jobs": args.jobs,
+            "period": "manual",
+            "canary_tables": ["pgbench_accounts", "pgbench_branches", "noise"],
+        }
+        runner = TimingRunner()
+        t0 = time.monotonic()
+        res = PgBackup(params, runner).run()
+        report("pg_backup %s" % args.compression, runner, time.monotonic() - t0)
+        for restore_password in (None, pg.password):
+            runner = TimingRunner()
+            rparams = {
+                "db_name": "prof_restore_%s" % ("pw" if restore_password else "nopw"),
+                "backup_dir": work,
+                "backup_id": res["backup_id"],
+                "container": pg.name,
+                "login_password": restore_password,
+                "jobs": args.jobs,
+            }
+            t0 = time.monotonic()
+            run_restore(rparams, runner)
+            report("pg_restore jobs %d, %s" % (args.jobs, "with login_password" if restore_password else "no password"), runner, time.monotonic() - t0)
+    finally:
+        pg.remove()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
