@@ -11,8 +11,10 @@ export PATH := $(BIN):$(PATH)
 INVENTORY ?= inventories/local
 SANITY_ROOT := $(CURDIR)/build/sanity-$(shell date +%s%N)/ansible_collections/ner11/ops
 PYTEST_ARGS ?=
+# integration test files run in parallel, one file per worker (pytest-xdist); 1 runs them in one process
+IT_WORKERS ?= 3
 
-.PHONY: help setup docker images ee compose demo test lint ruff ansible-lint sanity units units39 checks molecule integration bench clean
+.PHONY: help setup docker images py39 prerequisites static ee compose demo test lint ruff ansible-lint sanity units units39 checks molecule integration bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,7 +41,15 @@ demo: setup images ## clean machine -> running, healthy reference stack
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/demo.yml -e ner11_confirm=ner11_db && \
 	echo "demo: finished in $$(( $$(date +%s) - start )) s" 
 
-test: setup images lint sanity checks units39 molecule integration ## everything CI runs (checks runs the unit tests, under coverage)
+test: setup ## everything CI runs (checks runs the unit tests, under coverage)
+	@# Two phases. The static checks (CPU) run beside the image builds (network and disk), then the
+	@# tests that need the images. -O keeps each target's output together in the log.
+	$(MAKE) --no-print-directory -j2 -O static prerequisites
+	$(MAKE) --no-print-directory units39 molecule integration
+
+static: lint sanity checks ## ruff, ansible-lint, sanity and the unit tests under coverage
+
+prerequisites: images py39 compose ee ## every image and tool the tests need
 
 lint: ruff ansible-lint ## ruff + ansible-lint (production profile)
 
@@ -64,8 +74,10 @@ checks: setup ## the unit tests under branch coverage (>= 80 % per core file) an
 units: setup ## unit tests of the pure core (module_utils, filters)
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
 
-units39: setup docker ## the unit tests again under Python 3.9 (Debian 11 image built locally by images/bullseye/build.sh)
+py39: docker ## the Python 3.9 image ner11/py39:ref (Debian 11, images/bullseye/; skipped when its hash exists)
 	bash images/bullseye/build.sh
+
+units39: setup py39 ## the unit tests again under Python 3.9 (Debian 11 image built locally by images/bullseye/build.sh)
 	docker run --rm --network none -v $(CURDIR):$(CURDIR):ro -w $(CURDIR) -e PYTHONDONTWRITEBYTECODE=1 \
 	  ner11/py39:ref python3 -m pytest -p no:cacheprovider tests/unit -q $(PYTEST_ARGS)
 
@@ -73,7 +85,7 @@ molecule: setup images ## molecule scenarios (docker driver, local images)
 	for s in $$(ls molecule); do (cd . && $(BIN)/molecule test -s $$s) || exit 1; done
 
 integration: setup images compose ee ## pytest against the real Docker engine, PostgreSQL and HTTP
-	$(BIN)/python -m pytest tests/integration -q --durations=40 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/integration -q -n $(IT_WORKERS) --dist loadfile --durations=40 $(PYTEST_ARGS)
 
 bench: setup images ## benchmarks (not part of test); writes bench/RESULTS.md
 	$(BIN)/python bench/run.py

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -148,10 +149,37 @@ def docker(*args, check=True, timeout=300):
     return proc
 
 
+# `make integration` runs the test files in parallel (pytest-xdist, one file per worker). Each
+# worker takes its ports from its own block below the kernel's ephemeral range (32768+), so two
+# workers never pick the same port between the bind check here and Docker publishing it.
+_PORT_BLOCK = 2000
+_PORT_BASE = 20000
+_ports_given = set()
+
+
+def _worker_index():
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    digits = worker[2:] if worker.startswith("gw") else ""
+    return int(digits) % 6 if digits.isdigit() else 0
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A 127.0.0.1 port that is free now, from this worker's own block."""
+    start = _PORT_BASE + _worker_index() * _PORT_BLOCK
+    # A random first port: pytest processes run side by side outside xdist share block 0.
+    first = random.randrange(_PORT_BLOCK)
+    for i in range(_PORT_BLOCK):
+        port = start + (first + i) % _PORT_BLOCK
+        if port in _ports_given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    raise AssertionError("no free port left in %s-%s" % (start, start + _PORT_BLOCK - 1))
 
 
 def unique_project(prefix="it"):
@@ -278,6 +306,37 @@ def wait_http(url, deadline_s=60, expect=200):
             last = exc
         time.sleep(0.5)
     raise AssertionError("%s did not answer %s within %ss: %s" % (url, expect, deadline_s, last))
+
+
+# The longest files first: pytest-xdist (--dist loadfile) hands files to workers in collection
+# order, so a long file started last would run alone at the end. Ordered from the durations CI
+# prints (`--durations`); a file not named here runs after these, in its usual order.
+LONGEST_FIRST = (
+    "test_awx_contract.py",
+    "test_maintenance.py",
+    "test_fleet.py",
+    "test_dr.py",
+    "test_backup.py",
+    "test_restore_interrupted.py",
+    "test_restore_state.py",
+    "test_adopt_volumes.py",
+    "test_incident.py",
+    "test_restore.py",
+    "test_adopt_v2.py",
+    "test_adopt_v1names.py",
+    "test_service.py",
+    "test_stack.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def key(item):
+        name = os.path.basename(str(item.fspath))
+        return rank.get(name, len(rank))
+
+    items.sort(key=key)  # stable: tests keep their order inside a file
 
 
 @pytest.fixture(scope="session", autouse=True)
