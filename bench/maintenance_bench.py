@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -69,14 +70,14 @@ def bench_disk_cleanup(args):
                 "ner11.ops.disk_cleanup",
                 {
                     "path": scratch,
-                    "target_free_percent": 100,
+                    "target_free_percent": 99,
                     "actions": ["stopped_containers", "dangling_images"],
                     "image_age_hours": 0,
                 },
                 check=True,
             )
             assert not res.get("failed"), res.get("msg")
-            planned = sum(len(a.get("candidates") or []) for a in res.get("actions") or [])
+            planned = sum(len(a.get("candidates") or []) for a in (res.get("actions") or {}).values())
             module_s.append(seconds)
             seconds, _ = timed(
                 sh,
@@ -135,14 +136,19 @@ def main():
     parser.add_argument("--max-load", type=float, default=4.0)
     parser.add_argument("--wait-minutes", type=int, default=30)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--why-scale", default="", help="printed beside the database size when --scale is not the 1 GB default")
     args = parser.parse_args()
     wait_for_load(args.max_load, args.wait_minutes, log)
     load0 = load()
     dc_mod, dc_raw, planned = bench_disk_cleanup(args)
     size, pg = bench_pg(args)
+    command = shlex.join(["python", "bench/maintenance_bench.py"] + sys.argv[1:])
     lines = [
-        "Measured %s on %s (%d CPU), %s; %d repetitions, medians."
-        % (time.strftime("%Y-%m-%d"), platform.node(), os.cpu_count() or 0, loads_text(load0, load()), args.n),
+        "Measured %s on %s (%d CPU), %s; %d repetitions, medians. Command: `%s`."
+        % (time.strftime("%Y-%m-%d"), platform.node(), os.cpu_count() or 0, loads_text(load0, load()), args.n, command.strip()),
+        "",
+        "Database measured: %.0f MB (bench/datagen.py scale %d; scale 50 is the ~1.1 GB database)%s."
+        % (size / 1e6, args.scale, (": " + args.why_scale) if args.scale != 50 and args.why_scale else ""),
         "",
         "| what | module (s) | raw (s) | ratio |",
         "|---|---|---|---|",
