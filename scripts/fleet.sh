@@ -41,6 +41,10 @@ up() {
     ip addr add "$address/24" dev "$bridge"
   fi
   ip link set "$bridge" up
+  # Engines share the kernel's iptables chains (DOCKER, DOCKER-ISOLATION-*): two starting at
+  # once race to create them ("Chain already exists"). Start one at a time; loads run in parallel.
+  exec 9>"$RUN/.start.lock"
+  flock -w 300 9 || { log "another engine has been starting for 300 s; try again"; exit 1; }
   if ! engine info >/dev/null 2>&1; then
     rm -f "$RUN/$name.pid"
     nohup dockerd --data-root "$BASE/$name/data" --exec-root "$RUN/$name" --pidfile "$RUN/$name.pid" \
@@ -54,6 +58,7 @@ up() {
     done
     engine info >/dev/null 2>&1 || { log "engine $name did not start; see $BASE/$name/dockerd.log"; tail -n 20 "$BASE/$name/dockerd.log" >&2; exit 1; }
   fi
+  flock -u 9
   for image in "$@"; do
     id=$(docker image inspect -f '{{.Id}}' "$image")
     if [ "$(engine image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)" != "$id" ]; then
@@ -84,15 +89,20 @@ down() {
   # The engine's rules that name its bridge (nat MASQUERADE, FORWARD, DOCKER-ISOLATION):
   # delete each by its own spec, in the table it lives in.
   for table in filter nat; do
-    iptables -t "$table" -S 2>/dev/null | grep -- "$bridge\b\|10\.231\.$n\.0/24" | grep '^-A' | while read -r rule; do
-      iptables -t "$table" ${rule/-A/-D} 2>/dev/null || true
-    done
+    { iptables -t "$table" -S 2>/dev/null || true; } | { grep -- "$bridge\b\|10\.231\.$n\.0/24" || true; } | { grep '^-A' || true; } |
+      while read -r rule; do
+        iptables -t "$table" ${rule/-A/-D} 2>/dev/null || true
+      done
   done
   if ip link show "$bridge" >/dev/null 2>&1; then
     ip link set "$bridge" down
     ip link del "$bridge"
   fi
   rm -rf --one-file-system "${BASE:?}/$name" "${RUN:?}/$name" "$RUN/$name.pid" "$sock"
+  if ! ls "$RUN"/*.sock >/dev/null 2>&1; then # the last engine: no trace of the fleet left
+    rm -f "$RUN/.start.lock"
+    rmdir "$RUN" "$BASE" 2>/dev/null || true
+  fi
   log "$name: removed"
 }
 
