@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # integration test files run in parallel, one file per worker (pytest-xdist); 1 runs them in one process
 IT_WORKERS ?= 3
 
-.PHONY: help setup docker images py39 prerequisites static ee compose demo test lint ruff ansible-lint sanity units units39 checks molecule integration bench clean
+.PHONY: help setup docker images py39 prerequisites static ee pgclient compose demo test lint ruff ansible-lint sanity units units39 checks molecule integration bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ images: docker ## build the reference images (skipped when their source hash exi
 
 ee: setup images ## the AWX execution environment ner11/ee:ref (images/ee/; skipped when its source hash exists)
 	bash images/ee/build.sh
+
+pgclient: images ## PostgreSQL 17 client image ner11/pgclient:ref for zstd backups (images/pgclient/; skipped when its hash exists)
+	bash images/pgclient/build.sh
 
 compose: images ## docker compose v2 for the adoption tests (Debian 12: the next release's package)
 	bash scripts/install-compose.sh
@@ -84,10 +87,10 @@ units39: setup py39 ## the unit tests again under Python 3.9 (Debian 11 image bu
 molecule: setup images ## molecule scenarios (docker driver, local images)
 	for s in $$(ls molecule); do (cd . && $(BIN)/molecule test -s $$s) || exit 1; done
 
-integration: setup images compose ee ## pytest against the real Docker engine, PostgreSQL and HTTP
+integration: setup images compose ee pgclient ## pytest against the real Docker engine, PostgreSQL and HTTP
 	$(BIN)/python -m pytest tests/integration -q -n $(IT_WORKERS) --dist loadfile --durations=40 $(PYTEST_ARGS)
 
-bench: setup images ## benchmarks (not part of test); writes bench/RESULTS.md
+bench: setup images pgclient ## benchmarks (not part of test); writes bench/RESULTS.md
 	$(BIN)/python bench/run.py
 
 clean: ## remove build outputs and every container/volume/network the tests label
