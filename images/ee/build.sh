@@ -3,6 +3,8 @@
 #
 #   bash images/ee/build.sh            # skipped when ner11/ee:<hash12> exists
 #   NER11_EE_FORCE=1 bash images/ee/build.sh
+#   NER11_EE_NO_CACHE=1 NER11_EE_FORCE=1 NER11_IMAGES_NAMESPACE=tmp-ee bash images/ee/build.sh
+#                                      # a cold build (no Docker layer cache) under a throwaway tag
 #
 # <hash12> covers this directory, meta/ee-*.txt, the collection's shipped content (galaxy.yml,
 # meta/, plugins/, roles/, playbooks/), the pinned versions of requirements-dev.txt and the base
@@ -69,6 +71,8 @@ done
 find "$ctx/collections" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 log "building $tag from $BASE"
-docker build --quiet --build-arg "BASE=$BASE" --label "io.ner11.ee.hash=$hash" -t "$tag" "$ctx" >/dev/null
+nocache=()
+[ "${NER11_EE_NO_CACHE:-0}" = 1 ] && nocache=(--no-cache)
+docker build --quiet "${nocache[@]}" --build-arg "BASE=$BASE" --label "io.ner11.ee.hash=$hash" -t "$tag" "$ctx" >/dev/null
 docker tag "$tag" "$NS/ee:ref"
 log "built $tag ($NS/ee:ref) in $(($(date +%s) - start)) s"

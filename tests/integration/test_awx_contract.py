@@ -13,6 +13,7 @@ only: a real restore and recovery are proven by test_restore*.py and test_dr.py.
 
 from __future__ import annotations
 
+import concurrent.futures
 import glob
 import json
 import os
@@ -93,11 +94,16 @@ def survey_answers(tpl, **overrides):
     return answers
 
 
-# How each template is exercised. `answers`: survey answers a person must give (required
-# questions without a default); `check`: run in check mode although the template is `run`
-# (destructive templates); `summary`: the global set_stats key the job must publish; `edge`:
-# extra launches (answers, expected status); `bad`: a survey answer the playbook rejects at its
-# first task. The order is the order of the stateful runs on the shared stack.
+# How each template is exercised (one run per playbook and job type on the shared stack):
+# `answers`: survey answers a person must give (required questions without a default);
+# `summary`: the global set_stats key the job must publish, keyed by inventory host; `status`:
+# the expected status (None: a check-mode plan that may refuse on this stack, with its reason);
+# `twin`: a destructive `run` template that is NOT run here - its check-mode twin (same playbook,
+# same survey) runs instead, and its input validation through `bad`; `two_hosts`: the check run
+# uses an inventory of two host aliases (the summary must keep both); `unchanged`: the check run
+# must plan no change (the stack is already deployed); `bad`: a survey answer the playbook rejects
+# at its first task. A real restore, DR recovery, adoption, shutdown and maintenance window are
+# proven by test_restore*.py, test_dr.py, test_adopt*.py, test_service.py and test_maintenance.py.
 def _db(stack):
     return stack.model["db_name"]
 
@@ -109,91 +115,55 @@ def _project(stack):
 # A 2-core CI machine shared with other suites can take longer than the default 5 s per health
 # check; the health jobs here allow 30 s (the checks are the same).
 LOADED_MACHINE = {"ner11_health_check_timeout": 30}
+FORCED_WINDOW = {"ner11_force_window": "true"}
+# Templates whose `run` job type stops or replaces something: proven here by their check twin.
+DESTRUCTIVE = {
+    "playbooks/restore.yml",
+    "playbooks/dr_restore.yml",
+    "playbooks/adopt.yml",
+    "playbooks/shutdown.yml",
+    "playbooks/maintenance.yml",
+}
 
 CONTRACTS = {
-    "NER11 deploy": {"keyed": False, "summary": "ner11_deploy", "idempotent": True, "bad": {"ner11_stack_state": "gone"}},
-    "NER11 deploy (check)": {"keyed": False, "summary": "ner11_deploy"},
-    "NER11 health": {
-        "answers": LOADED_MACHINE,
-        "summary": "ner11_health",
-        "edge": [
-            (
-                {"ner11_health_wait_for": "pass", "ner11_health_timeout": 60, "ner11_health_fail_on": "never", **LOADED_MACHINE},
-                "successful",
-            )
-        ],
-        "bad": {"ner11_health_timeout": "soon"},
-    },
-    "NER11 backup": {
-        "summary": "ner11_backup",
-        "edge": [
-            (
-                {
-                    "ner11_backup_period": "manual",
-                    "ner11_backup_components": ["db"],
-                    "ner11_backup_keep_until": "1d",
-                    "ner11_backup_keep_reason": "awx contract",
-                },
-                "successful",
-            )
-        ],  # fmt: skip
-        "bad": {"ner11_backup_components": ["db", "everything"]},
-    },
-    "NER11 verify backups": {
-        "keyed": False,  # a list of statuses (lists of several hosts concatenate)
-        "summary": "ner11_verify_backups",
-        "edge": [({"ner11_test_restore": "true"}, "successful")],
-        "bad": {"ner11_backup_max_age_hours": "a day"},
-    },
+    # The module's stack is deployed by this template's job (the fixture `stack`).
+    "NER11 deploy": {"summary": "ner11_deploy", "bad": {"ner11_stack_state": "gone"}},
+    "NER11 deploy (check)": {"summary": "ner11_deploy", "two_hosts": True, "unchanged": True},
+    "NER11 health": {"answers": LOADED_MACHINE, "summary": "ner11_health", "bad": {"ner11_health_timeout": "soon"}},
+    "NER11 backup": {"summary": "ner11_backup", "bad": {"ner11_backup_components": ["db", "everything"]}},
+    "NER11 verify backups": {"summary": "ner11_verify_backups", "bad": {"ner11_backup_max_age_hours": "a day"}},
     "NER11 DR drill": {"summary": "ner11_dr_drill", "bad": {"ner11_restore_jobs": "many"}},
-    "NER11 restore (check)": {"answers": {"ner11_confirm": _db}, "keyed": False, "summary": "ner11_restore"},
-    "NER11 restore": {
-        "answers": {"ner11_confirm": _db},
-        "check": True,
-        "keyed": False,
-        "summary": "ner11_restore",
-        "bad": {"ner11_force": "perhaps"},
-    },  # fmt: skip
+    "NER11 restore (check)": {"answers": {"ner11_confirm": _db}, "summary": "ner11_restore", "two_hosts": True},
+    "NER11 restore": {"answers": {"ner11_confirm": _db}, "twin": "NER11 restore (check)", "bad": {"ner11_force": "perhaps"}},
     "NER11 DR restore (check)": {"summary": "ner11_dr_restore", "status": None},
-    "NER11 DR restore": {"check": True, "summary": "ner11_dr_restore", "status": None, "bad": {"ner11_health_timeout": "1h"}},
-    "NER11 adopt (check)": {"answers": {"ner11_confirm": _project}, "keyed": False, "summary": "ner11_adopt", "status": None},
-    "NER11 adopt": {
-        "answers": {"ner11_confirm": _project},
-        "check": True,
-        "keyed": False,
-        "summary": "ner11_adopt",
-        "status": None,
-    },  # fmt: skip
+    "NER11 DR restore": {"twin": "NER11 DR restore (check)", "bad": {"ner11_health_timeout": "1h"}},
+    "NER11 adopt (check)": {"answers": {"ner11_confirm": _project}, "summary": "ner11_adopt", "status": None, "two_hosts": True},
+    "NER11 adopt": {"answers": {"ner11_confirm": _project}, "twin": "NER11 adopt (check)"},
     "NER11 incident db": {"summary": "ner11_incident", "bad": {"ner11_incident_mode": "panic"}},
     "NER11 incident api": {"summary": "ner11_incident", "bad": {"ner11_incident_blocked_seconds": "long"}},
     "NER11 incident disk": {"summary": "ner11_incident", "bad": {"ner11_incident_mode": "wipe"}},
-    "NER11 service": {
-        "summary": "ner11_service",
-        "edge": [({"ner11_service": "frontend", "ner11_action": "restart"}, "successful")],
-        "bad": {"ner11_action": "reboot"},
-    },
+    "NER11 service": {"summary": "ner11_service", "bad": {"ner11_action": "reboot"}},
     "NER11 service (check)": {"answers": {"ner11_service": "all", "ner11_action": "stop"}, "summary": "ner11_service"},
     "NER11 shutdown (check)": {"summary": "ner11_service"},
-    "NER11 shutdown": {"summary": "ner11_service"},
+    "NER11 shutdown": {"twin": "NER11 shutdown (check)"},
     "NER11 startup": {"summary": "ner11_startup"},
-    # The window itself is tested by test_maintenance.py; here the forced window in check mode.
-    # Its check mode prints the plan and publishes no summary (the report step is skipped).
-    "NER11 maintenance (check)": {"answers": {"ner11_force_window": "true"}, "summary": None},
-    "NER11 maintenance": {
-        "answers": {"ner11_force_window": "true"},
-        "check": True,
-        "summary": None,
-        "bad": {"ner11_maintenance_tier": "yearly"},
-    },  # fmt: skip
-}
+    # Check mode of a forced window prints the plan and publishes no summary (the report is skipped).
+    "NER11 maintenance (check)": {"answers": FORCED_WINDOW, "summary": None},
+    "NER11 maintenance": {"answers": FORCED_WINDOW, "twin": "NER11 maintenance (check)", "bad": {"ner11_maintenance_tier": "yearly"}},
+}  # fmt: skip
+# Real runs, in this order, after the deploy: the writers first (the checks plan from a backup).
+WRITERS_FIRST = ["NER11 backup", "NER11 verify backups"]
+WRITERS_LAST = ["NER11 DR drill", "NER11 incident db", "NER11 incident api", "NER11 incident disk",
+                "NER11 health", "NER11 service", "NER11 startup"]  # fmt: skip
+# Check-mode jobs and rejected answers change nothing: they run side by side, like AWX's
+# allow_simultaneous check templates, between two snapshots of the stack.
+PARALLEL_JOBS = 3
 
 
 def pytest_generate_tests(metafunc):
     if "template_name" in metafunc.fixturenames:
-        names = [t["name"] for t in templates()]
-        # Stateful runs in CONTRACTS order; a template without a contract runs last and fails.
-        ordered = [n for n in CONTRACTS if n in names] + [n for n in names if n not in CONTRACTS]
-        metafunc.parametrize("template_name", ordered)
+        # Every template is a parameter: one without a contract fails.
+        metafunc.parametrize("template_name", [t["name"] for t in templates()])
 
 
 # --- running jobs ------------------------------------------------------------------------------
@@ -299,25 +269,25 @@ def work_dir():
 
 
 @pytest.fixture(scope="module")
-def stack(work_dir):
-    """One reference stack for every job of this module."""
-    s = Stack(unique_project("itawx"))
-    s.backup_dir = os.path.join(work_dir, "backups")
-    s.vars["ner11_backup_dir"] = s.backup_dir
-    s.remove()
-    result = s.deploy()
-    if result.rc != 0:
-        s.remove()
-        pytest.fail("deploying the stack failed: %s" % result.explain())
-    yield s
-    s.remove()
-
-
-@pytest.fixture(scope="module")
 def jobs_dir(work_dir):
     path = os.path.join(work_dir, "jobs")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def stack(work_dir, jobs_dir):
+    """One reference stack for every job of this module, deployed by the NER11 deploy template."""
+    s = Stack(unique_project("itawx"))
+    s.backup_dir = os.path.join(work_dir, "backups")
+    s.vars["ner11_backup_dir"] = s.backup_dir
+    s.remove()
+    s.deploy_job = run_job(s, jobs_dir, template("NER11 deploy")["playbook"], survey_answers(template("NER11 deploy")))
+    if s.deploy_job.status != "successful":
+        s.remove()
+        pytest.fail("deploying the stack through the NER11 deploy template failed: %s" % s.deploy_job.explain())
+    yield s
+    s.remove()
 
 
 def resolve(answers, stack):
@@ -329,6 +299,72 @@ def assert_no_secret(job, stack):
     leaks = [ev.get("event") for ev in job.events if secret in json.dumps(ev)]
     assert not leaks, "the database password appears in job events: %s" % leaks
     assert secret not in job.stdout
+
+
+def _alias_inventory(path, hosts):
+    """An inventory of host aliases of this machine, each in every ner11 group."""
+    inv = {
+        "all": {
+            "children": {
+                "ner11": {"children": {g: {"hosts": {h: None for h in hosts}} for g in sorted(INVENTORY_GROUPS - {"ner11"})}}
+            }
+        }
+    }
+    os.makedirs(path)
+    with open(os.path.join(path, "hosts.yml"), "w") as fh:
+        yaml.safe_dump(inv, fh)
+    os.makedirs(os.path.join(path, "group_vars"))
+    shutil.copy(os.path.join(LOCAL_INVENTORY, "group_vars", "all.yml"), os.path.join(path, "group_vars", "all.yml"))
+    return path
+
+
+class ContractRuns:
+    """Every template's job, run once for the module: the deploy (fixture `stack`), the writers
+    that the checks need (backup, verify), then the check-mode jobs and the rejected answers side
+    by side between two snapshots of the stack, then the other real runs."""
+
+    def __init__(self, stack, jobs_dir):
+        self.stack = stack
+        self.jobs_dir = jobs_dir
+        self.jobs = {"NER11 deploy": stack.deploy_job}
+        self.bad = {}
+        for name in WRITERS_FIRST:
+            self._run(name)
+        parallel = [("job", n) for n, c in CONTRACTS.items() if self._check(n) and "twin" not in c]
+        parallel += [("bad", n) for n, c in CONTRACTS.items() if c.get("bad")]
+        self.before = snapshot(stack)
+        with concurrent.futures.ThreadPoolExecutor(PARALLEL_JOBS) as pool:
+            done = {key: pool.submit(self._launch, *key) for key in parallel}
+        for (kind, name), future in done.items():
+            (self.jobs if kind == "job" else self.bad)[name] = future.result()
+        self.after = snapshot(stack)
+        for name in WRITERS_LAST:
+            self._run(name)
+
+    @staticmethod
+    def _check(name):
+        return template(name)["job_type"] == "check"
+
+    def answers(self, name):
+        return survey_answers(template(name), **resolve(CONTRACTS[name].get("answers", {}), self.stack))
+
+    def _launch(self, kind, name):
+        tpl = template(name)
+        answers = self.answers(name)
+        inventory = LOCAL_INVENTORY
+        if kind == "bad":
+            answers.update(CONTRACTS[name]["bad"])
+        elif CONTRACTS[name].get("two_hosts"):
+            inventory = _alias_inventory(os.path.join(self.jobs_dir, "inv-%s" % uuid.uuid4().hex[:8]), ["node1", "node2"])
+        return run_job(self.stack, self.jobs_dir, tpl["playbook"], answers, check=self._check(name), inventory=inventory)
+
+    def _run(self, name):
+        self.jobs[name] = self._launch("job", name)
+
+
+@pytest.fixture(scope="module")
+def runs(stack, jobs_dir):
+    return ContractRuns(stack, jobs_dir)
 
 
 # --- the source of truth is consistent -----------------------------------------------------------
@@ -428,92 +464,99 @@ def test_playbooks_stay_correct_when_sliced():
 # --- every template, run through ansible-runner ----------------------------------------------------
 
 
-def test_template_runs_with_its_survey_defaults(template_name, stack, jobs_dir):
+def test_template_runs_with_its_survey_defaults(template_name, runs):
     contract = CONTRACTS.get(template_name)
     assert contract is not None, "job template %r has no contract test: add it to CONTRACTS" % template_name
     tpl = template(template_name)
-    check = tpl["job_type"] == "check" or contract.get("check", False)
-    answers = survey_answers(tpl, **resolve(contract.get("answers", {}), stack))
-    before = snapshot(stack) if check else None
-    job = run_job(stack, jobs_dir, tpl["playbook"], answers, check=check)
+    if "twin" in contract:
+        twin = template(contract["twin"])
+        assert tpl["job_type"] == "run" and tpl["playbook"] in DESTRUCTIVE, (
+            "only a destructive run template is proven by its twin"
+        )
+        assert twin["job_type"] == "check" and twin["playbook"] == tpl["playbook"], contract["twin"]
+        assert (twin["survey"], twin["launch_variables"]) == (tpl["survey"], tpl["launch_variables"]), (
+            "the twin asks other questions"
+        )
+        assert contract["twin"] in runs.jobs, "the check twin did not run"
+        return
+    job = runs.jobs[template_name]
     expected = contract.get("status", "successful")
     if expected:
         assert job.status == expected and job.rc == 0, job.explain()
     else:  # check mode of a recovery on a live stack may refuse; it must still plan or say why
         assert job.status in ("successful", "failed"), job.explain()
+        if job.status == "failed":
+            assert job.failed_tasks() and all(msg for _task, msg in job.failed_tasks()), job.explain()
     assert job.first_task() and job.first_task().startswith("Check the job's inputs"), job.first_task()
-    assert_no_secret(job, stack)
+    assert_no_secret(job, runs.stack)
     if job.status == "successful" and contract["summary"]:
         summary = job.artifacts.get(contract["summary"])
         assert summary, "no global set_stats %s in the artifacts: %s" % (contract["summary"], sorted(job.artifacts))
-        if contract.get("keyed", True):
-            assert isinstance(summary, dict) and "localhost" in summary, "summary not keyed by host: %s" % summary
-    if check:
-        assert snapshot(stack) == before, "a check-mode job changed the stack"
-    if contract.get("idempotent"):
+        hosts = {"node1", "node2"} if contract.get("two_hosts") else {"localhost"}
+        assert isinstance(summary, dict) and set(summary) == hosts, "summary not keyed by host: %s" % summary
+    if tpl["job_type"] == "check":
+        assert runs.after == runs.before, "a check-mode job changed the stack"
+    if contract.get("unchanged"):
         assert sum(job.stats.get("changed", {}).values()) == 0, job.explain()
 
 
-def test_template_edge_answers(template_name, stack, jobs_dir):
-    contract = CONTRACTS.get(template_name) or {}
-    if not contract.get("edge"):
-        pytest.skip("no edge answers for %s" % template_name)
-    tpl = template(template_name)
-    for answers, expected in contract["edge"]:
-        job = run_job(stack, jobs_dir, tpl["playbook"], survey_answers(tpl, **answers), check=tpl["job_type"] == "check")
-        if expected:
-            assert job.status == expected, job.explain()
-        assert job.status in ("successful", "failed") and job.rc is not None, job.explain()
-        assert_no_secret(job, stack)
-
-
-def test_bad_survey_answer_fails_at_the_first_task_naming_the_variable(template_name, stack, jobs_dir):
+def test_bad_survey_answer_fails_at_the_first_task_naming_the_variable(template_name, runs):
     contract = CONTRACTS.get(template_name) or {}
     if not contract.get("bad"):
         pytest.skip("%s has no survey answer to reject" % template_name)
-    tpl = template(template_name)
-    before = snapshot(stack)
-    answers = survey_answers(tpl, **resolve(contract.get("answers", {}), stack))
-    answers.update(contract["bad"])
-    job = run_job(stack, jobs_dir, tpl["playbook"], answers, check=tpl["job_type"] == "check")
+    job = runs.bad[template_name]
     assert job.status == "failed" and job.rc != 0, job.explain()
     failed = job.failed_tasks()
     assert failed and failed[0][0].startswith("Check the job's inputs"), failed
     assert job.first_task() == failed[0][0], "a task ran before the input check"
     (variable,) = contract["bad"]
     assert variable in failed[0][1], failed[0][1]
-    assert snapshot(stack) == before
+    assert_no_secret(job, runs.stack)
+    assert runs.after == runs.before, "a rejected job changed the stack"
+
+
+def test_every_summary_is_global_and_keyed_by_host():
+    """Only global set_stats reach AWX's artifacts; keyed by host, two hosts of a job merge."""
+    offenders = []
+    paths = glob.glob(os.path.join(ROOT, "playbooks", "**", "*.yml"), recursive=True)
+    paths += glob.glob(os.path.join(ROOT, "roles", "**", "tasks", "*.yml"), recursive=True)
+    for path in paths:
+        with open(path) as fh:
+            tasks = re.split(r"\n(?=\s*- name:)", fh.read())
+        for task in tasks:
+            if "ansible.builtin.set_stats:" not in task:
+                continue
+            where = "%s: %s" % (os.path.relpath(path, ROOT), task.strip().splitlines()[0])
+            if re.search(r"per_host:\s*(true|yes)", task):
+                offenders.append(where + " (per_host)")
+            keys = re.findall(r"^\s{6,10}(ner11_[a-z0-9_]+):\s*(.*)$", task.split("data:", 1)[1], re.M)
+            for key, value in keys:
+                keyed = value.startswith('"{{ {inventory_hostname:') or value.startswith(">-") and "{inventory_hostname:" in task
+                whole_run = "run_once: true" in task and "ansible_play_hosts_all" in task  # one summary per job (slice)
+                rows = key == "ner11_backup_identities"  # a list whose rows name their host (lists of hosts concatenate)
+                render = key == "ner11_awx_configure"  # localhost, no stack
+                if not (keyed or whole_run or rows or render):
+                    offenders.append("%s (%s)" % (where, key))
+    assert not offenders, "summaries that two hosts would overwrite: %s" % offenders
 
 
 # --- job slicing and the execution environment ---------------------------------------------------
 
 
-def _slice_inventory(path, hosts):
-    inv = {
-        "all": {
-            "children": {
-                "ner11": {"children": {g: {"hosts": {h: None for h in hosts}} for g in sorted(INVENTORY_GROUPS - {"ner11"})}}
-            }
-        }
-    }
-    os.makedirs(path)
-    with open(os.path.join(path, "hosts.yml"), "w") as fh:
-        yaml.safe_dump(inv, fh)
-    os.makedirs(os.path.join(path, "group_vars"))
-    shutil.copy(os.path.join(LOCAL_INVENTORY, "group_vars", "all.yml"), os.path.join(path, "group_vars", "all.yml"))
-    return path
-
-
 def test_two_slices_of_a_multi_host_inventory(stack, jobs_dir):
-    """AWX job slicing: slice k of 2 gets every second host; both slices run at once."""
+    """AWX job slicing: slice k of 2 gets every second host; both slices run at once. A cheap job:
+    NER11 health limited to the db and api checks (a launch variable), waiting for `warn` or better."""
     hosts = ["node1", "node2", "node3"]
     slices = [hosts[0::2], hosts[1::2]]
     tpl = template("NER11 health")
+    answers = survey_answers(
+        tpl, ner11_health_fail_on="never", ner11_health_wait_for="warn", ner11_health_timeout=60, **LOADED_MACHINE
+    )
+    answers["ner11_health_checks"] = ["db", "api"]
     results = [None, None]
 
     def run(i):
-        inv = _slice_inventory(os.path.join(jobs_dir, "slice-%d-%s" % (i, uuid.uuid4().hex[:6])), slices[i])
-        answers = survey_answers(tpl, ner11_health_fail_on="never", **LOADED_MACHINE)
+        inv = _alias_inventory(os.path.join(jobs_dir, "slice-%d-%s" % (i, uuid.uuid4().hex[:6])), slices[i])
         results[i] = run_job(stack, jobs_dir, tpl["playbook"], answers, inventory=inv)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
@@ -524,7 +567,9 @@ def test_two_slices_of_a_multi_host_inventory(stack, jobs_dir):
     merged = {}
     for i, job in enumerate(results):
         assert job.status == "successful", job.explain()
-        assert set(job.artifacts["ner11_health"]) == set(slices[i])
+        assert set(job.artifacts["ner11_health"]) == set(slices[i])  # a slice of two hosts keeps both
+        # The run_once ledger summary of a slice covers exactly its hosts, none missing.
+        assert set(job.artifacts["ner11_run"]["hosts"]) == set(slices[i]), job.artifacts["ner11_run"]
         merged.update(job.artifacts["ner11_health"])
     assert set(merged) == set(hosts)
     for host, result in merged.items():  # every slice reached the stack (an overloaded API may still warn or fail)
@@ -552,6 +597,7 @@ def test_a_job_runs_inside_the_execution_environment(stack, jobs_dir, ee_image):
     shutil.copytree(LOCAL_INVENTORY, os.path.join(pdd, "inventory"))
     extravars = dict(stack.vars, ner11_backup_dir=stack.backup_dir, awx_job_id=1, tower_job_id=1)
     extravars.update(survey_answers(template("NER11 health"), ner11_health_fail_on="never", **LOADED_MACHINE))
+    extravars["ner11_health_checks"] = ["db", "api"]  # a cheap job: what it proves is where it ran
     runner = ansible_runner.run(
         private_data_dir=pdd, playbook="playbooks/health.yml", extravars=extravars, ident=ident, quiet=True,
         process_isolation=True, process_isolation_executable="docker", container_image=ee_image,
