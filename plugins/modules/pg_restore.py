@@ -124,7 +124,7 @@ notes:
   - In O(container) mode a custom or plain dump is streamed on stdin into the tools in the container;
     a directory dump (or a custom dump with O(jobs) > 1) is read by C(pg_restore -j) in a short-lived
     sidecar container of the database container's image (its network namespace, the backup mounted
-    read-only, the password in a 0600 passfile) when O(login_password) is given: no copy of the dump.
+    read-only, the password in a 0600 passfile) when O(login_password) is given, without a copy of the dump.
     Without a password it is copied with C(docker cp) into a private temporary directory in the
     container, removed afterwards. C(pg_restore --list) of a directory dump always reads it through a
     read-only mount into a network-less container of that image.
