@@ -52,7 +52,7 @@ test: setup ## everything CI runs (checks runs the unit tests, under coverage)
 
 static: lint sanity checks ## ruff, ansible-lint, sanity and the unit tests under coverage
 
-prerequisites: images py39 compose ee ## every image and tool the tests need
+prerequisites: images py39 compose ee pgclient ## every image and tool the tests need
 
 lint: ruff ansible-lint ## ruff + ansible-lint (production profile)
 
