@@ -35,6 +35,8 @@ _TABLE_RE = re.compile(r"(?:(%s)\.)?(%s)" % (_NAME, _NAME))
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (FILE_NAME_MAX - 1))
 _CONTAINER_NAME_RE = _FILE_NAME_RE
 _PROJECT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,%d}" % (NAME_MAX - 1))
+# host:port of a peer host: a DNS name or IPv4 address, or a bracketed IPv6 address.
+_HOST_PORT_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})")
 NAME_RULE = "start with a letter or '_', then letters, digits, '_', '$' or '-', at most %d characters" % NAME_MAX
 FILE_NAME_RULE = "letters, digits, '.', '_' and '-' only (no '/', no '..', at most %d characters)" % FILE_NAME_MAX
 
@@ -112,3 +114,9 @@ def is_container_name(value):
 def is_project_name(value):
     """Compose's rule for project names (lowercase letters, digits, '_', '-'; at most 63)."""
     return isinstance(value, str) and bool(_PROJECT_NAME_RE.fullmatch(value))
+
+
+def is_host_port(value):
+    """host:port with a port in 1..65535 (a DNS name, an IPv4 address or a bracketed IPv6 address)."""
+    match = _HOST_PORT_RE.fullmatch(value) if isinstance(value, str) else None
+    return bool(match) and 1 <= int(match.group(2)) <= 65535

@@ -17,14 +17,18 @@ from __future__ import annotations
 import copy
 import re
 
-from ansible_collections.ner11.ops.plugins.module_utils.identifiers import NAME_RULE, is_container_name, is_name, is_project_name
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import (
+    NAME_RULE,
+    is_container_name,
+    is_host_port,
+    is_name,
+    is_project_name,
+)
 
 SERVICES = ("postgres", "api", "frontend")
 
 _DURATION_RE = re.compile(r"^[0-9]+(ms|s|m|h)$")
 _SIZE_RE = re.compile(r"^[1-9][0-9]*[kmg]$")
-# host:port of a peer: a DNS name or IPv4 address, or a bracketed IPv6 address.
-_PEER_RE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$")
 
 
 class StackModelError(ValueError):
@@ -238,8 +242,7 @@ def _logging(value, path):
 def _peer(value, path):
     """One host:port peer address, validated (the port in 1..65535)."""
     text = str(value).strip()
-    match = _PEER_RE.match(text)
-    if not match or not 1 <= int(match.group(3)) <= 65535:
+    if not is_host_port(text):
         raise StackModelError("%s must be host:port such as '10.0.0.5:8000', got %r" % (path, value))
     return text
 
