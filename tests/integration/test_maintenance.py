@@ -1,19 +1,24 @@
 """playbooks/maintenance.yml against one real stack (shared by the whole module).
 
 Order matters and is the story of a window: the guard refuses outside the window, check mode
-plans and writes nothing, a weekly window runs end to end (and again: the idempotent steps
-change nothing), a monthly window runs with a writer loop through the API while it stops the
-writers, VACUUM FULLs, REINDEXes and updates the api to a new image (no acknowledged write is
-lost), then a monthly window whose post-check is forced to fail (test variable
-maintenance_test_fail_postcheck) rolls the api back to its previous image ID and ends healthy
-with the data it had. The stack model's shm_size and log limits are read from the engine, and
-a parallel index build runs in the postgres container (small: 200 000 rows).
+plans and writes nothing, a weekly window runs end to end and again (the idempotent steps
+change nothing; a time budget too short for the backup verify skips it and says so), a
+quarterly window (the monthly list plus the DR drill) runs with a writer loop through the API
+while it stops the writers, VACUUM FULLs, REINDEXes and updates the api to a new image (no
+acknowledged write is lost), then two monthly windows whose post-check is forced to fail (test
+variable maintenance_test_fail_postcheck): with nothing written since the pin the rollback
+restores the pinned backup and runs the api on its previous image ID; with a writer loop
+writing after the pin it keeps the data (no restore) and still rolls the image back. The stack
+model's shm_size and log limits are read from the engine, and a parallel index build runs in
+the postgres container (small: 200 000 rows). Costly runs are made once each: the rollback
+windows skip disk cleanup and backup verify through the time budget (estimates as extra vars).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import threading
@@ -30,6 +35,14 @@ from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
 STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
 DB = "ner11_db"
 PLAYBOOK = "playbooks/maintenance.yml"
+# Test hook of the time budget: step estimates (role variable maintenance_step_estimates_s as
+# an extra var) under which only the backup verify does not fit a 20-minute budget.
+SHORT_BUDGET = {
+    "maintenance_step_estimates_s": {
+        "vacuum_analyze": 60, "disk_cleanup": 60, "backup_verify": 3600,
+        "vacuum_full": 60, "reindex": 60, "image_update": 60, "dr_drill": 60,
+    },
+}  # fmt: skip
 
 
 def mode(path):
@@ -73,9 +86,15 @@ def env(tmp_path_factory):
     stack.remove()
     backup_dir = str(tmp_path_factory.mktemp("maint-backups"))
     scratch = str(tmp_path_factory.mktemp("maint-tmp"))
-    res = stack.deploy()
+    try:
+        res = stack.deploy()
+    except BaseException:  # e.g. a deploy timeout on an overloaded machine: leave nothing behind
+        stack.remove()
+        docker("rmi", api_tag, check=False)
+        raise
     if res.rc != 0:
         stack.remove()
+        docker("rmi", api_tag, check=False)
         pytest.fail("deploy failed: %s" % res.explain())
     ev = dict(
         stack.vars,
@@ -132,14 +151,11 @@ def test_window_guard_refuses_outside_the_window(env):
 
 def test_check_mode_plans_every_tier_and_writes_nothing(env):
     stack = env["stack"]
-    for tier, extra in (("weekly", {}), ("quarterly", {"ner11_confirm": DB})):
-        res = run_playbook(PLAYBOOK, dict(env["ev"], ner11_maintenance_tier=tier, **extra), check=True)
-        assert res.rc == 0, res.explain()
-        plan = res.task("Show the plan")["msg"]
-        assert "Steps in order: " in plan
-        if tier == "quarterly":
-            assert plan.rstrip().split("Steps in order: ")[1].startswith("stop_writers, pin_backup, vacuum_full, reindex")
-            assert "dr_drill" in plan
+    res = run_playbook(PLAYBOOK, dict(env["ev"], ner11_maintenance_tier="quarterly", ner11_confirm=DB), check=True)
+    assert res.rc == 0, res.explain()
+    plan = res.task("Show the plan")["msg"]
+    assert plan.rstrip().split("Steps in order: ")[1].startswith("stop_writers, pin_backup, vacuum_full, reindex")
+    assert "dr_drill" in plan
     assert not os.path.exists(state_dir(stack))
     assert os.listdir(env["backup_dir"]) == []
     # monthly without the confirmation is refused before anything happens
@@ -175,12 +191,17 @@ def test_weekly_window_end_to_end_and_again(env):
     assert stack.password not in open("%s/ledger.jsonl" % stack.model["config_dir"]).read()
 
     # Again: VACUUM ANALYZE and disk cleanup find nothing to do (changed=false); the pinned
-    # backup, the verify and the report are per window by design; the first window's pin is released.
-    res = run_playbook(PLAYBOOK, env["ev"], env=STATS)
+    # backup and the report are per window by design; the first window's pin is released.
+    # The time budget: 20 min left is too short for a backup verify estimated at 1 h, so it is
+    # not started, and the report and the ledger say so.
+    res = run_playbook(PLAYBOOK, dict(env["ev"], ner11_maintenance_budget_s=1200, **SHORT_BUDGET), env=STATS)
     assert res.rc == 0, res.explain()
     again = json.load(open("%s/reports/%s.json" % (state_dir(stack), maint_stats(res)["window"])))
     assert steps_of(again)["vacuum_analyze"]["changed"] is False, again["steps"]
     assert steps_of(again)["disk_cleanup"]["changed"] is False
+    assert again["skipped"] == ["backup_verify"] and steps_of(again)["backup_verify"]["status"] == "skipped"
+    assert "not started: it would not end 300 s before the end of the window" in steps_of(again)["backup_verify"]["detail"]
+    assert ledger_lines(stack)[-1]["results"]["skipped"] == ["backup_verify"]
     state = json.load(open("%s/state.json" % state_dir(stack)))
     assert state["pinned_backup"] == again["pinned_backup"] != pin
     assert cat.Catalog(env["backup_dir"]).pins("database", pin) == []  # released by the next successful window
@@ -216,49 +237,108 @@ class Writer(threading.Thread):
             time.sleep(0.3)
 
 
-def test_monthly_window_with_a_writer_loses_no_acknowledged_write_and_updates_the_image(env):
-    stack = env["stack"]
-    before = running_image(stack.container("api"))
-    new_id = build_api_image(env["api_tag"], "2")
-    assert new_id != before
-    writer = Writer(stack.api_url)
-    writer.start()
-    try:
-        res = run_playbook(PLAYBOOK, dict(env["ev"], ner11_maintenance_tier="monthly", ner11_confirm=DB), env=STATS)
-    finally:
-        time.sleep(2)
-        writer.stop.set()
-        writer.join(20)
-    assert res.rc == 0, res.explain()
-    report = json.load(open("%s/reports/%s.json" % (state_dir(stack), maint_stats(res)["window"])))
-    names = [s["name"] for s in report["steps"]]
-    assert names[:6] == ["stop_writers", "pin_backup", "vacuum_full", "reindex", "start_writers", "image_update"]
-    assert report["images_changed"] == ["api"] and report["images_before"]["api"] == before
-    assert running_image(stack.container("api")) == new_id
-    assert len(writer.acked) > 0 and writer.errors > 0  # the writers were really stopped for a while
+def assert_no_acked_write_lost(stack, writer):
     quoted = ",".join("'%s'" % t for t in writer.acked)
     stored = int(stack.psql("SELECT count(DISTINCT text) FROM ner_documents WHERE text IN (%s)" % quoted))
     assert stored == len(writer.acked), "acknowledged writes lost: %d of %d stored" % (stored, len(writer.acked))
 
 
-def test_forced_post_check_failure_rolls_back_to_the_previous_image_with_the_data(env):
+def run_with_writer(stack, ev):
+    writer = Writer(stack.api_url)
+    writer.start()
+    try:
+        res = run_playbook(PLAYBOOK, ev, env=STATS)
+    finally:
+        time.sleep(2)
+        writer.stop.set()
+        writer.join(20)
+    return res, writer
+
+
+def test_quarterly_window_with_a_writer_loses_no_acknowledged_write_updates_the_image_and_drills(env):
+    # The quarterly tier is the monthly list plus the DR drill: one run covers both.
+    stack = env["stack"]
+    before = running_image(stack.container("api"))
+    new_id = build_api_image(env["api_tag"], "2")
+    assert new_id != before
+    res, writer = run_with_writer(stack, dict(env["ev"], ner11_maintenance_tier="quarterly", ner11_confirm=DB))
+    assert res.rc == 0, res.explain()
+    report = json.load(open("%s/reports/%s.json" % (state_dir(stack), maint_stats(res)["window"])))
+    assert [s["name"] for s in report["steps"]] == [
+        "stop_writers", "pin_backup", "vacuum_full", "reindex", "start_writers",
+        "image_update", "disk_cleanup", "backup_verify", "dr_drill",
+    ]  # fmt: skip
+    assert all(s["status"] == "ok" for s in report["steps"]) and report["skipped"] == [], report["steps"]
+    assert report["images_changed"] == ["api"] and report["images_before"]["api"] == before
+    assert running_image(stack.container("api")) == new_id
+    assert len(writer.acked) > 0 and writer.errors > 0  # the writers were really stopped for a while
+    assert_no_acked_write_lost(stack, writer)
+
+
+def restore_log_backup(stack):
+    return stack.psql("SELECT backup_id FROM ner11_ops.restore_log ORDER BY applied_at DESC, id DESC LIMIT 1")
+
+
+def failing_monthly(env, generation):
     stack = env["stack"]
     previous = running_image(stack.container("api"))
-    docs = stack.psql("SELECT count(*) FROM ner_documents")
-    failing = build_api_image(env["api_tag"], "3")
-    ev = dict(env["ev"], ner11_maintenance_tier="monthly", ner11_confirm=DB, maintenance_test_fail_postcheck=True)
-    res = run_playbook(PLAYBOOK, ev, env=STATS)
+    failing = build_api_image(env["api_tag"], generation)
+    assert failing != previous
+    ev = dict(
+        env["ev"], ner11_maintenance_tier="monthly", ner11_confirm=DB, maintenance_test_fail_postcheck=True,
+        ner11_maintenance_budget_s=1200, **SHORT_BUDGET,
+    )  # fmt: skip
+    return stack, previous, failing, ev
+
+
+def assert_rolled_back(env, res, previous, failing):
+    stack = env["stack"]
     assert res.rc != 0
     text = res.explain()
-    assert "forced by the test variable" in text and "run again on their previous image IDs" in text
+    assert "forced by the test variable" in text and "api run again on their previous image IDs" in text
     assert running_image(stack.container("api")) == previous != failing
     assert image_id(env["api_tag"]) == previous  # the model's reference points back at it
-    assert stack.psql("SELECT count(*) FROM ner_documents") == docs
-    line = ledger_lines(stack)[-1]
-    assert line["status"] == "rolled_back" and "data was left as it is" in line["results"]["rollback"]
+    assert image_id("%s:failed-%s" % (env["api_tag"].rsplit(":", 1)[0], maint_stats(res)["window"])) == failing
+    assert re.search(r"health after the rollback: (ok|warn)\.", text), text
     assert maint_stats(res)["status"] == "rolled_back"
-    health = run_playbook("playbooks/health.yml", stack.vars)
-    assert health.rc == 0, health.explain()
+    report = json.load(open("%s/reports/%s.json" % (state_dir(stack), maint_stats(res)["window"])))
+    assert report["status"] == "rolled_back" and report["skipped"] == ["backup_verify"]
+    return text, report
+
+
+def test_rollback_restores_the_pin_when_nothing_was_written_since(env):
+    # The writers are stopped at the pin; the api runs again only for the post-check, which
+    # writes nothing: the fingerprint taken at the pin still matches, so the pin is restored.
+    stack, previous, failing, ev = failing_monthly(env, "3")
+    docs = stack.psql("SELECT count(*) FROM ner_documents")
+    res = run_playbook(PLAYBOOK, ev, env=STATS)
+    text, report = assert_rolled_back(env, res, previous, failing)
+    pin = report["pinned_backup"]
+    assert "the pinned backup %s was restored" % pin in text, text
+    assert report["restored_pin"] is True and report["written_since_pin"] == []
+    assert restore_log_backup(stack) == pin  # pg_restore applied this window's pin
+    counts = cat.Catalog(env["backup_dir"]).read_manifest("database", pin)["row_counts"]
+    pinned = [int(n) for table, n in counts.items() if table.split(".")[-1] == "ner_documents"]
+    assert [int(stack.psql("SELECT count(*) FROM ner_documents"))] == pinned == [int(docs)], counts
+    line = ledger_lines(stack)[-1]
+    assert line["status"] == "rolled_back" and line["results"]["restored_pin"] is True
+
+
+def test_rollback_keeps_the_data_when_a_write_happened_after_the_pin(env):
+    # A writer loop through the API writes after start_writers, so after the pin: the rollback
+    # does not restore (it would destroy those writes), says what was written, and still runs
+    # the api on its previous image.
+    stack, previous, failing, ev = failing_monthly(env, "4")
+    applied = restore_log_backup(stack)
+    res, writer = run_with_writer(stack, ev)
+    text, report = assert_rolled_back(env, res, previous, failing)
+    assert "the data was left as it is, writes kept" in text and "was restored" not in text, text
+    assert report["restored_pin"] is False
+    assert any("public.ner_documents" in reason for reason in report["written_since_pin"]), report["written_since_pin"]
+    assert restore_log_backup(stack) == applied  # no restore ran
+    assert len(writer.acked) > 0
+    assert_no_acked_write_lost(stack, writer)
+    assert ledger_lines(stack)[-1]["results"]["restored_pin"] is False
 
 
 def test_log_limits_and_shm_size_reach_the_containers_and_a_parallel_index_build_passes(env):
