@@ -89,7 +89,7 @@ def main():
             raise RuntimeError("pgbench -i failed: %s" % proc.stderr[-1000:])
         pg.sql(
             "CREATE TABLE noise AS SELECT g AS id, md5(g::text) || md5(random()::text) AS t, random() AS f "
-            "FROM generate_series(1, %d) g; CHECKPOINT;" % (200000 * args.scale)
+            "FROM generate_series(1, %d) g; CHECKPOINT;" % (200000 * args.scale)  # noqa: S608 - an int
         )
         print("db size:", pg.sql("SELECT pg_size_pretty(pg_database_size('%s'));" % pg.db), "load %.1f" % os.getloadavg()[0])
         params = {
@@ -118,7 +118,11 @@ def main():
             }
             t0 = time.monotonic()
             run_restore(rparams, runner)
-            report("pg_restore jobs %d, %s" % (args.jobs, "with login_password" if restore_password else "no password"), runner, time.monotonic() - t0)
+            report(
+                "pg_restore jobs %d, %s" % (args.jobs, "with login_password" if restore_password else "no password"),
+                runner,
+                time.monotonic() - t0,
+            )
     finally:
         pg.remove()
         shutil.rmtree(work, ignore_errors=True)
