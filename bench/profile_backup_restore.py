@@ -87,10 +87,9 @@ def main():
         )
         if proc.returncode != 0:
             raise RuntimeError("pgbench -i failed: %s" % proc.stderr[-1000:])
-        pg.sql(
-            "CREATE TABLE noise AS SELECT g AS id, md5(g::text) || md5(random()::text) AS t, random() AS f "
-            "FROM generate_series(1, %d) g; CHECKPOINT;" % (200000 * args.scale)  # noqa: S608 - an int
-        )
+        rows = int(200000 * args.scale)
+        noise = "CREATE TABLE noise AS SELECT g AS id, md5(g::text) || md5(random()::text) AS t, random() AS f "
+        pg.sql(noise + "FROM generate_series(1, " + str(rows) + ") g; CHECKPOINT;")
         print("db size:", pg.sql("SELECT pg_size_pretty(pg_database_size('%s'));" % pg.db), "load %.1f" % os.getloadavg()[0])
         params = {
             "backup_dir": work,
