@@ -45,6 +45,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.identifiers import (
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_state import (
     FINGERPRINT_VERSION,
+    fingerprint_diff,
     fingerprint_sql,
     parse_fingerprint,
 )
@@ -369,44 +370,11 @@ def _brief(entry, op):
 # -- what was written since a fingerprint ------------------------------------------
 # A maintenance window's rollback may restore its pinned backup only when nothing was
 # written since the pin. The state fingerprint of pg_restore (pgrestore_state.py) is taken
-# at the pin; here only the parts that change through a data write count: the set of
-# tables, row counts, rows inserted or updated since the horizon, sequence values. The
-# rewrites of the window itself (VACUUM FULL, REINDEX: new file nodes, new pg_class rows)
-# do not. When the comparison cannot be trusted it reports a reason: the safe direction.
-_XID_HALF = 2147483648
-
-
+# at the pin and compared by the same rule, data writes only: the rewrites of the window
+# itself (VACUUM FULL, REINDEX) do not count.
 def data_writes(recorded, current):
     """Why data may have been written between two fingerprints ([] = nothing was). Pure."""
-    if not isinstance(recorded, dict) or recorded.get("v") != FINGERPRINT_VERSION:
-        return ["no usable fingerprint was taken at the pin"]
-    if not isinstance(current, dict) or current.get("v") != FINGERPRINT_VERSION:
-        return ["the fingerprint could not be read now"]
-    reasons = []
-    if current.get("db_oid") != recorded.get("db_oid"):
-        reasons.append("the database was dropped and created again")
-    try:
-        if int(current.get("next")) - int(recorded.get("h")) >= _XID_HALF:
-            reasons.append("too many transactions since the pin to compare row versions")
-    except (TypeError, ValueError):
-        reasons.append("the transaction horizon is unreadable")
-    old, new = recorded.get("rels") or {}, current.get("rels") or {}
-    for name in sorted(set(old) | set(new)):
-        if name not in new or name not in old:
-            reasons.append("%s was %s" % (name, "dropped" if name not in new else "created"))
-            continue
-        a, b = str(old[name][4]), str(new[name][4])
-        if old[name][0] == "S":
-            if a != b:
-                reasons.append("%s: sequence moved from %s to %s" % (name, a, b))
-            continue
-        rows_a, _sep, newer_a = a.partition("/")
-        rows_b, _sep, newer_b = b.partition("/")
-        if rows_a != rows_b:
-            reasons.append("%s: %s rows now, %s at the pin" % (name, rows_b or "?", rows_a or "?"))
-        elif newer_a != newer_b:
-            reasons.append("%s: rows inserted or updated since the pin" % name)
-    return reasons
+    return fingerprint_diff(recorded, current, since="the pin", data_only=True)
 
 
 def _fingerprints(target, params, db):

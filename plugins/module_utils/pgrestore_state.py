@@ -79,23 +79,27 @@ def fingerprint_sql(horizon=None, tables=None):
     )
 
 
-def fingerprint_diff(recorded, current):
+def fingerprint_diff(recorded, current, since="the restore", data_only=False):
     """Why ``current`` is not the recorded state: a list of reasons ([] = same state).
 
-    Pure. ``recorded`` is what the restore stored (None when it stored none:
-    an older restore, or a log copied in by a backup); ``current`` is the same
-    query run now with the recorded horizon (None when it could not be read).
+    Pure. ``recorded`` is the fingerprint taken at a point (a restore stores one; a maintenance
+    window takes one at its pin), None when none was taken; ``current`` is the same query run
+    now with the recorded horizon (None when it could not be read). ``since`` names that point
+    in the reasons. ``data_only`` counts only what a data write changes (the set of tables, row
+    counts, rows inserted or updated, sequence values), not the rewrites of VACUUM FULL or
+    REINDEX (new file nodes, new pg_class rows). When the comparison cannot be trusted there
+    is a reason: the safe direction.
     """
     if not recorded or not isinstance(recorded, dict) or recorded.get("v") != FINGERPRINT_VERSION:
-        return ["no state fingerprint was recorded with that restore"]
-    if not current or not isinstance(current, dict):
-        return ["the state fingerprint could not be read"]
+        return ["no state fingerprint was taken at %s" % since]
+    if not current or not isinstance(current, dict) or current.get("v") != FINGERPRINT_VERSION:
+        return ["the state fingerprint could not be read now"]
     reasons = []
     if current.get("db_oid") != recorded.get("db_oid"):
         reasons.append("the database was dropped and created again")
     try:
         if int(current.get("next")) - int(recorded.get("h")) >= _XID_HALF:
-            reasons.append("too many transactions since the restore to compare row versions")
+            reasons.append("too many transactions since %s to compare row versions" % since)
     except (TypeError, ValueError):
         reasons.append("the transaction horizon is unreadable")
     old, new = recorded.get("rels") or {}, current.get("rels") or {}
@@ -107,20 +111,21 @@ def fingerprint_diff(recorded, current):
             reasons.append("%s was created" % name)
             continue
         a, b = old[name], new[name]
-        if list(a[:3]) != list(b[:3]):
-            reasons.append("%s was rewritten or truncated" % name)
-        elif a[3] != b[3]:
-            reasons.append("%s: its definition or privileges changed" % name)
+        if not data_only:
+            if list(a[:3]) != list(b[:3]):
+                reasons.append("%s was rewritten or truncated" % name)
+            elif a[3] != b[3]:
+                reasons.append("%s: its definition or privileges changed" % name)
         if a[0] == "S":
-            if a[4] != b[4]:
+            if str(a[4]) != str(b[4]):
                 reasons.append("%s: sequence moved from %s to %s" % (name, a[4], b[4]))
             continue
         rows_a, _sep, newer_a = str(a[4]).partition("/")
         rows_b, _sep, newer_b = str(b[4]).partition("/")
         if rows_a != rows_b:
-            reasons.append("%s: %s rows, %s after the restore" % (name, rows_b or "?", rows_a or "?"))
+            reasons.append("%s: %s rows now, %s at %s" % (name, rows_b or "?", rows_a or "?", since))
         elif newer_a != newer_b:
-            reasons.append("%s: rows inserted or updated since the restore" % name)
+            reasons.append("%s: rows inserted or updated since %s" % (name, since))
     return reasons
 
 

@@ -236,7 +236,7 @@ changes_since_restore:
   returned: when a restore was recorded
   type: list
   elements: str
-  sample: ["public.vendor_equipment: 7 rows, 8 after the restore"]
+  sample: ["public.vendor_equipment: 7 rows now, 8 at the restore"]
 repaired:
   description: What this run repaired of an interrupted earlier run before restoring.
   returned: when something was repaired

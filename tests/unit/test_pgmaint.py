@@ -292,8 +292,8 @@ def test_data_writes_names_each_write(change, fragment):
 def test_data_writes_counts_an_unusable_comparison_as_written():
     dropped = {k: v for k, v in PIN.items() if k != "public.t"}
     assert pgmaint.data_writes(fp(PIN), fp(dropped)) == ["public.t was dropped"]
-    assert pgmaint.data_writes(None, fp(PIN)) == ["no usable fingerprint was taken at the pin"]
-    assert pgmaint.data_writes(fp(PIN), None) == ["the fingerprint could not be read now"]
+    assert pgmaint.data_writes(None, fp(PIN)) == ["no state fingerprint was taken at the pin"]
+    assert pgmaint.data_writes(fp(PIN), None) == ["the state fingerprint could not be read now"]
     assert pgmaint.data_writes(fp(PIN), fp(PIN, db_oid=6)) == ["the database was dropped and created again"]
     assert pgmaint.data_writes(fp(PIN), fp(PIN, nxt=100 + 2**31)) == [
         "too many transactions since the pin to compare row versions"
@@ -326,5 +326,5 @@ def test_run_returns_the_fingerprint_and_what_was_written_since_one():
     assert result["writes_since"] == ["public.t: 12 rows now, 10 at the pin"]
     assert target.horizons[-1] == "150::bigint"  # compared with the horizon of the pin
     assert pgmaint.run(target, dict(base, writes_since={"v": 0}), check_mode=True)["writes_since"] == [
-        "no usable fingerprint was taken at the pin"
+        "no state fingerprint was taken at the pin"
     ]

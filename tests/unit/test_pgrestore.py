@@ -68,7 +68,7 @@ def test_fingerprint_diff_names_every_kind_of_write():
     rec = _fp()
     assert fpr.fingerprint_diff(rec, _fp()) == []
     assert fpr.fingerprint_diff(rec, _fp(**{"public.t": ["r", "1", "1", "700", "7/0"]})) == [
-        "public.t: 7 rows, 8 after the restore"
+        "public.t: 7 rows now, 8 at the restore"
     ]
     assert fpr.fingerprint_diff(rec, _fp(**{"public.t": ["r", "1", "1", "700", "8/1"]})) == [
         "public.t: rows inserted or updated since the restore"
@@ -87,8 +87,8 @@ def test_fingerprint_diff_names_every_kind_of_write():
     assert fpr.fingerprint_diff(rec, dict(_fp(), db_oid="6")) == ["the database was dropped and created again"]
     # Cannot be trusted: treated as changed.
     assert fpr.fingerprint_diff(rec, dict(_fp(), next=710 + 2**31)) != []
-    assert fpr.fingerprint_diff(None, _fp()) == ["no state fingerprint was recorded with that restore"]
-    assert fpr.fingerprint_diff(rec, None) == ["the state fingerprint could not be read"]
+    assert fpr.fingerprint_diff(None, _fp()) == ["no state fingerprint was taken at the restore"]
+    assert fpr.fingerprint_diff(rec, None) == ["the state fingerprint could not be read now"]
     assert fpr.fingerprint_diff(dict(rec, v=0), _fp()) != []
 
 
