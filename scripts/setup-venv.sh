@@ -28,4 +28,4 @@ mkdir -p "$cache"
 for v in 24_2; do
   cmp -s scripts/get_pip_offline.py "$cache/get_pip_$v.py" || cp scripts/get_pip_offline.py "$cache/get_pip_$v.py"
 done
-echo "setup: $venv ready ($("$venv/bin/ansible" --version | head -1))"
+echo "setup: $venv ready ($("$venv/bin/ansible" --version | sed -n 1p))"

@@ -294,7 +294,7 @@ def test_frontend_balances_over_api_hosts_and_survives_one_down(fleet):
     url = fleet.url("web", "/api/v1/db/health")
     wait_http(url, deadline_s=60)
     seen = set()
-    for _ in range(8):
+    for _attempt in range(8):
         with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310
             assert resp.status == 200
         seen.update(
