@@ -235,7 +235,7 @@ def test_prune_four_steps_gfs(tmp_path):
         ("ner11.ops.pg_backup", {"format": "tar"}, "format"),
         ("ner11.ops.pg_backup", {"jobs": -1}, "jobs must be between 1 and 64"),
         ("ner11.ops.pg_backup", {"compression": "gzip:12"}, "gzip level must be 1-9"),
-        ("ner11.ops.pg_backup", {"compression": "zstd:3", "format": "custom"}, "zstd is only available for format=plain"),
+        ("ner11.ops.pg_backup", {"compression": "zstd:3", "format": "custom"}, "zstd is available for format=directory"),
         ("ner11.ops.pg_backup", {"backup_dir": "relative/dir"}, "backup_dir must be an absolute path"),
         ("ner11.ops.pg_backup", {"db_name": "no_such_db"}, "database no_such_db does not exist"),
         ("ner11.ops.pg_backup", {"container": "no-such-container-x"}, "container no-such-container-x not found"),
