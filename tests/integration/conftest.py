@@ -254,6 +254,24 @@ class Stack:
         remove_project(self.project)
 
 
+def wait_postgres(container, db, deadline_s=60):
+    """Wait until the reference PostgreSQL image's real server answers.
+
+    Over TCP, not the socket: the entrypoint's initdb server listens on the socket only and is
+    then stopped, so a socket probe can succeed just before the socket disappears for a moment.
+    """
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        ready = docker("exec", "-u", "postgres", container, "pg_isready", "-h", "127.0.0.1", "-d", db, check=False)
+        if ready.returncode == 0:
+            return
+        time.sleep(0.5)
+    logs = docker("logs", container, check=False)
+    raise AssertionError(
+        "PostgreSQL in %s did not become ready within %ss: %s" % (container, deadline_s, (logs.stdout + logs.stderr)[-2000:])
+    )
+
+
 class StandalonePostgres:
     """One container of the reference PostgreSQL image (no api/frontend), published on 127.0.0.1."""
 
@@ -272,14 +290,7 @@ class StandalonePostgres:
             "-e", "POSTGRES_PASSWORD=%s" % self.password, "-e", "POSTGRES_DB=%s" % self.db,
             "-p", "127.0.0.1:%d:5432" % self.port, "ner11/postgres:ref",
         )  # fmt: skip
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            # TCP, not the socket: the entrypoint's initdb server listens on the socket only, then restarts.
-            ready = docker("exec", "-u", "postgres", self.name, "pg_isready", "-h", "127.0.0.1", "-d", self.db, check=False)
-            if ready.returncode == 0:
-                return
-            time.sleep(0.5)
-        raise AssertionError("PostgreSQL in %s did not become ready within %ss" % (self.name, deadline_s))
+        wait_postgres(self.name, self.db, deadline_s)
 
     def sql(self, sql):
         """Run SQL over the container's local socket (no password)."""

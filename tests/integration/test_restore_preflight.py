@@ -11,11 +11,10 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import pytest
-from conftest import docker, run_module
+from conftest import docker, run_module, wait_postgres
 from test_restore import DB, raw_backup
 
 PG_IMAGE = "ner11/postgres:ref"
@@ -128,13 +127,7 @@ def small_server():
         "--tmpfs", "/var/lib/postgresql/data:rw,size=128m,mode=0700", "--tmpfs", "/tmp:rw,size=2m,mode=1777", PG_IMAGE,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while (
-            docker("exec", "-u", "postgres", server.name, "psql", "-XAtc", "SELECT 1", "-d", DB, check=False).stdout.strip()
-            != "1"
-        ):
-            assert time.monotonic() < deadline, docker("logs", server.name, check=False).stderr[-2000:]
-            time.sleep(0.5)
+        wait_postgres(server.name, DB)
         yield server
     finally:
         docker("rm", "-f", "-v", server.name, check=False)
