@@ -393,3 +393,26 @@ def own_stack():
     yield make
     for stack in stacks:
         stack.remove()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Each file's cost: setup + call + teardown of its tests, summed (with xdist, worker time).
+
+    This is the figure each issue's time budget is judged by; the wall time of the whole suite is
+    lower because files run side by side on the workers.
+    """
+    per_file = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            nodeid = getattr(report, "nodeid", "")
+            duration = getattr(report, "duration", None)
+            if not nodeid or duration is None or getattr(report, "when", None) not in ("setup", "call", "teardown"):
+                continue
+            per_file[nodeid.split("::")[0]] = per_file.get(nodeid.split("::")[0], 0.0) + duration
+    if not per_file:
+        return
+    terminalreporter.write_sep("=", "time per test file (setup + call + teardown, summed)")
+    for path, seconds in sorted(per_file.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line("%8.1f s  %5.1f min  %s" % (seconds, seconds / 60, path))
+    total = sum(per_file.values())
+    terminalreporter.write_line("%8.1f s  %5.1f min  all files" % (total, total / 60))
