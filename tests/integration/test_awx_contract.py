@@ -164,6 +164,10 @@ def pytest_generate_tests(metafunc):
     if "template_name" in metafunc.fixturenames:
         # Every template is a parameter: one without a contract fails.
         metafunc.parametrize("template_name", [t["name"] for t in templates()])
+    if "rejectable_template" in metafunc.fixturenames:
+        # The templates whose contract names a survey answer the playbook must reject (a template
+        # without a survey, or with free-text answers only, has none: it is not a parameter).
+        metafunc.parametrize("rejectable_template", [n for n, c in CONTRACTS.items() if c.get("bad")])
 
 
 # --- running jobs ------------------------------------------------------------------------------
@@ -500,11 +504,9 @@ def test_template_runs_with_its_survey_defaults(template_name, runs):
         assert sum(job.stats.get("changed", {}).values()) == 0, job.explain()
 
 
-def test_bad_survey_answer_fails_at_the_first_task_naming_the_variable(template_name, runs):
-    contract = CONTRACTS.get(template_name) or {}
-    if not contract.get("bad"):
-        pytest.skip("%s has no survey answer to reject" % template_name)
-    job = runs.bad[template_name]
+def test_bad_survey_answer_fails_at_the_first_task_naming_the_variable(rejectable_template, runs):
+    contract = CONTRACTS[rejectable_template]
+    job = runs.bad[rejectable_template]
     assert job.status == "failed" and job.rc != 0, job.explain()
     failed = job.failed_tasks()
     assert failed and failed[0][0].startswith("Check the job's inputs"), failed
