@@ -15,6 +15,7 @@ STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
 # CI machines are small: the runbook's floors (10 GB disk, 4 GB memory) are role defaults,
 # lowered here on purpose (and proven to gate with an impossible floor below).
 SMALL = {"startup_min_free_disk_gb": 1, "startup_min_available_memory_gb": 0.25, "startup_disk_fail_percent": 99}
+SERVICES = ("postgres", "api", "frontend")
 CANARY = ("vendor_equipment", "threat_intelligence", "compliance_frameworks")
 
 
@@ -91,6 +92,17 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     assert again.changed() == 0, again.changed_tasks()
     assert summary(again)["started"] == []
     print("idempotent startup.yml on a running healthy stack: %.1f s" % wall)
+    # A running stack checks disk and memory in its one health check (no second module run).
+    assert "memory" in summary(again)["preflight"] and "disk:/" in summary(again)["preflight"], summary(again)
+    assert again.task("Check free disk and available memory (a.11)").get("skipped") is True
+
+    # The floor still gates a running stack: refused, no gate runs, no container is restarted.
+    started_at = {s: docker("inspect", "-f", "{{.State.StartedAt}}", stack.container(s)).stdout for s in SERVICES}
+    refused = startup(stack, startup_min_free_disk_gb=10**7)
+    assert refused.rc != 0
+    msg = refused.task("Fail when disk or memory of the running stack is below the floor")["msg"]
+    assert "Pre-flight failed, nothing was started" in msg and "disk:/" in msg, msg
+    assert {s: docker("inspect", "-f", "{{.State.StartedAt}}", stack.container(s)).stdout for s in SERVICES} == started_at
 
     # A service that cannot become healthy: corrupt the model, the api never passes api:model.
     # The failure names the service, shows the failed checks with their output and the logs.
