@@ -254,6 +254,21 @@ class Stack:
         remove_project(self.project)
 
 
+def unmount(path, tries=20):
+    """Unmount a test's tmpfs, also when a sidecar that bind-mounted it is still being removed.
+
+    A busy mount is retried for a few seconds, then detached lazily, so no test leaves a mount
+    behind on the machine (pytest could not remove its temporary directory otherwise).
+    """
+    for _ in range(tries):
+        if subprocess.run(["umount", path], capture_output=True, check=False).returncode == 0:
+            return
+        if subprocess.run(["mountpoint", "-q", path], check=False).returncode != 0:
+            return
+        time.sleep(0.5)
+    subprocess.run(["umount", "-l", path], capture_output=True, check=False)
+
+
 def wait_postgres(container, db, deadline_s=60):
     """Wait until the reference PostgreSQL image's real server answers.
 

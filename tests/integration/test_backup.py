@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from conftest import Stack, docker, run_module, run_playbook, unique_project
+from conftest import Stack, docker, run_module, run_playbook, unique_project, unmount
 
 from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
 
@@ -293,7 +293,7 @@ def test_full_backup_dir_fails_clearly_and_keeps_older_backups(db, tmp_path):
         assert cat.Catalog(str(bdir)).verify("database", old["backup_id"]) == []
     finally:
         db.psql("DROP TABLE IF EXISTS fill")
-        subprocess.run(["umount", str(bdir)], capture_output=True, check=False)
+        unmount(str(bdir))
 
 
 def _pids_with(needle):

@@ -8,7 +8,7 @@ import time
 import uuid
 
 import pytest
-from conftest import run_module
+from conftest import run_module, unmount
 
 MB = 1024 * 1024
 
@@ -24,7 +24,7 @@ def tmpfs():
     try:
         yield path
     finally:
-        subprocess.run(["umount", path], check=False)
+        unmount(path)
         os.rmdir(path)
 
 

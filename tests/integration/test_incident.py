@@ -14,7 +14,7 @@ import time
 
 import psycopg2
 import pytest
-from conftest import Stack, docker, run_module, run_playbook, unique_project, wait_http
+from conftest import Stack, docker, run_module, run_playbook, unique_project, unmount, wait_http
 
 # The one command line of every fault test (thresholds short enough for a test).
 COMMON = {
@@ -348,6 +348,6 @@ def test_disk_filled_where_the_stack_writes(stack):
         assert os.path.exists(logdir + "/api_last_session.log")
         assert rec["health_after"]["checks"]["disk:" + logdir]["status"] == "pass"
     finally:
-        subprocess.run(["umount", logdir], check=False)
+        unmount(logdir)
     assert sorted(docker("volume", "ls", "-q", "--filter", "label=io.ner11.project=%s" % stack.project).stdout.split()) == volumes
     assert canary(stack) == before
