@@ -231,12 +231,12 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
-def hash_tree(root, exclude=(MANIFEST,)):
-    """Every regular file below ``root`` with relative path, size and sha256, sorted.
+def list_tree(root, exclude=(MANIFEST,)):
+    """Every regular file below ``root`` with relative path and size (``sha256`` None), sorted; reads no data.
 
     The records beside the manifest (:data:`SIDECARS`) are never part of a backup.
     """
-    files, paths = [], []
+    files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -248,7 +248,13 @@ def hash_tree(root, exclude=(MANIFEST,)):
             if not stat.S_ISREG(st.st_mode):
                 continue
             files.append({"path": rel, "size": st.st_size, "sha256": None})
-            paths.append(full)
+    return files
+
+
+def hash_tree(root, exclude=(MANIFEST,)):
+    """Every regular file below ``root`` with relative path, size and sha256, sorted (see :func:`list_tree`)."""
+    files = list_tree(root, exclude)
+    paths = [os.path.join(root, f["path"]) for f in files]
     # hashlib releases the GIL on large buffers: a directory dump's files hash on every core at once.
     workers = min(len(paths), os.cpu_count() or 1, 4)
     if workers > 1:
@@ -363,24 +369,29 @@ class Catalog:
         os.chmod(partial, 0o700)
         return partial
 
-    def publish(self, kind, backup_id, manifest, pins=None):
-        """Secure, hash-check, fsync and rename a partial backup into place.
+    def publish(self, kind, backup_id, manifest, pins=None, hashed_now=False):
+        """Secure, check, fsync and rename a partial backup into place.
 
         ``manifest['files']`` must already hold the checksums the caller
-        verified; they are checked once more against the bytes on disk so a
-        backup that changed after verification never becomes visible.
+        verified. By default they are checked once more against the bytes on
+        disk, so a backup that changed after verification never becomes
+        visible. ``hashed_now=True``: the caller hashed the finished tree just
+        before (no writer is left), so only the names and sizes are checked
+        (:func:`list_tree`) instead of reading every byte a second time; the
+        checksums are re-read by :meth:`verify` (``backup_verify``).
         """
         partial = self.partial_path(kind, backup_id)
         final = self.path(kind, backup_id)
         secure_tree(partial)
-        on_disk = {f["path"]: f for f in hash_tree(partial)}
+        on_disk = {f["path"]: f for f in (list_tree(partial) if hashed_now else hash_tree(partial))}
         recorded = {f["path"]: f for f in manifest.get("files", [])}
         if set(on_disk) != set(recorded):
             raise CatalogError(
                 "backup %s: files on disk %s differ from the manifest %s" % (backup_id, sorted(on_disk), sorted(recorded))
             )
         for rel, entry in recorded.items():
-            if on_disk[rel]["sha256"] != entry["sha256"] or on_disk[rel]["size"] != entry["size"]:
+            same_hash = hashed_now or on_disk[rel]["sha256"] == entry["sha256"]
+            if not same_hash or on_disk[rel]["size"] != entry["size"]:
                 raise CatalogError("backup %s: %s changed after it was verified" % (backup_id, rel))
         manifest = dict(manifest)
         manifest.setdefault("schema", SCHEMA)

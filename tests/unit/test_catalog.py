@@ -77,6 +77,35 @@ def test_publish_refuses_files_changed_after_hashing(tmp_path):
     assert c.list("database") == []
 
 
+def test_publish_after_hashing_checks_names_and_sizes_without_reading_the_files(tmp_path, monkeypatch):
+    c = cat.Catalog(str(tmp_path))
+    partial = c.begin("database", "b1")
+    _write(os.path.join(partial, "dump", "toc.dat"), b"x" * 100)
+    _write(os.path.join(partial, "globals.sql"), b"CREATE ROLE app;\n")
+    manifest = {"created_at": "2026-11-29T02:00:00Z", "files": cat.hash_tree(partial)}
+    assert [(f["path"], f["size"], f["sha256"]) for f in cat.list_tree(partial)] == [
+        ("globals.sql", 17, None),
+        ("dump/toc.dat", 100, None),
+    ]
+    # a file that grew, one too many, one missing: refused, nothing visible
+    _write(os.path.join(partial, "globals.sql"), b"CREATE ROLE app2;\n")
+    with pytest.raises(cat.CatalogError, match="globals.sql changed after it was verified"):
+        c.publish("database", "b1", manifest, hashed_now=True)
+    _write(os.path.join(partial, "globals.sql"), b"CREATE ROLE app;\n")
+    _write(os.path.join(partial, "extra"), b"?")
+    with pytest.raises(cat.CatalogError, match="files on disk .* differ from the manifest"):
+        c.publish("database", "b1", manifest, hashed_now=True)
+    os.unlink(os.path.join(partial, "extra"))
+    assert c.list("database") == []
+    # the data is not read a second time: publish does not hash at all
+    read = []
+    monkeypatch.setattr(cat, "sha256_file", lambda path: read.append(path) or "0" * 64)
+    c.publish("database", "b1", manifest, hashed_now=True)
+    assert read == [] and c.list("database")[0]["backup_id"] == "b1"
+    monkeypatch.undo()
+    assert c.verify("database", "b1") == []  # the final verify path re-hashes every file
+
+
 @pytest.mark.parametrize("bad", ["../etc", "a/b", ".hidden", "", "x" * 200, None, "a..b"])
 def test_backup_ids_cannot_escape(bad):
     with pytest.raises(cat.CatalogError, match="invalid backup id"):
