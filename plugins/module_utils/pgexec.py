@@ -35,6 +35,8 @@ CLIENT_TOOLS = ("psql", "pg_dump", "pg_dumpall", "pg_restore", "pg_isready", "va
 PSQL_FLAGS = ("-X", "-q", "-v", "ON_ERROR_STOP=1")
 FIELD_SEP = "\x1f"
 SIDECAR_PASSFILE = "/run/ner11/pgpass"
+# A sidecar shares the DB container's network namespace: the server is on its loopback.
+SIDECAR_HOST = "127.0.0.1"
 
 
 def psql_args(db, single_transaction=False, command=None, rows=False):
@@ -240,17 +242,27 @@ class PgTarget:
         status, _sep, image = out.strip().partition("|")
         return status, image
 
-    def sidecar_argv(self, tool, args, image, volumes=(), name=None, labels=(), port=5432):
-        """``docker run`` of ``tool`` from the server's image in the DB container's network namespace.
+    def sidecar_conn_args(self, port=5432):
+        """``-h 127.0.0.1 -p <port> -U <user>``: a sidecar reaches the server on the DB container's loopback."""
+        return ["-h", SIDECAR_HOST, "-p", str(port), "-U", self.user]
 
-        Runs as this uid (files it writes are ours) and reads the password from the 0600
-        passfile mounted read-only, so no secret is on a command line or in an environment value.
+    def sidecar_env(self, port=None):
+        """A sidecar's environment: the passfile's path (not a secret); with ``port`` the connection too.
+
+        ``PGHOST``/``PGPORT``/``PGUSER`` let every client tool of a sidecar script connect the
+        same way ``sidecar_conn_args`` does.
         """
         env = {"PGPASSFILE": SIDECAR_PASSFILE, "PGAPPNAME": APP_NAME, "PGCONNECT_TIMEOUT": str(self.timeout)}
+        if port is not None:
+            env.update({"PGHOST": SIDECAR_HOST, "PGPORT": str(port), "PGUSER": self.user})
+        return env
+
+    def _sidecar(self, image, argv, entrypoint, volumes, name, labels, env):
+        """The one ``docker run`` of a sidecar: this uid, the DB container's network, the passfile mounted read-only."""
         return self.docker_cli.run_argv(
             image,
-            ["-h", "127.0.0.1", "-p", str(port), "-U", self.user] + list(args),
-            entrypoint=tool,
+            list(argv),
+            entrypoint=entrypoint,
             volumes=list(volumes) + ["%s:%s:ro" % (self._passfile(), SIDECAR_PASSFILE)],
             labels=labels,
             user="%d:%d" % (os.getuid(), os.getgid()),
@@ -258,6 +270,25 @@ class PgTarget:
             env=env,
             name=name,
         )
+
+    def sidecar_argv(self, tool, args, image, volumes=(), name=None, labels=(), port=5432):
+        """``docker run`` of ``tool`` from the server's image in the DB container's network namespace.
+
+        Runs as this uid (files it writes are ours) and reads the password from the 0600
+        passfile mounted read-only, so no secret is on a command line or in an environment value.
+        """
+        return self._sidecar(image, self.sidecar_conn_args(port) + list(args), tool, volumes, name, labels, self.sidecar_env())
+
+    def sidecar_script_argv(self, script, args, image, volumes=(), name=None, labels=(), port=5432, script_name="ner11-sidecar"):
+        """``docker run ... --entrypoint sh <image> -c <script> <script_name> <args...>``: several tools, ONE sidecar.
+
+        Same container as ``sidecar_argv`` (uid, network, read-only passfile). ``script`` is a
+        fixed text: every value reaches it as a positional parameter (``$1`` ...), never pasted
+        into it; its tools connect through ``PGHOST``/``PGPORT``/``PGUSER`` and ``PGPASSFILE``
+        (``sidecar_env``), so no password is on a command line here either.
+        """
+        argv = ["-c", script, script_name] + [str(a) for a in args]
+        return self._sidecar(image, argv, "sh", volumes, name, labels, self.sidecar_env(port))
 
     def list_dump_command(self, fmt, path, image, labels=()):
         """``(kind, cmd)`` listing a custom/directory dump with ``pg_restore --list`` (no server needed).
