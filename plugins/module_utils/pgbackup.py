@@ -13,13 +13,18 @@ options and reports. Design (docs/backups.md):
     (``--network container:<db>``), with the partial directory bind-mounted at
     the same path and the password in a read-only 0600 passfile
     (``PGPASSFILE``). Nothing secret is on a command line or in an environment
-    value. On a host target (``login_host``) the host's pg_dump writes the
-    directory itself.
+    value. ONE sidecar runs ``pg_dumpall --globals-only``, ``pg_dump -Fd`` and
+    ``pg_restore --list`` (``SIDECAR_SCRIPT``, exit codes 41/42/43 name the
+    step that failed); the listing's "Dumped by pg_dump version" line is the
+    manifest's ``pg_dump_version``. On a host target (``login_host``) the
+    host's pg_dump writes the directory itself.
   - ``custom`` / ``plain`` stream from ``docker exec`` (local socket, no
     password at all) with stdout redirected to the file.
 * Before publishing: ``pg_restore --list`` TOC count (custom/directory) or a
   full decompression test (compressed plain), sha256 of every file, size.
-* Then ``Catalog.publish`` renames the partial into place (G58). Any failure
+* Then ``Catalog.publish`` renames the partial into place (G58), checking the
+  names and sizes against the list just hashed (``hashed_now``: the bytes are
+  read once here; ``backup_verify`` re-hashes them). Any failure
   discards the partial; a killed run leaves only a partial that the next run
   removes under the lock.
 
@@ -67,6 +72,100 @@ from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRun
 
 SIDECAR_LABEL = "io.ner11.pg_backup.catalog"
 PIN_REASON = "pinned by pg_backup keep_until"
+
+# The directory dump in container mode runs its three client tools in ONE sidecar (issue 16: each
+# further ``docker run`` costs a container start). A fixed script: the values arrive as positional
+# parameters ($1 globals file, $2 dump directory, $3 role passwords yes/no, then pg_dump's arguments),
+# the connection through PGHOST/PGPORT/PGUSER and the password through the read-only passfile
+# (PgTarget.sidecar_env). Each step has its own exit code, and prints a time mark on stderr.
+SIDECAR_SCRIPT = """set -u
+globals=$1 dump=$2 roles=$3
+shift 3
+mark() { echo "ner11-step $1 $(date +%s.%N 2>/dev/null)" >&2; }
+mark start
+if [ "$roles" = yes ]; then
+  pg_dumpall --globals-only -f "$globals" || exit 41
+else
+  pg_dumpall --globals-only --no-role-passwords -f "$globals" || exit 41
+fi
+mark globals
+pg_dump "$@" || exit 42
+mark dump
+pg_restore --list "$dump" || exit 43
+mark list
+"""
+SIDECAR_SCRIPT_NAME = "ner11-backup"
+STEP_MARK = "ner11-step "
+# (mark, step name) in the order the script prints them; the first step runs from ``docker run`` to "start".
+SIDECAR_STEPS = (
+    ("start", "sidecar start"),
+    ("globals", "pg_dumpall --globals-only"),
+    ("dump", "pg_dump"),
+    ("list", "pg_restore --list"),
+)
+SIDECAR_ONE_STEP = "one sidecar: pg_dumpall --globals-only, pg_dump, pg_restore --list"
+SIDECAR_EXIT = {41: "globals", 42: "dump", 43: "list"}
+
+
+def split_marks(stderr):
+    """``({mark: epoch seconds}, stderr without the mark lines)`` of the backup sidecar."""
+    marks, rest = {}, []
+    for line in (stderr or "").splitlines():
+        if line.startswith(STEP_MARK):
+            name, _sep, value = line[len(STEP_MARK) :].partition(" ")
+            try:
+                marks[name] = float(value)
+            except ValueError:
+                pass  # no usable clock in the image: the steps are reported as one
+            continue
+        rest.append(line)
+    return marks, "\n".join(rest)
+
+
+def sidecar_steps(started, marks, ended):
+    """``[(step, seconds)]`` from the sidecar's marks (wall clock, same kernel), or one step when a mark is missing.
+
+    ``started``/``ended``: the wall time around ``docker run``; the container's start is the
+    first step, its exit and removal the last.
+    """
+    names = [mark for mark, _step in SIDECAR_STEPS]
+    if any(mark not in marks for mark in names):
+        return [(SIDECAR_ONE_STEP, max(ended - started, 0.0))]
+    out, previous = [], started
+    for mark, step in SIDECAR_STEPS:
+        out.append((step, max(marks[mark] - previous, 0.0)))
+        previous = max(marks[mark], previous)
+    out.append(("sidecar exit", max(ended - previous, 0.0)))
+    return out
+
+
+def sidecar_failure(rc, stderr, db, where, dump_path, image):
+    """The message for a failed backup sidecar: which step failed (by its exit code) and what to do."""
+    _marks, rest = split_marks(stderr)
+    why = last_line(rest) or "no error output"
+    step = SIDECAR_EXIT.get(rc)
+    if step == "globals":
+        return (
+            "pg_dumpall --globals-only failed on %s (step 1 of 3 in the backup sidecar, rc=41): %s; the login user "
+            "must be able to read the roles (login_user, e.g. postgres), check it with ner11.ops.ner_health; "
+            "nothing was published" % (where, why)
+        )
+    if step == "dump":
+        return (
+            "pg_dump of %s failed on %s (step 2 of 3 in the backup sidecar, rc=42): %s; check that the server is up "
+            "(ner11.ops.ner_health), that login_password is right and that backup_dir has room, then run again; "
+            "nothing was published" % (db, where, why)
+        )
+    if step == "list":
+        return (
+            "pg_restore --list could not read the new dump %s (step 3 of 3 in the backup sidecar, rc=43): %s; the "
+            "dump is unusable and was discarded: run again, and check the disk of backup_dir if it repeats" % (dump_path, why)
+        )
+    return (
+        "pg_dump of %s failed on %s: the backup sidecar (docker run of %s) stopped with rc=%s before its steps "
+        "finished: %s; check that docker can run that image (docker run --rm --entrypoint sh <image> -c true) "
+        "and that the database container is running, then run again; nothing was published" % (db, where, image, rc, why)
+    )
 
 
 def dumped_by(listing):
@@ -247,14 +346,44 @@ class PgBackup:
         return backup_id
 
     # -- commands ---------------------------------------------------------------------
-    def dump_command(self, fmt, method, level, jobs, partial, artifact):
-        """(kind, cmd): ``argv`` for a list, ``shell`` for a bash line with redirection."""
-        out_path = os.path.join(partial, artifact)
+    @staticmethod
+    def dump_args(fmt, method, level, jobs):
+        """pg_dump's format, compression and jobs flags."""
         zarg = ["-Z", "0" if method == "none" else str(level)] if method != "zstd" else []
         if method == "zstd" and fmt == "directory":
             zarg = ["-Z", "zstd:%d" % level]  # pg_dump >= 16's own zstd
         fmt_flag = {"directory": "-Fd", "custom": "-Fc", "plain": "-Fp"}[fmt]
-        dump_args = [fmt_flag] + zarg + (["-j", str(jobs)] if fmt == "directory" else [])
+        return [fmt_flag] + zarg + (["-j", str(jobs)] if fmt == "directory" else [])
+
+    def one_sidecar(self, fmt):
+        """A directory dump in container mode: globals, pg_dump and the listing run in ONE sidecar."""
+        return fmt == "directory" and bool(self.p.get("container"))
+
+    def sidecar_command(self, fmt, method, level, jobs, partial, artifact):
+        """The argv of the one backup sidecar (``SIDECAR_SCRIPT``): globals, ``pg_dump -Fd``, ``pg_restore --list``."""
+        out_path = os.path.join(partial, artifact)
+        roles = "yes" if self.p.get("globals_role_passwords") else "no"
+        args = [os.path.join(partial, "globals.sql"), out_path, roles]
+        args += self.dump_args(fmt, method, level, jobs) + ["-f", out_path, self.db]
+        return self.target.sidecar_script_argv(
+            SIDECAR_SCRIPT,
+            args,
+            self._sidecar_image(fmt, method),
+            volumes=["%s:%s" % (partial, partial)],
+            name=self.sidecar_name(),
+            labels=["%s=%s" % (SIDECAR_LABEL, self.catalog.root)],
+            port=int(self.p.get("container_port") or 5432),
+            script_name=SIDECAR_SCRIPT_NAME,
+        )
+
+    def dump_command(self, fmt, method, level, jobs, partial, artifact):
+        """(kind, cmd): ``argv`` for a list, ``shell`` for a bash line with redirection.
+
+        For a directory dump in container mode this is the bare ``pg_dump`` sidecar (the raw
+        command the bench compares with); the module runs it inside ``sidecar_command``.
+        """
+        out_path = os.path.join(partial, artifact)
+        dump_args = self.dump_args(fmt, method, level, jobs)
         if self.p.get("login_host"):
             argv = self.target.argv("pg_dump", dump_args)
             if method == "zstd" and fmt == "plain":
@@ -343,13 +472,18 @@ class PgBackup:
             "source_host": self.source_host,
             "client_image": self.client_image if self.uses_client_image(fmt, method) else None,
             "pins": self.pins,
-            "commands": [
-                display(self.dump_command(fmt, method, level, jobs, partial, artifact)[1]),
-                display(self.globals_command(partial)[1]),
-                display(self.list_command(fmt, partial, artifact, method)[1]) if fmt != "plain" else "decompression test",
-            ],
+            "commands": self._plan_commands(fmt, method, level, jobs, partial, artifact),
         }
         return plan, found, facts, (fmt, method, level, jobs)
+
+    def _plan_commands(self, fmt, method, level, jobs, partial, artifact):
+        if self.one_sidecar(fmt):
+            return [display(self.sidecar_command(fmt, method, level, jobs, partial, artifact))]
+        return [
+            display(self.dump_command(fmt, method, level, jobs, partial, artifact)[1]),
+            display(self.globals_command(partial)[1]),
+            display(self.list_command(fmt, partial, artifact, method)[1]) if fmt != "plain" else "decompression test",
+        ]
 
     def _factor(self, method):
         factor = self.p.get("space_factor")
@@ -424,22 +558,27 @@ class PgBackup:
         try:
             counts_before = self._row_counts()
             self._step("canary row counts before")
-            version = None
-            if not self.uses_client_image(fmt, method):
+            if self.one_sidecar(fmt):
+                self._run_sidecar(fmt, method, level, jobs, partial, artifact)
+                counts_after = self._row_counts()
+                self._step("canary row counts after")
+                toc = self._check_listing(os.path.join(partial, artifact))
+            else:
+                kind, cmd = self.dump_command(fmt, method, level, jobs, partial, artifact)
+                self._exec(kind, cmd, "pg_dump of %s failed on %s" % (self.db, self.target.describe()))
+                self._step("pg_dump")
+                kind, cmd = self.globals_command(partial)
+                self._exec(kind, cmd, "pg_dumpall --globals-only failed on %s" % self.target.describe())
+                self._step("pg_dumpall --globals-only")
+                counts_after = self._row_counts()
+                self._step("canary row counts after")
+                toc = self._verify_artifact(fmt, method, partial, artifact)
+                self._step("pg_restore --list" if fmt != "plain" else "decompression test")
+            # The listing names the pg_dump that made the dump; --version only without one (plain).
+            version = dumped_by(self._listing)
+            if version is None and not self.uses_client_image(fmt, method):
                 version = self._pg_dump_version()
                 self._step("pg_dump --version")
-            kind, cmd = self.dump_command(fmt, method, level, jobs, partial, artifact)
-            self._exec(kind, cmd, "pg_dump of %s failed on %s" % (self.db, self.target.describe()))
-            self._step("pg_dump")
-            kind, cmd = self.globals_command(partial)
-            self._exec(kind, cmd, "pg_dumpall --globals-only failed on %s" % self.target.describe())
-            self._step("pg_dumpall --globals-only")
-            counts_after = self._row_counts()
-            self._step("canary row counts after")
-            toc = self._verify_artifact(fmt, method, partial, artifact)
-            self._step("pg_restore --list" if fmt != "plain" else "decompression test")
-            if version is None:
-                version = dumped_by(self._listing)
             files = cat.hash_tree(partial)
             self._step("sha256 of every file")
             size = sum(f["size"] for f in files)
@@ -487,8 +626,9 @@ class PgBackup:
             if counts_after != counts_before:
                 # Writes happened during the dump: the dump holds a count between the two (G23).
                 manifest["row_counts_after"] = counts_after
-            self.catalog.publish(KIND, backup_id, manifest, pins=self.pins)
-            self._step("publish: sha256 re-check, manifest, fsync, rename")
+            # Hashed just above: publish re-checks names and sizes only (backup_verify re-hashes).
+            self.catalog.publish(KIND, backup_id, manifest, pins=self.pins, hashed_now=True)
+            self._step("publish: names and sizes re-check, manifest, fsync, rename")
         except BaseException:
             self._remove_orphan_sidecars()
             self.catalog.discard(KIND, backup_id)
@@ -498,6 +638,31 @@ class PgBackup:
         result["pins"] = self.pins
         return result
 
+    def _run_sidecar(self, fmt, method, level, jobs, partial, artifact):
+        """Run the one backup sidecar; its steps (with their times from its marks) go to ``steps``."""
+        argv = self.sidecar_command(fmt, method, level, jobs, partial, artifact)
+        started_mono, started = time.monotonic(), time.time()
+        rc, out, err = self.cmd.run(argv, check=False)
+        ended = time.time()
+        if rc != 0:
+            raise PgBackupError(
+                sidecar_failure(
+                    rc, err, self.db, self.target.describe(), os.path.join(partial, artifact), self._sidecar_image(fmt, method)
+                )
+            )
+        marks, _rest = split_marks(err)
+        lead = started_mono - self._mark  # from the previous step to ``docker run``
+        for index, (name, seconds) in enumerate(sidecar_steps(started, marks, ended)):
+            self.steps.append({"step": name, "s": round(seconds + (lead if index == 0 else 0.0), 3)})
+        self._mark = time.monotonic()
+        self._listing = out
+
+    def _check_listing(self, path):
+        toc = count_toc(self._listing)
+        if toc <= 0:
+            raise PgBackupError("pg_restore --list found no entries in %s; the dump is unusable" % path)
+        return toc
+
     def _verify_artifact(self, fmt, method, partial, artifact):
         path = os.path.join(partial, artifact)
         if fmt == "plain":
@@ -506,10 +671,7 @@ class PgBackup:
         kind, cmd = self.list_command(fmt, partial, artifact, method)
         _rc, out, _err = self._exec(kind, cmd, "pg_restore --list could not read the new dump %s" % path)
         self._listing = out
-        toc = count_toc(out)
-        if toc <= 0:
-            raise PgBackupError("pg_restore --list found no entries in %s; the dump is unusable" % path)
-        return toc
+        return self._check_listing(path)
 
     def _warn_same_filesystem(self, kind_dir):
         for path in ("/var/lib/docker",):

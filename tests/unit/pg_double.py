@@ -7,6 +7,13 @@ test_identifiers.py); this double only lets the unit tests reach every branch.
 
 Files a dump command would write (``... pg_dump ... > path``) are written, so the
 real catalog code (hashes, publish, verify) runs on real files.
+
+A sidecar running a script (``docker run ... --entrypoint sh <image> -c <script> <name> <args>``,
+pg_backup's one backup sidecar) runs that very script with the local ``sh``, its ``-e``
+environment and stand-ins for pg_dumpall, pg_dump and pg_restore first on the PATH: the
+script's steps, exit codes and quoting are real; only the client tools are scripted
+(``toc``: what ``pg_restore --list`` prints; ``fail``: {tool: (rc, stderr)} makes one fail;
+``sidecar_tools``: each tool's command line, with the connection it got from the environment).
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+import subprocess
+import tempfile
 
 TOC = ";\n; Archive created at 2026-11-29\n;\n1; 2615 2200 SCHEMA - public pg_database_owner\n2; 1259 16384 TABLE public t postgres\n"
 
@@ -32,6 +42,10 @@ class ScriptedServer:
         self.free_kb = free_kb
         self.calls = []
         self.answers = []
+        self.toc = TOC
+        self.fail = {}
+        self.sidecar_tools = []
+        self._argv = None
 
     def answer(self, needle, reply):
         """Put an answer in front of the others (a test's special case)."""
@@ -46,6 +60,7 @@ class ScriptedServer:
         if isinstance(args, list) and args[:3] == ["/bin/bash", "-o", "pipefail"]:
             line = args[-1]
         self.calls.append((line, data))
+        self._argv = list(args) if isinstance(args, list) else None
         text = line + "\n" + (data or "")
         for needle, reply in self.answers + self._defaults():
             if needle(text) if callable(needle) else needle in text:
@@ -55,6 +70,7 @@ class ScriptedServer:
     # -- the default answers of a healthy server ------------------------------------------
     def _defaults(self):
         return [
+            (lambda t: "--entrypoint sh " in t, self._run_sidecar_script),
             ("{{.State.Status}}|{{.Image}}", (0, "running|sha256:0123abcd\n", "")),
             ("server_version_num", lambda line, data: (0, "15.4\x1f150004\x1f%d\n" % (8 * 1048576), "")),
             ("count(*) AS c FROM", self._canary_counts),
@@ -62,7 +78,7 @@ class ScriptedServer:
             ("ps -aq --filter", (0, "", "")),
             (lambda t: " > " in t and ("pg_dump" in t or "pg_dumpall" in t), self._write_dump),
             ("--entrypoint pg_dump", self._write_directory_dump),
-            ("--list", (0, TOC, "")),
+            ("--list", lambda line, data: (0, self.toc, "")),
             ("datallowconn", (0, "", "")),
             ("SELECT 1 FROM pg_database WHERE datname", self._db_exists),
             ("SHOW data_directory", (0, "/var/lib/postgresql/data\n", "")),
@@ -93,6 +109,54 @@ class ScriptedServer:
             with open(os.path.join(path, name), "wb") as fh:
                 fh.write(b"\0" * size)
         return 0, "", ""
+
+    # -- the sidecar script: the real script, scripted client tools ------------------------------
+    _TOOL = """#!/bin/sh
+echo "$(basename "$0") $* [PGHOST=${PGHOST:-} PGPORT=${PGPORT:-} PGUSER=${PGUSER:-} PGPASSFILE=${PGPASSFILE:-}]" >> "$STUB_DIR/log"
+if [ -z "${PGPASSFILE:-}" ] || [ -z "${PGHOST:-}" ]; then echo "$(basename "$0"): error: fe_sendauth: no password supplied" >&2; exit 1; fi
+if [ -f "$STUB_DIR/$(basename "$0").fail" ]; then cat "$STUB_DIR/$(basename "$0").err" >&2; exit "$(cat "$STUB_DIR/$(basename "$0").fail")"; fi
+out=
+while [ $# -gt 0 ]; do case "$1" in -f) out=$2; shift;; esac; last=$1; shift; done
+case "$(basename "$0")" in
+  pg_dumpall) printf 'CREATE ROLE app;\n' > "$out" ;;
+  pg_dump) mkdir "$out" && head -c 200 /dev/zero > "$out/toc.dat" && head -c 100 /dev/zero > "$out/3001.dat.gz" ;;
+  pg_restore) [ -f "$last/toc.dat" ] || { echo "pg_restore: error: could not open input file \"$last/toc.dat\"" >&2; exit 1; }
+              cat "$STUB_DIR/toc" ;;
+esac
+"""
+
+    def _run_sidecar_script(self, line, data):
+        argv = self._argv
+        env = {}
+        entrypoint = argv.index("--entrypoint")
+        for index, word in enumerate(argv[:entrypoint]):
+            if word == "-e":
+                key, _sep, value = argv[index + 1].partition("=")
+                env[key] = value
+        script_args = argv[entrypoint + 3 :]  # after: --entrypoint sh <image>
+        stubs = tempfile.mkdtemp(prefix="pg-double-")
+        try:
+            for tool in ("pg_dumpall", "pg_dump", "pg_restore"):
+                path = os.path.join(stubs, tool)
+                with open(path, "w") as fh:
+                    fh.write(self._TOOL)
+                os.chmod(path, 0o700)
+                if tool in self.fail:
+                    rc, err = self.fail[tool]
+                    with open(path + ".fail", "w") as fh:
+                        fh.write(str(rc))
+                    with open(path + ".err", "w") as fh:
+                        fh.write(err + "\n")
+            with open(os.path.join(stubs, "toc"), "w") as fh:
+                fh.write(self.toc)
+            env.update({"PATH": stubs + os.pathsep + os.environ.get("PATH", ""), "STUB_DIR": stubs})
+            proc = subprocess.run(["sh"] + script_args, env=env, capture_output=True, text=True, check=False)
+            if os.path.exists(os.path.join(stubs, "log")):
+                with open(os.path.join(stubs, "log")) as fh:
+                    self.sidecar_tools += fh.read().splitlines()
+            return proc.returncode, proc.stdout, proc.stderr
+        finally:
+            shutil.rmtree(stubs, ignore_errors=True)
 
     def _db_exists(self, line, data):
         name = re.search(r"datname = '([^']*)'", data or "").group(1)

@@ -68,8 +68,10 @@ def test_backup_creates_publishes_and_is_idempotent_per_period(tmp_path):
     steps = [s["step"] for s in result["steps"]]
     for needed in ("canary row counts before", "pg_dump", "canary row counts after", "pg_restore --list"):
         assert needed in steps, steps
-    assert steps[-1] == "publish: sha256 re-check, manifest, fsync, rename" and "sha256 of every file" in steps
+    assert steps[-1] == "publish: names and sizes re-check, manifest, fsync, rename" and "sha256 of every file" in steps
     assert all(s["s"] >= 0 for s in result["steps"])
+    # The version comes from the listing; this one has no "Dumped by" line, so pg_dump --version ran (after the dump).
+    assert "pg_dump --version" in steps and steps.index("pg_dump --version") > steps.index("pg_dump")
     # The same period again: the existing backup, nothing new.
     again = pb.PgBackup(backup_params(tmp_path), ScriptedServer(COUNTS), now=NOW).run()
     assert again["changed"] is False and again["backup_id"] == result["backup_id"]
@@ -120,27 +122,121 @@ def test_backup_directory_format_needs_a_password_in_container_mode(tmp_path):
 def test_backup_directory_format_runs_a_sidecar_with_the_passfile(tmp_path):
     job = pb.PgBackup(backup_params(tmp_path, login_password="s3cret", jobs=2), ScriptedServer(COUNTS), check_mode=True, now=NOW)
     result = job.run()
-    dump = result["plan"]["commands"][0]
-    assert result["plan"]["format"] == "directory" and "--network container:pg1" in dump
-    assert "--entrypoint pg_dump" in dump and "PGPASSFILE=/run/ner11/pgpass" in dump and "s3cret" not in dump
-    assert "--network none" in result["plan"]["commands"][2]
+    assert result["plan"]["format"] == "directory" and len(result["plan"]["commands"]) == 1
+    sidecar = result["plan"]["commands"][0]
+    assert "--network container:pg1" in sidecar and "--entrypoint sh" in sidecar and "-Fd -Z 1 -j 2" in sidecar
+    assert "PGPASSFILE=/run/ner11/pgpass" in sidecar and "PGHOST=127.0.0.1" in sidecar and "s3cret" not in sidecar
+    # The raw pg_dump line (what the bench compares with) is still built the one way: PgTarget's sidecar.
+    kind, argv = job.dump_command("directory", "gzip", 1, 2, "/p", "dump")
+    assert kind == "argv" and argv[argv.index("--entrypoint") + 1] == "pg_dump" and "-h" in argv
+
+
+def _sidecar_backup(tmp_path, server, **extra):
+    return make_backup(tmp_path, server, login_password="s3cret", format="directory", **extra)
+
+
+def test_directory_backup_runs_globals_dump_and_listing_in_one_sidecar(tmp_path):
+    server = ScriptedServer(COUNTS)
+    server.toc = TOC + ";     Dumped by pg_dump version: 15.4 (Debian 15.4-2)\n"
+    job, made, server = _sidecar_backup(tmp_path, server)
+    lines = server.lines()
+    runs = [c for c in lines if c.startswith("docker run ")]
+    assert len(runs) == 1 and "--entrypoint sh" in runs[0] and "--network container:pg1" in runs[0]
+    assert not any("docker exec" in c and ("pg_dump" in c or "pg_restore" in c) for c in lines)  # no exec, no --version
+    assert all("s3cret" not in c for c in lines + job.executed + server.sidecar_tools)
+    # inside the one sidecar: globals, then the dump, then the listing, each connected by the environment
+    tools = [t.split()[0] for t in server.sidecar_tools]
+    assert tools == ["pg_dumpall", "pg_dump", "pg_restore"], server.sidecar_tools
+    assert all("PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres PGPASSFILE=/run/ner11/pgpass" in t for t in server.sidecar_tools)
+    assert "--no-role-passwords" in server.sidecar_tools[0] and "-Fd -Z 1 -j 2 -f" in server.sidecar_tools[1]
+    manifest = made["manifest"]
+    assert manifest["pg_dump_version"] == "pg_dump (PostgreSQL) 15.4 (Debian 15.4-2)" and manifest["toc_entries"] == 2
+    assert {f["path"] for f in manifest["files"]} == {"globals.sql", "dump/toc.dat", "dump/3001.dat.gz"}
+    assert manifest["row_counts"] == COUNTS
+    # every safety step ran and has its own time (from the script's marks)
+    steps = [s["step"] for s in made["steps"]]
+    assert steps[steps.index("canary row counts before") + 1 :][:7] == [
+        "sidecar start",
+        "pg_dumpall --globals-only",
+        "pg_dump",
+        "pg_restore --list",
+        "sidecar exit",
+        "canary row counts after",
+        "sha256 of every file",
+    ], steps
+    assert "pg_dump --version" not in steps and steps[-1].startswith("publish: names and sizes")
+    # globals_role_passwords: the script's other branch
+    server = ScriptedServer(COUNTS)
+    _sidecar_backup(tmp_path / "again", server, globals_role_passwords=True)
+    assert (
+        server.sidecar_tools[0].startswith("pg_dumpall --globals-only -f ")
+        and "--no-role-passwords" not in server.sidecar_tools[0]
+    )
+    # a listing without the "Dumped by" line: pg_dump --version of the server's container, after the sidecar
+    assert made["manifest"] and any("pg_dump --version" in c for c in server.lines())
+
+
+@pytest.mark.parametrize(
+    "tool,rc,needle",
+    [
+        ("pg_dumpall", 1, r"pg_dumpall --globals-only failed on container pg1 .*step 1 of 3.*rc=41\): pg_dumpall: error: boom"),
+        ("pg_dump", 1, r"pg_dump of my-db failed on container pg1 .*step 2 of 3.*rc=42\): pg_dump: error: boom.*run again"),
+        ("pg_dump", 137, r"pg_dump of my-db failed .*rc=42"),  # pg_dump killed
+        (
+            "pg_restore",
+            1,
+            r"pg_restore --list could not read the new dump .*/dump \(step 3 of 3.*rc=43\): pg_restore: error: boom",
+        ),
+    ],
+)
+def test_each_sidecar_step_failure_names_the_step_and_leaves_no_partial(tmp_path, tool, rc, needle):
+    server = ScriptedServer(COUNTS)
+    server.fail[tool] = (rc, "%s: error: boom" % tool)
+    with pytest.raises(pb.PgBackupError, match=needle) as info:
+        _sidecar_backup(tmp_path, server)
+    assert "ner11-step" not in str(info.value)
+    kind_dir = tmp_path / "b" / "database"
+    assert [p.name for p in kind_dir.iterdir() if p.name != ".lock"] == []
+    assert any(c.startswith("docker ps -aq --filter label=io.ner11.pg_backup.catalog=") for c in server.lines())
+
+
+def test_a_sidecar_that_does_not_start_and_an_empty_listing_fail_clearly(tmp_path):
+    server = ScriptedServer(COUNTS)
+    server.answer("--entrypoint sh ", (125, "", "docker: Error response from daemon: No such image: sha256:0123abcd."))
+    with pytest.raises(
+        pb.PgBackupError, match=r"backup sidecar \(docker run of sha256:0123abcd\) stopped with rc=125.*No such image"
+    ):
+        _sidecar_backup(tmp_path, server)
+    server = ScriptedServer(COUNTS)
+    server.toc = ";\n; Archive created at 2026-11-29\n"
+    with pytest.raises(pb.PgBackupError, match="found no entries"):
+        _sidecar_backup(tmp_path / "empty", server)
+
+
+def test_sidecar_steps_from_marks_and_without_a_clock():
+    marks, rest = pb.split_marks("ner11-step start 100.5\npg_dump: warning: x\nner11-step globals 101.0\nner11-step dump \n")
+    assert marks == {"start": 100.5, "globals": 101.0} and rest == "pg_dump: warning: x"
+    full = {"start": 100.5, "globals": 101.0, "dump": 108.0, "list": 108.25}
+    steps = pb.sidecar_steps(100.0, full, 108.5)
+    assert [name for name, _s in steps][1:4] == ["pg_dumpall --globals-only", "pg_dump", "pg_restore --list"]
+    assert [round(s, 2) for _n, s in steps] == [0.5, 0.5, 7.0, 0.25, 0.25]
+    assert pb.sidecar_steps(100.0, marks, 108.5) == [(pb.SIDECAR_ONE_STEP, 8.5)]
 
 
 def test_zstd_directory_backup_runs_pg_dump_of_the_client_image_and_is_restored_by_it(tmp_path):
     listing = TOC + ";     Dumped by pg_dump version: 17.6 (Debian 17.6-1)\n"
     server = ScriptedServer(COUNTS)
-    server.answer("--list", (0, listing, ""))
+    server.toc = listing
     job, made, server = make_backup(tmp_path, server, login_password="pw", format="directory", compression="zstd:1")
     lines = server.lines()
-    dump = [c for c in lines if "--entrypoint pg_dump" in c][0]
+    dump = [c for c in lines if "--entrypoint sh" in c][0]
     assert "ner11/pgclient:ref" in dump and "-Fd -Z zstd:1 -j 2" in dump and "--network container:pg1" in dump
     assert any(c.startswith("docker image inspect --format {{.Id}} ner11/pgclient:ref") for c in lines)
     assert not any("pg_dump --version" in c for c in lines)  # the server's pg_dump 15 did not make this dump
     manifest = made["manifest"]
     assert manifest["compression"] == "zstd:1" and manifest["client_image"] == "ner11/pgclient:ref"
     assert manifest["pg_dump_version"] == "pg_dump (PostgreSQL) 17.6 (Debian 17.6-1)"
-    listed = [c for c in lines if "--entrypoint pg_restore" in c and "--list" in c][0]
-    assert "ner11/pgclient:ref" in listed
+    assert [t.split()[0] for t in server.sidecar_tools] == ["pg_dumpall", "pg_dump", "pg_restore"]  # the listing ran in it
     # restore: pg_restore of the client image in a sidecar, no --exit-on-error, strict on the errors
     known = (
         'pg_restore: error: could not execute query: ERROR:  unrecognized configuration parameter "transaction_timeout"\n'
