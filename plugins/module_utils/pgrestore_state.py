@@ -28,6 +28,14 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import LO
 #     a horizon ``h`` (the oldest transaction still running when the fingerprint was
 #     taken). INSERT and UPDATE always write row versions with a new xmin; DELETE
 #     lowers the count. Both are exact for committed data, with no delay.
+#     "xmin at or after h" is the circular comparison ((xmin - h) mod 2^32) < 2^31 of the
+#     32-bit ids. It is computed as ``age(xmin) BETWEEN age(h) - (2^31 - 1) AND age(h)``:
+#     both ages count back from the same transaction id (age() is stable within the
+#     statement), which makes it the same test for every normal xid (see
+#     ``newer_than_horizon``), but two int4 compares per row instead of turning every xmin
+#     into text and then a bigint (issue 16); age(h) is computed once per fingerprint.
+#     Non-normal ids (a frozen id written by a pre-9.4 server, bootstrap rows) are
+#     "infinitely old" to age() and never count as newer.
 #   * per sequence: last_value and is_called.
 #   * tables added or dropped change the set of relations.
 # The schema ner11_ops (the restore log itself) is left out. When more than 2^31
@@ -57,26 +65,42 @@ def fingerprint_sql(horizon=None, tables=None):
             "c.relkind IN ('r', 'p', 'm', 'S', 'v') AND n.nspname NOT IN ('pg_catalog', 'information_schema', '%s') "
             "AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'" % LOG_SCHEMA
         )
-    count = (
-        "SELECT count(*)::text || '/' || (count(*) FILTER (WHERE ((xmin::text::bigint - %%s + %d) %%%% %d) < %d))::text "
-        "AS c FROM ONLY %%I.%%I" % (_XID_SPACE, _XID_SPACE, _XID_HALF)
-    )
+    count = "SELECT count(*)::text || '/' || (count(*) FILTER (WHERE age(xmin) BETWEEN %s AND %s))::text AS c FROM ONLY %I.%I"
     data = (
         "CASE WHEN c.relkind IN ('r', 'm') AND c.relispopulated THEN (xpath('/row/c/text()', query_to_xml(format(%s, "
-        "hz.h %% %d, n.nspname, c.relname), false, true, '')))[1]::text "
+        "hz.a::bigint - %d, hz.a, n.nspname, c.relname), false, true, '')))[1]::text "
         "WHEN c.relkind = 'S' THEN (xpath('/row/c/text()', query_to_xml(format("
         "'SELECT last_value::text || ''/'' || is_called::text AS c FROM %%I.%%I', n.nspname, c.relname), "
-        "false, true, '')))[1]::text ELSE '' END" % (quote_literal(count), _XID_SPACE)
+        "false, true, '')))[1]::text ELSE '' END" % (quote_literal(count), _XID_HALF - 1)
     )
     return (
-        "WITH hz AS (SELECT %s AS h) SELECT json_build_object('v', %d, 'h', hz.h, "
+        "WITH h0 AS (SELECT %s AS h), hz AS (SELECT h, age((h %% %d)::text::xid) AS a FROM h0) "
+        "SELECT json_build_object('v', %d, 'h', hz.h, "
         "'next', txid_snapshot_xmax(txid_current_snapshot()), "
         "'db_oid', (SELECT oid FROM pg_database WHERE datname = current_database()), "
         "'rels', coalesce((SELECT json_object_agg(n.nspname || '.' || c.relname, json_build_array(c.relkind::text, "
         "c.oid, pg_relation_filenode(c.oid), c.xmin::text, %s) ORDER BY n.nspname, c.relname) "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE %s), '{}'::json))::text FROM hz"
-        % (h, FINGERPRINT_VERSION, data, scope)
+        % (h, _XID_SPACE, FINGERPRINT_VERSION, data, scope)
     )
+
+
+def newer_than_horizon(xmin, horizon, now):
+    """The fingerprint's per-row test, in Python: the SQL's age() form (see the comment above).
+
+    ``xmin``, ``horizon``, ``now``: 32-bit transaction ids, ``now`` at most 2^31 - 1 after
+    ``horizon`` (otherwise ``fingerprint_diff`` reports too many transactions). Equal to
+    ``((xmin - horizon) % 2^32) < 2^31`` for every normal xid (tests/unit/test_pgrestore.py).
+    """
+
+    def age(xid):
+        if xid < 3:  # not a normal xid: age() says "infinitely old"
+            return _XID_HALF - 1
+        diff = (now - xid) % _XID_SPACE
+        return diff - _XID_SPACE if diff >= _XID_HALF else diff  # int4, as age() returns it
+
+    a = age(horizon)
+    return a - (_XID_HALF - 1) <= age(xmin) <= a
 
 
 def fingerprint_diff(recorded, current, since="the restore", data_only=False):

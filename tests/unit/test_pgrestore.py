@@ -100,6 +100,38 @@ def test_fingerprint_sql_scopes_and_horizon():
     assert fpr.parse_fingerprint("not json") is None and fpr.parse_fingerprint('{"v": 1}') == {"v": 1}
 
 
+def test_fingerprint_sql_counts_newer_rows_with_age_once_per_row():
+    sql = fpr.fingerprint_sql(1234)
+    assert "age((h % 4294967296)::text::xid) AS a" in sql and "hz.a::bigint - 2147483647, hz.a" in sql
+    assert "age(xmin) BETWEEN %s AND %s" in sql and "xmin::text::bigint" not in sql
+
+
+def test_the_age_test_equals_the_circular_xid_comparison():
+    """The per-row test of the fingerprint is the circular one it replaced (issue 16), for every normal xid."""
+    import random
+
+    space, half = 2**32, 2**31
+    rng = random.Random(16)
+    cases = []
+    for _ in range(20000):
+        now = rng.randrange(3, space)
+        horizon = (now - rng.randrange(0, half)) % space  # at most 2^31 - 1 back (else: "too many transactions")
+        xmin = rng.randrange(3, space)
+        cases.append((xmin, horizon, now))
+    for now in (3, 1000, half, space - 1):  # the edges: at and around the horizon, across the wrap
+        for horizon in {(now - d) % space for d in (0, 1, half - 1)}:
+            for d in (0, 1, -1, half - 1, half, -half, half + 1):
+                cases.append(((horizon + d) % space, horizon, now))
+    checked = 0
+    for xmin, horizon, now in cases:
+        if min(xmin, horizon, now) < 3:
+            continue  # not normal xids
+        checked += 1
+        assert fpr.newer_than_horizon(xmin, horizon, now) == (((xmin - horizon) % space) < half), (xmin, horizon, now)
+    assert checked > 20000
+    assert fpr.newer_than_horizon(2, 10, 20) is False  # a frozen id is never newer
+
+
 def test_a_later_applied_backup_refuses_unless_forced():
     applied = {"backup_id": "ner11_db-20261130T020000Z", "sha256": "x", "scope": "full", "applied_at": T0 + 90000}
     applied["source_created_at"] = T0 + 86400
