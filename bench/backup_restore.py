@@ -7,8 +7,9 @@ A. ``ner11.ops.pg_backup`` with its defaults (directory, ``-j2``, ``gzip:1``, si
 Z. ``ner11.ops.pg_backup`` with ``compression: zstd:1`` (pg_dump 17 of ner11/pgclient in the sidecar).
 B. the runbooks' dump (c.3): ``docker exec <db> pg_dump -U postgres ner11_db | gzip > f.sql.gz``.
 C. ``community.postgresql.postgresql_db state=dump target=f.sql.gz`` (host pg_dump over TCP).
-E. raw: EXACTLY the ``docker run ... pg_dump -Fd -Z 1 -j 2`` line pg_backup runs for A (built by the
-   module's own ``PgBackup.dump_command``: same image, sidecar, passfile, flags), without the module.
+E. raw: EXACTLY the ``docker run ... pg_dump -Fd -Z 1 -j 2`` sidecar whose pg_dump pg_backup runs for A
+   (built by the module's own ``PgBackup.dump_command``: same image, sidecar, passfile, flags), without
+   the module; A runs that pg_dump with globals and ``pg_restore --list`` in one sidecar.
 EZ. raw: the same for Z (``-Z zstd:1``, the client image).
 
 Restore methods (each into a new empty database, dropped afterwards):

@@ -123,8 +123,8 @@ def db_image(stack):
 def sidecar(stack, workdir, tool, args, mounts):
     """A shell line running ``tool`` of the DB image in the DB container's network namespace.
 
-    Exactly how pg_backup runs its directory dump (plugins/module_utils/pgbackup.py
-    ``dump_command``): ``docker run --rm --network container:<db> --user <uid>:<gid>``, the
+    Exactly how pg_backup's raw pg_dump sidecar is built (plugins/module_utils/pgbackup.py
+    ``dump_command``; the module runs that pg_dump inside its one sidecar, ``sidecar_command``): ``docker run --rm --network container:<db> --user <uid>:<gid>``, the
     password in a read-only 0600 passfile, ``-h 127.0.0.1``.
     """
     passfile = os.path.join(workdir, "pgpass")

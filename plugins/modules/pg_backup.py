@@ -15,9 +15,10 @@ description:
     verifies the result (C(pg_restore --list) entry count or a full decompression test, sha256 of
     every file, size), writes the manifest and renames the backup into place. A failed or killed
     dump never leaves a visible backup (G58).
-  - With O(format=directory) in container mode C(pg_dump -Fd -j N) runs in a short-lived sidecar
-    container of the database container's image, in its network namespace, with the password in a
-    read-only 0600 passfile. O(format=custom) and O(format=plain) stream from C(docker exec) over the
+  - With O(format=directory) in container mode C(pg_dumpall --globals-only), C(pg_dump -Fd -j N) and
+    C(pg_restore --list) run in ONE short-lived sidecar container of the database container's image,
+    in its network namespace, with the password in a read-only 0600 passfile; the error names the
+    step that failed. O(format=custom) and O(format=plain) stream from C(docker exec) over the
     local socket (no password needed).
   - Idempotent per calendar period; O(period=manual) always creates a backup.
   - Checks free space before dumping (C(pg_database_size) x O(space_factor), G69).
@@ -199,7 +200,7 @@ steps:
   description:
     - The steps this run took, in order, each with its wall time in seconds (C(step), C(s)); a backup made
       lists every safety step (row counts, C(pg_restore --list) or decompression test, sha256, publish with
-      re-check and fsync).
+      a re-check of names and sizes, and fsync).
   returned: always
   type: list
   elements: dict
