@@ -306,7 +306,9 @@ def _pids_with(needle):
                 cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if needle in cmdline and cmdline.startswith("pg_dump"):
+        # pg_dump itself (and its -j workers), not pg_dumpall, which writes globals.sql into the
+        # same partial first in the one backup sidecar.
+        if needle in cmdline and cmdline.split(" ", 1)[0] == "pg_dump":
             out.append(int(pid))
     return out
 

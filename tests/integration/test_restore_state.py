@@ -17,6 +17,8 @@ from conftest import Stack, docker, run_playbook, unique_project
 from test_restore import DB, counts, raw_backup, restore
 from test_restore_playbook import post_ner
 
+from ansible_collections.ner11.ops.plugins.module_utils import pgrestore_state as fpr
+
 
 @pytest.fixture(scope="module")
 def stack():
@@ -82,6 +84,30 @@ def test_any_write_since_the_restore_makes_the_confirmed_restore_run_again(stack
     # force always restores, even with nothing written.
     forced = restore(stack, tmp_path, force=True, **args)
     assert forced["changed"] is True and forced["restored"] is True and "(forced)" in forced["reason"]
+
+
+def test_the_fingerprint_counts_newer_rows_as_the_circular_xid_comparison_did(stack):
+    """The age() filter of fingerprint_sql (issue 16) gives the numbers of the filter it replaced, on a real server."""
+    stack.psql("DROP TABLE IF EXISTS it_age_check")
+    horizons = [int(stack.psql("SELECT txid_current()"))]
+    stack.psql("CREATE TABLE it_age_check (id int); INSERT INTO it_age_check SELECT generate_series(1, 5)")
+    horizons.append(int(stack.psql("SELECT txid_current()")))
+    stack.psql("INSERT INTO it_age_check SELECT generate_series(6, 8)")
+    stack.psql("UPDATE it_age_check SET id = id WHERE id = 1")
+    horizons.append(int(stack.psql("SELECT txid_current()")))
+    try:
+        got = []
+        for h in horizons:
+            old = stack.psql(
+                "SELECT count(*) FILTER (WHERE ((xmin::text::bigint - %d + 4294967296) %% 4294967296) < 2147483648) "
+                "FROM it_age_check" % (h % 4294967296)
+            )
+            fingerprint = json.loads(stack.psql(fpr.fingerprint_sql(h, ["public.it_age_check"])))
+            got.append(fingerprint["rels"]["public.it_age_check"][4])
+            assert got[-1] == "8/%s" % old, (h, got[-1], old)
+        assert got == ["8/8", "8/4", "8/0"]  # all rows; the 3 inserted and the 1 updated after h2; none after h3
+    finally:
+        stack.psql("DROP TABLE IF EXISTS it_age_check")
 
 
 def crash_postgres(stack):
