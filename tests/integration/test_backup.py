@@ -71,6 +71,12 @@ def test_four_steps_manifest_modes_and_no_secret(db, tmp_path):
     first = run_module("ner11.ops.pg_backup", args(db, bdir))
     assert first["changed"] is True and not first.get("failed"), first.get("msg")
     assert first["backup_id"] == check["plan"]["backup_id"] or first["backup_id"].startswith("ner11_db-")
+    # one sidecar ran globals, the dump and the listing; each step is timed from the script's marks
+    steps = [s["step"] for s in first["steps"]]
+    assert [c for c in first["executed_commands"] if " run " in c and "--entrypoint" in c] == first["plan"]["commands"]
+    for step in ("sidecar start", "pg_dumpall --globals-only", "pg_dump", "pg_restore --list", "sha256 of every file"):
+        assert step in steps, steps
+    assert "pg_dump --version" not in steps and steps[-1].startswith("publish: names and sizes")
 
     again_check = run_module("ner11.ops.pg_backup", args(db, bdir), check=True)
     assert again_check["changed"] is False and again_check["backup_id"] == first["backup_id"]
