@@ -113,7 +113,7 @@ def test_the_age_test_equals_the_circular_xid_comparison():
     space, half = 2**32, 2**31
     rng = random.Random(16)
     cases = []
-    for _ in range(20000):
+    for _attempt in range(20000):
         now = rng.randrange(3, space)
         horizon = (now - rng.randrange(0, half)) % space  # at most 2^31 - 1 back (else: "too many transactions")
         xmin = rng.randrange(3, space)
