@@ -260,7 +260,7 @@ def unmount(path, tries=20):
     A busy mount is retried for a few seconds, then detached lazily, so no test leaves a mount
     behind on the machine (pytest could not remove its temporary directory otherwise).
     """
-    for _ in range(tries):
+    for _attempt in range(tries):
         if subprocess.run(["umount", path], capture_output=True, check=False).returncode == 0:
             return
         if subprocess.run(["mountpoint", "-q", path], check=False).returncode != 0:
