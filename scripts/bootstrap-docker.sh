@@ -4,6 +4,8 @@
 # - `docker info` already works            -> nothing to do.
 # - Debian/Ubuntu as root, engine missing  -> apt-get install docker.io (+ debootstrap
 #                                             for the base image) and start dockerd.
+#   Also iproute2 and iptables when `ip` / `iptables` are missing: the multi-host test fleet
+#   (scripts/fleet.sh) creates bridges and removes its firewall rules with them.
 # - anything else                          -> stop with what the user must do.
 set -euo pipefail
 
@@ -11,6 +13,10 @@ log() { printf 'bootstrap-docker: %s\n' "$*" >&2; }
 
 need_pkgs=()
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+# sbin is not on every root PATH (su without -); look there too.
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+have ip || need_pkgs+=(iproute2)
+have iptables || need_pkgs+=(iptables)
 
 engine_ok() { timeout 20 docker info >/dev/null 2>&1; }
 
@@ -26,7 +32,7 @@ if [ "$(id -u)" != 0 ] || [ ! -r /etc/os-release ] || ! grep -qiE '^(ID|ID_LIKE)
     log "'docker info' work for this user, then re-run 'make images'."
     exit 1
   fi
-  log "docker answers but debootstrap is missing: install it (apt-get install debootstrap)"
+  log "docker answers but ${need_pkgs[*]} is missing: install it (apt-get install ${need_pkgs[*]})"
   exit 1
 fi
 

@@ -11,6 +11,10 @@
 #   fleet.sh down NAME:N            remove its containers and networks, stop it, remove its
 #                                   iptables rules, bridge and data (the machine as found)
 #   fleet.sh address N              the host address of engine N (its bridge address)
+#   fleet.sh prune PREFIX AGE_S     `down` every engine whose name starts with PREFIX and whose
+#                                   owner process (NER11_FLEET_OWNER at `up`, else the caller)
+#                                   is gone or that is older than AGE_S seconds: the leftovers of
+#                                   runs that were killed before their teardown
 #
 # Images move the way a fleet without a registry gets them: docker save | docker load.
 # Needs root and a running default engine (scripts/bootstrap-docker.sh).
@@ -36,6 +40,9 @@ up() {
   split "$1"
   shift
   mkdir -p "$BASE/$name" "$RUN"
+  # What prune needs to tear it down later: its number and the process that owns it.
+  echo "$n" >"$BASE/$name/n"
+  echo "${NER11_FLEET_OWNER:-$PPID}" >"$BASE/$name/owner"
   if ! ip link show "$bridge" >/dev/null 2>&1; then
     ip link add "$bridge" type bridge
     ip addr add "$address/24" dev "$bridge"
@@ -98,12 +105,37 @@ down() {
     ip link set "$bridge" down
     ip link del "$bridge"
   fi
+  # An engine killed with -9 (the end of a session) leaves its mounts behind: unmount them first.
+  for root in "$BASE/$name" "$RUN/$name"; do
+    { awk -v r="$root/" 'index($2, r) == 1 { print $2 }' /proc/mounts || true; } | sort -r |
+      while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done
+  done
   rm -rf --one-file-system "${BASE:?}/$name" "${RUN:?}/$name" "$RUN/$name.pid" "$sock"
   if ! ls "$RUN"/*.sock >/dev/null 2>&1; then # the last engine: no trace of the fleet left
     rm -f "$RUN/.start.lock"
     rmdir "$RUN" "$BASE" 2>/dev/null || true
   fi
   log "$name: removed"
+}
+
+prune() {
+  local prefix=$1 age=$2 dir host num owner born
+  [[ "$prefix" =~ ^[a-z][a-z0-9-]{0,20}$ ]] || { log "bad prefix '$prefix'"; exit 2; }
+  [[ "$age" =~ ^[0-9]+$ ]] || { log "bad age '$age' (seconds)"; exit 2; }
+  [ -d "$BASE" ] || return 0
+  for dir in "$BASE/$prefix"*/; do
+    [ -d "$dir" ] || continue
+    host=$(basename "$dir")
+    num=$(cat "$dir/n" 2>/dev/null || true)
+    owner=$(cat "$dir/owner" 2>/dev/null || true)
+    born=$(stat -c %Y "$dir" 2>/dev/null || echo 0)
+    [[ "$num" =~ ^[0-9]+$ ]] || { log "$host: no engine number recorded; remove $dir by hand"; continue; }
+    if [[ "$owner" =~ ^[0-9]+$ ]] && kill -0 "$owner" 2>/dev/null && [ $(($(date +%s) - born)) -lt "$age" ]; then
+      continue # its run is still going
+    fi
+    log "$host: leftover of an earlier run (owner ${owner:-unknown} gone or older than $age s)"
+    down "$host:$num"
+  done
 }
 
 [ "$(id -u)" = 0 ] || { log "the fleet needs root (it creates bridges and engines)"; exit 1; }
@@ -113,5 +145,6 @@ case "$cmd" in
   up) [ $# -ge 1 ] || { log "usage: fleet.sh up NAME:N [IMAGE...]"; exit 2; }; up "$@" ;;
   down) [ $# -ge 1 ] || { log "usage: fleet.sh down NAME:N..."; exit 2; }; for h in "$@"; do down "$h"; done ;;
   address) split "x:${1:-}"; echo "$address" ;;
-  *) log "usage: fleet.sh up NAME:N [IMAGE...] | down NAME:N... | address N"; exit 2 ;;
+  prune) [ $# -eq 2 ] || { log "usage: fleet.sh prune PREFIX AGE_S"; exit 2; }; prune "$@" ;;
+  *) log "usage: fleet.sh up NAME:N [IMAGE...] | down NAME:N... | address N | prune PREFIX AGE_S"; exit 2 ;;
 esac
