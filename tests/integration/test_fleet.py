@@ -5,24 +5,36 @@ inventory host with a local connection whose Python runs with DOCKER_HOST set to
 own engine, so every module, community.docker call and `docker` command of the host talks
 only to its engine - as on separate machines, where each host's default socket is its own.
 Each engine publishes on its own bridge address; hosts reach each other there. Teardown
-(scripts/fleet.sh down) removes the engines, bridges and rules even when a test fails.
+(scripts/fleet.sh down) removes the engines, bridges and rules even when a test fails, and the
+fixture first removes what killed earlier runs left (scripts/fleet.sh prune, this file's prefix).
+
+The scenarios share the fleet, in file order: deploy, startup after a full stop (no container
+re-created), health, balancing with one api host down, backup per host, restore with the writers
+of every host stopped first, a rolling restart of the api hosts with a probe loop through the
+frontend, and a roll that stops at the first api host whose gate fails (max_fail_percentage).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 
 import pytest
-from conftest import BIN, ROOT, free_port, run_playbook, unique_project, wait_http
+from conftest import BIN, ROOT, free_port, run_playbook, wait_http
 
 FLEET = os.path.join(ROOT, "scripts", "fleet.sh")
+# Engine names of this file start with it: prune removes only this file's leftovers.
+PREFIX = "itf"
+# An engine of this prefix older than this (or whose owning pytest is gone) is a leftover.
+LEFTOVER_AGE_S = 3600
 HOSTS = (
     # inventory host, group, service, image
     ("db", "ner11_db", "postgres", "ner11/postgres:ref"),
@@ -30,14 +42,20 @@ HOSTS = (
     ("api2", "ner11_api", "api", "ner11/ner-api:ref"),
     ("web", "ner11_frontend", "frontend", "ner11/frontend:ref"),
 )
+STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
+DB = "ner11_db"
 
-# Opt-in until its duration on a quiet CI machine is measured (the CI budget is nearly spent):
-# NER11_FLEET_TESTS=1 make integration, or run this file alone.
+
+def _tool(name):
+    return shutil.which(name) or next((p for p in ("/usr/sbin/" + name, "/sbin/" + name) if os.path.exists(p)), None)
+
+
+_MISSING = [t for t in ("dockerd", "ip", "iptables", "flock") if _tool(t) is None]
+# Runs in CI. Skipped only where a fleet cannot exist: not root, or a tool it needs is missing
+# (scripts/bootstrap-docker.sh installs them on Debian).
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the fleet needs root (bridges and engines)"),
-    pytest.mark.skipif(
-        os.environ.get("NER11_FLEET_TESTS") != "1", reason="multi-host fleet tests are opt-in: set NER11_FLEET_TESTS=1"
-    ),
+    pytest.mark.skipif(bool(_MISSING), reason="the fleet needs %s (make docker installs them)" % ", ".join(_MISSING)),
 ]
 
 
@@ -53,20 +71,20 @@ def _free_engine_numbers(count):
 
 class Fleet:
     def __init__(self, tmp):
-        self.project = unique_project("itf")
+        tag = uuid.uuid4().hex[:6]
+        self.project = "itf" + tag
         self.tmp = tmp
         numbers = _free_engine_numbers(len(HOSTS))
-        tag = self.project[-6:]
         self.hosts = {}
         for (host, group, service, image), n in zip(HOSTS, numbers, strict=True):
             self.hosts[host] = {
                 "group": group,
                 "service": service,
                 "image": image,
-                "engine": "f%s-%s" % (tag, host),
+                "engine": "%s%s-%s" % (PREFIX, tag, host),
                 "n": n,
                 "address": "10.231.%d.1" % n,
-                "sock": "unix:///run/ner11-fleet/f%s-%s.sock" % (tag, host),
+                "sock": "unix:///run/ner11-fleet/%s%s-%s.sock" % (PREFIX, tag, host),
             }
         self.ports = {"postgres": free_port(), "api": free_port(), "frontend": free_port()}
         self.password = "it-" + uuid.uuid4().hex
@@ -76,10 +94,23 @@ class Fleet:
         h = self.hosts[host]
         return "%s:%d" % (h["engine"], h["n"])
 
+    @staticmethod
+    def prune():
+        """Tear down this file's engines that killed earlier runs left (their owner is gone)."""
+        proc = subprocess.run(  # noqa: S603 - the project's own script
+            ["bash", FLEET, "prune", PREFIX, str(LEFTOVER_AGE_S)], capture_output=True, text=True, timeout=600, check=False
+        )
+        assert proc.returncode == 0, "fleet.sh prune failed: %s" % proc.stderr[-2000:]
+
     def up(self):
+        env = dict(os.environ, NER11_FLEET_OWNER=str(os.getpid()))
         procs = [
             subprocess.Popen(  # noqa: S603 - the project's own script
-                ["bash", FLEET, "up", self.spec(host), h["image"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                ["bash", FLEET, "up", self.spec(host), h["image"]],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
             )
             for host, h in self.hosts.items()
         ]
@@ -118,6 +149,7 @@ class Fleet:
                 "ansible_python_interpreter": wrapper,
                 "ner11_address": h["address"],
                 "ner11_backup_dir": os.path.join(self.tmp, "backups", host),
+                "ner11_backup_metrics_dir": os.path.join(self.tmp, "metrics", host),
                 "ner11_stack": {
                     "project": self.project,
                     "labels": {"io.ner11.test": "1"},
@@ -135,10 +167,17 @@ class Fleet:
                 },
                 "ner11_db_password": self.password,
             }
-            with open(os.path.join(self.inventory, "host_vars", "%s.json" % host), "w") as fh:
-                json.dump(host_vars, fh)
+            self.write_host_vars(host, host_vars)
         with open(os.path.join(self.inventory, "hosts.json"), "w") as fh:
             json.dump({"all": {"children": {"ner11": {"children": groups}}}}, fh)
+
+    def host_vars(self, host):
+        with open(os.path.join(self.inventory, "host_vars", "%s.json" % host)) as fh:
+            return json.load(fh)
+
+    def write_host_vars(self, host, host_vars):
+        with open(os.path.join(self.inventory, "host_vars", "%s.json" % host), "w") as fh:
+            json.dump(host_vars, fh)
 
     def engine(self, host, *args, check=True):
         proc = subprocess.run(  # noqa: S603
@@ -160,12 +199,49 @@ class Fleet:
     def container(self, service):
         return "%s-%s-1" % (self.project, service)
 
+    def state(self, host):
+        """(container id, StartedAt) of the host's service container on its own engine."""
+        out = self.engine(host, "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", self.container(self.hosts[host]["service"]))
+        cid, started = out.split()
+        return cid, started
+
+    def states(self):
+        return {h: self.state(h) for h in self.hosts}
+
+    def psql(self, sql):
+        return self.engine(
+            "db", "exec", "-u", "postgres", self.container("postgres"), "psql", "-X", "-At", "-d", DB, "-c", sql
+        ).strip()
+
     def url(self, host, path=""):
         service = self.hosts[host]["service"]
         return "http://%s:%d%s" % (self.hosts[host]["address"], self.ports[service], path)
 
     def play(self, playbook, extra=None, check=False, limit=None):
-        return run_playbook(playbook, extra_vars=extra, check=check, inventory=self.inventory, limit=limit, timeout=1800)
+        return run_playbook(
+            playbook, extra_vars=extra, check=check, inventory=self.inventory, limit=limit, env=STATS, timeout=1800
+        )
+
+
+def _explain(result):
+    """The failed tasks of every host, and the end of the output."""
+    failed = []
+    for play in result.data.get("plays", []):
+        for task in play.get("tasks", []):
+            for host, res in task.get("hosts", {}).items():
+                if res.get("failed") and not res.get("ignore_errors"):
+                    failed.append((host, task["task"]["name"], res.get("msg")))
+    return "rc=%s failed=%s stderr=%s stdout=%s" % (result.rc, failed, result.stderr[-1500:], result.stdout[-1500:])
+
+
+def _global_stat(result, key):
+    stats = result.custom_stats
+    if key in stats:
+        return stats[key]
+    for value in stats.values():
+        if isinstance(value, dict) and key in value:
+            return value[key]
+    raise AssertionError("no set_stats %s in %s" % (key, sorted(stats)))
 
 
 def _interrupt(signum, frame):
@@ -178,6 +254,7 @@ def fleet(tmp_path_factory):
     # A CI timeout sends SIGTERM: turn it into an interrupt so the teardown below still runs.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        fleet.prune()
         fleet.up()
         fleet.write_inventory()
         yield fleet
@@ -228,9 +305,33 @@ def probe(url, count, rate_hz, deadline_s):
     return failures
 
 
+class Prober(threading.Thread):
+    """GETs ``url`` at ``rate_hz`` until stopped, at most ``count`` times and ``deadline_s`` seconds."""
+
+    def __init__(self, url, rate_hz=5, count=3000, deadline_s=600):
+        super().__init__(daemon=True)
+        self.url, self.rate_hz, self.count, self.deadline_s = url, rate_hz, count, deadline_s
+        self.stop = threading.Event()
+        self.sent = 0
+        self.failures = []
+
+    def run(self):
+        end = time.monotonic() + self.deadline_s
+        while not self.stop.is_set() and self.sent < self.count and time.monotonic() < end:
+            t0 = time.monotonic()
+            self.sent += 1
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:  # noqa: S310 - the fleet's own address
+                    if not 200 <= resp.status < 300:
+                        self.failures.append((self.sent, resp.status))
+            except (urllib.error.URLError, OSError) as exc:
+                self.failures.append((self.sent, str(exc)))
+            self.stop.wait(max(0.0, 1.0 / self.rate_hz - (time.monotonic() - t0)))
+
+
 def test_deploy_puts_each_service_on_its_own_engine(fleet):
     first = fleet.play("playbooks/deploy.yml")
-    assert first.rc == 0, first.explain() + first.stdout[-3000:]
+    assert first.rc == 0, _explain(first)
     for host, h in fleet.hosts.items():
         assert fleet.containers(host) == [fleet.container(h["service"])], host
         assert first.changed(host) > 0, host
@@ -246,19 +347,23 @@ def test_deploy_puts_each_service_on_its_own_engine(fleet):
     assert upstreams in web_env
 
     again = fleet.play("playbooks/deploy.yml")
-    assert again.rc == 0, again.explain()
+    assert again.rc == 0, _explain(again)
     assert {h: again.changed(h) for h in fleet.hosts} == {h: 0 for h in fleet.hosts}, again.changed_tasks("web")
 
 
 def test_startup_orders_across_hosts(fleet):
+    before = {h: fleet.state(h)[0] for h in fleet.hosts}
     for host in ("web", "api2", "api1", "db"):
         fleet.engine(host, "stop", "-t", "20", fleet.container(fleet.hosts[host]["service"]))
     check = fleet.play("playbooks/startup.yml", check=True)
-    assert check.rc == 0, check.explain()
+    assert check.rc == 0, _explain(check)
     assert all(fleet.engine(h, "ps", "-q") == "" for h in fleet.hosts), "check mode started a container"
 
     run = fleet.play("playbooks/startup.yml")
-    assert run.rc == 0, run.explain() + run.stdout[-3000:]
+    assert run.rc == 0, _explain(run)
+    # Started, never re-created: every container keeps its id (and with it its ports, labels,
+    # network and environment).
+    assert {h: fleet.state(h)[0] for h in fleet.hosts} == before
     db_gate = _window(run, "db", "Wait until healthy: postgres")
     api_starts = [_window(run, h, "Start the container: api") for h in ("api1", "api2")]
     api_gates = [_window(run, h, "Wait until healthy: api") for h in ("api1", "api2")]
@@ -273,13 +378,13 @@ def test_startup_orders_across_hosts(fleet):
         assert "api:db" in gate["checks"] and not any(c.startswith("db:") for c in gate["checks"]), gate["checks"]
 
     again = fleet.play("playbooks/startup.yml")
-    assert again.rc == 0, again.explain()
+    assert again.rc == 0, _explain(again)
     assert {h: again.changed(h) for h in fleet.hosts} == {h: 0 for h in fleet.hosts}
 
 
 def test_health_per_host(fleet):
     run = fleet.play("playbooks/health.yml")
-    assert run.rc == 0, run.explain() + run.stdout[-3000:]
+    assert run.rc == 0, _explain(run)
     checks = {h: run.task("Check the stack", host=h)["checks"] for h in fleet.hosts}
     assert checks["db"]["db:connect"]["status"] == "pass"
     assert not any(c.startswith(("api:", "frontend:")) for c in checks["db"])
@@ -310,4 +415,116 @@ def test_frontend_balances_over_api_hosts_and_survives_one_down(fleet):
         assert failures == [], failures
     finally:
         fleet.engine("api1", "start", fleet.container("api"))
+    wait_http(fleet.url("api1", "/health"), deadline_s=90)
+
+
+def _catalog(fleet, host, kind):
+    path = os.path.join(fleet.tmp, "backups", host, kind)
+    return sorted(n for n in os.listdir(path) if not n.startswith(".")) if os.path.isdir(path) else []
+
+
+def test_backup_each_host_backs_up_what_it_runs(fleet):
+    run = fleet.play("playbooks/backup.yml")
+    assert run.rc == 0, _explain(run)
+    # ner11_db:ner11_api: the frontend host has nothing of its own to back up here.
+    assert sorted(h for h in run.stats if run.stats[h].get("ok")) == ["api1", "api2", "db"], sorted(run.stats)
+    ids = _global_stat(run, "ner11_backup")
+    assert set(ids) == {"db", "api1", "api2"}, ids
+    # The database on the database host, the models on each api host: each in its own catalog.
+    assert "db" in ids["db"] and "models" not in ids["db"], ids["db"]
+    assert _catalog(fleet, "db", "database") and not _catalog(fleet, "db", "models")
+    for h in ("api1", "api2"):
+        assert "models" in ids[h] and "db" not in ids[h], ids[h]
+        assert _catalog(fleet, h, "models") and not _catalog(fleet, h, "database"), h
+    assert not os.path.exists(os.path.join(fleet.tmp, "backups", "web"))
+    fleet.db_backup = ids["db"]["db"]
+
+
+def _post_ner(url, text):
+    req = urllib.request.Request(
+        url, data=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the fleet's own address
+        assert resp.status == 200
+
+
+def test_restore_stops_the_writers_of_every_host_first(fleet):
+    backup = getattr(fleet, "db_backup", None)
+    if backup is None:
+        pytest.skip("the backup test did not leave a database backup")
+    _post_ner(fleet.url("api2", "/api/v1/ner"), "Siemens SIMATIC S7-1500 hit by Industroyer2 at the FleetSeeded plant")
+    seeded = "SELECT count(*) FROM ner_documents WHERE text LIKE '%FleetSeeded%'"
+    assert fleet.psql(seeded) == "1"
+    before = fleet.states()
+
+    run = fleet.play("playbooks/restore.yml", {"ner11_confirm": DB, "ner11_backup_id": backup, "ner11_force": True})
+    assert run.rc == 0, _explain(run)
+    assert fleet.psql(seeded) == "0"
+    summary = _global_stat(run, "ner11_restore")["db"]
+    assert summary["restored"] is True and summary["backup_id"] == backup, summary
+    after = fleet.states()
+    # The writers of EVERY host were stopped and started again; the database container stayed.
+    assert after["db"] == before["db"]
+    for h in ("api1", "api2", "web"):
+        assert after[h][0] == before[h][0] and after[h][1] != before[h][1], (h, before[h], after[h])
+
+    # Frontends stop, then apis (every host), then the database is replaced, then apis start
+    # (each behind its gate), then the frontends.
+    web_stop = _window(run, "web", "Stop the container: frontend")
+    api_stops = [_window(run, h, "Stop the container: api") for h in ("api1", "api2")]
+    restore = _window(run, "db", "Restore the database")
+    api_starts = [_window(run, h, "Start the container: api") for h in ("api1", "api2")]
+    api_gates = [_window(run, h, "Wait until healthy: api") for h in ("api1", "api2")]
+    web_start = _window(run, "web", "Start the container: frontend")
+    assert all(web_stop[1] <= stop[0] for stop in api_stops), (web_stop, api_stops)
+    assert all(stop[1] <= restore[0] for stop in api_stops), (api_stops, restore)
+    assert all(restore[1] <= start[0] for start in api_starts), (restore, api_starts)
+    assert all(gate[1] <= web_start[0] for gate in api_gates), (api_gates, web_start)
+    wait_http(fleet.url("web", "/api/v1/db/health"), deadline_s=60)
+
+
+def test_rolling_restart_of_the_api_hosts_serves_every_request(fleet):
+    url = fleet.url("web", "/api/v1/db/health")
+    wait_http(url, deadline_s=60)
+    before = fleet.states()
+    prober = Prober(url, rate_hz=5, count=3000, deadline_s=600)
+    prober.start()
+    try:
+        time.sleep(2)
+        run = fleet.play("playbooks/service.yml", {"ner11_service": "api", "ner11_action": "restart", "ner11_serial": 1})
+        time.sleep(2)
+    finally:
+        prober.stop.set()
+        prober.join(30)
+    assert run.rc == 0, _explain(run)
+    assert prober.sent >= 50, "the probe sent only %d requests" % prober.sent
+    assert prober.failures == [], "%d of %d requests failed: %s" % (len(prober.failures), prober.sent, prober.failures[:20])
+    after = fleet.states()
+    for h in ("api1", "api2"):
+        assert after[h][0] == before[h][0] and after[h][1] != before[h][1], (h, before[h], after[h])
+    # Only the api hosts: the frontend and the database kept running.
+    assert after["web"] == before["web"] and after["db"] == before["db"]
+    # One host at a time: api1 was back and gated before api2 went down.
+    assert _window(run, "api1", "Wait until healthy: api")[1] <= _window(run, "api2", "Stop the container: api")[0]
+
+
+def test_a_failed_batch_stops_the_roll(fleet):
+    # api1's gate cannot pass: its inventory names a port nothing listens on, with a short deadline.
+    # The container itself starts fine (it is started by name, its real port unchanged).
+    saved = fleet.host_vars("api1")
+    broken = json.loads(json.dumps(saved))
+    broken["ner11_stack"]["services"]["api"].update(ports=[{"host": free_port(), "container": 8000}], start_timeout=5)
+    before = fleet.states()
+    fleet.write_host_vars("api1", broken)
+    try:
+        run = fleet.play("playbooks/service.yml", {"ner11_service": "api", "ner11_action": "restart", "ner11_serial": 1})
+    finally:
+        fleet.write_host_vars("api1", saved)
+    assert run.rc != 0, _explain(run)
+    assert run.failures("api1") > 0, run.stats
+    # max_fail_percentage 0 (the default): the roll stopped, api2 was never touched.
+    assert "api2" not in run.stats or run.stats["api2"].get("ok", 0) == 0, run.stats
+    after = fleet.states()
+    assert after["api2"] == before["api2"]
+    assert after["api1"][1] != before["api1"][1]
     wait_http(fleet.url("api1", "/health"), deadline_s=90)
