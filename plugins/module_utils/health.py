@@ -92,6 +92,7 @@ DEFAULTS = {
     "pool_warn_percent": 80.0,
     "pool_fail_percent": 95.0,
     "latency_warn_ms": 200.0,
+    "latency_samples": LATENCY_SAMPLES,
     "check_timeout": 5.0,
     "wait_for": "none",
     "timeout": 120.0,
@@ -133,6 +134,9 @@ def validate(params):
         if float(p[key]) < 0:
             raise HealthError("%s must not be negative, got %s" % (key, p[key]))
         p[key] = float(p[key])
+    if not 1 <= int(p["latency_samples"]) <= 50:
+        raise HealthError("latency_samples must be a number of requests from 1 to 50, got %s" % p["latency_samples"])
+    p["latency_samples"] = int(p["latency_samples"])
     for key in ("check_timeout", "interval"):
         if not 0 < float(p[key]) <= 3600:
             raise HealthError("%s must be a number of seconds above 0, got %s" % (key, p[key]))
@@ -304,7 +308,7 @@ class HealthChecker:
             return [make_check("api", "latency", "fail", "not measured: the API did not answer (see api:http)", None, "ms")]
         deadline = self.clock() + timeout
         responses = []
-        for _sample in range(LATENCY_SAMPLES):
+        for _sample in range(self.p["latency_samples"]):
             resp = self._get(self.p["api_url"] + "/api/v1/vendor-equipment/", deadline)
             responses.append(resp)
             if resp.error or resp.status != 200:

@@ -96,6 +96,12 @@ options:
     description: C(api:latency) warns when the vendor listing takes this many milliseconds or more.
     type: float
     default: 200
+  latency_samples:
+    description:
+      - Consecutive requests of the vendor listing that C(api:latency) makes; it judges their median, so one
+        slow request does not flip the status. All of them must end within O(check_timeout).
+    type: int
+    default: 3
   check_timeout:
     description: Seconds each check may take; a check that does not finish in time fails.
     type: float
@@ -295,6 +301,7 @@ def main():
         pool_warn_percent=dict(type="float", default=80),
         pool_fail_percent=dict(type="float", default=95),
         latency_warn_ms=dict(type="float", default=200),
+        latency_samples=dict(type="int", default=3),
         check_timeout=dict(type="float", default=5),
         wait_for=dict(type="str", choices=list(WAIT_FOR), default="none"),
         timeout=dict(type="float", default=120),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 
@@ -569,6 +570,8 @@ def test_validate_selects_components_by_inputs():
         ({"wait_for": "ready"}, "wait_for"),
         ({"fail_on": "always"}, "fail_on"),
         ({"timeout": -1}, "timeout"),
+        ({"latency_samples": 0}, "latency_samples must be a number of requests from 1 to 50"),
+        ({"latency_samples": 51}, "latency_samples"),
     ],
 )
 def test_validate_rejects_bad_input_with_the_fix(given, needle):
@@ -856,6 +859,14 @@ def test_latency_is_measured_after_the_other_api_requests(tmp_path):
     assert result["checks"]["api:latency"]["status"] == "pass"
     urls = [u for u, _timeout in api.calls]
     assert urls[-3:] == ["http://api:1/api/v1/vendor-equipment/"] * 3 and urls.count(urls[-1]) == 3
+
+
+def test_latency_samples_sets_how_many_listing_requests_the_median_is_of(tmp_path):
+    api = FakeApi(HEALTHY)
+    result = make_checker(tmp_path, api=api, checks=["api"], modules=[], latency_samples=7).run_once()
+    urls = [u for u, _timeout in api.calls]
+    assert urls.count("http://api:1/api/v1/vendor-equipment/") == 7
+    assert re.search(r"\(median of (\d+/){6}\d+\)$", result["checks"]["api:latency"]["output"])
 
 
 def test_latency_is_not_measured_when_the_api_is_frozen(tmp_path):
