@@ -98,3 +98,25 @@ def test_dr_restore_runs_on_the_database_host_only(tmp_path):
     assert plays(tmp_path, "dr_restore.yml")[0][1] == ["db"]
     # An inventory without the ner11_db group: its ner11 hosts run the whole stack.
     assert plays(tmp_path, "dr_restore.yml", inventory=BARE)[0][1] == ["bare"]
+
+
+# Playbooks whose plays act across hosts (stop the writers of every host, restore on the db
+# host, roll the api hosts) are wrong when AWX slices the inventory: a slice without the db host
+# would restore nothing and a slice with it would not stop the other slices' writers. Only
+# playbooks where each host acts for itself alone may be sliced.
+SLICEABLE = {"playbooks/health.yml"}
+
+
+def test_only_per_host_playbooks_may_be_sliced_in_awx():
+    import yaml
+
+    data = yaml.safe_load(open(os.path.join(ROOT, "awx", "job_templates.yml")))
+    defaults = data["ner11_awx_job_template_defaults"]
+    assert defaults["job_slice_count"] == 1 and not defaults.get("ask_job_slice_count_on_launch")
+    sliceable = set()
+    for template in data["ner11_awx_job_templates"]:
+        merged = dict(defaults, **template)
+        if merged.get("job_slice_count", 1) != 1 or merged.get("ask_job_slice_count_on_launch"):
+            sliceable.add(template["playbook"])
+    assert sliceable <= SLICEABLE, "sliced templates of cross-host playbooks: %s" % sorted(sliceable - SLICEABLE)
+    assert "playbooks/restore.yml" not in sliceable and "playbooks/dr_restore.yml" not in sliceable
