@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import urllib.error
+import urllib.request
 
 from ansible_collections.ner11.ops.plugins.module_utils.health_result import fmt_num as _fmt_num
 from ansible_collections.ner11.ops.plugins.module_utils.health_result import make_check
@@ -51,6 +54,45 @@ class HttpResponse:
 
     def __repr__(self):  # pragma: no cover - debugging aid
         return "HttpResponse(%r, status=%r, error=%r)" % (self.url, self.status, self.error)
+
+
+_OPENER = []
+
+
+def plain_http_get(url, timeout, user_agent="ner11.ops", opener=None):
+    """GET a plain ``http://`` URL with the standard library; never raises.
+
+    ``ansible.module_utils.urls.open_url`` builds a new TLS context (it loads the CA store,
+    about 20 ms of CPU) for every request, even for plain HTTP; with a dozen concurrent
+    checks in one process that cost, serialised by the GIL, was most of a health check's
+    wall time. Plain HTTP needs none of it: one opener (proxies from the environment and
+    redirects as urllib does them, as open_url did) is built once per process. HTTPS
+    stays with open_url (the module decides).
+    """
+    if opener is None:
+        if not _OPENER:
+            _OPENER.append(urllib.request.build_opener())
+        opener = _OPENER[0]
+    started = time.monotonic()
+    if not url.lower().startswith("http://"):
+        return HttpResponse(url, None, b"", {}, 0.0, "not a plain http:// URL", "other")
+    request = urllib.request.Request(url, headers={"User-Agent": user_agent}, method="GET")  # noqa: S310 - http:// only (above)
+    try:
+        resp = opener.open(request, timeout=timeout)
+        try:
+            body = resp.read(MAX_BODY)
+            return HttpResponse(url, resp.getcode(), body, dict(resp.headers), (time.monotonic() - started) * 1000.0)
+        finally:
+            resp.close()
+    except urllib.error.HTTPError as exc:
+        try:
+            body = exc.read(MAX_BODY)
+        except Exception:  # the error body is optional
+            body = b""
+        return HttpResponse(url, exc.code, body, dict(exc.headers or {}), (time.monotonic() - started) * 1000.0)
+    except Exception as exc:  # refused, timeout, reset, bad URL...: reported as the check's output
+        kind, text = classify_error(exc)
+        return HttpResponse(url, None, b"", {}, (time.monotonic() - started) * 1000.0, str(text), kind)
 
 
 def classify_error(exc):

@@ -238,7 +238,6 @@ from urllib.error import HTTPError
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
-from ansible.module_utils.urls import open_url
 
 from ansible_collections.ner11.ops.plugins.module_utils.health import (
     COMPONENTS,
@@ -251,7 +250,12 @@ from ansible_collections.ner11.ops.plugins.module_utils.health import (
     wait_until,
 )
 from ansible_collections.ner11.ops.plugins.module_utils.health_db import DEFAULT_CANARY_TABLES
-from ansible_collections.ner11.ops.plugins.module_utils.health_http import MAX_BODY, HttpResponse, classify_error
+from ansible_collections.ner11.ops.plugins.module_utils.health_http import (
+    MAX_BODY,
+    HttpResponse,
+    classify_error,
+    plain_http_get,
+)
 from ansible_collections.ner11.ops.plugins.module_utils.health_result import failure_message, should_fail
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     POSTGRES_MUTUALLY_EXCLUSIVE,
@@ -263,7 +267,15 @@ USER_AGENT = "ner11.ops-ner_health"
 
 
 def http_get(url, timeout):
-    """GET ``url`` with ``open_url``; never raises (errors become HttpResponse.error)."""
+    """GET ``url``; never raises (errors become HttpResponse.error).
+
+    Plain http:// goes through the standard library (health_http.plain_http_get: no TLS
+    context per request); https:// through ``open_url``, imported only then.
+    """
+    if url.lower().startswith("http://"):
+        return plain_http_get(url, timeout, USER_AGENT)
+    from ansible.module_utils.urls import open_url
+
     started = time.monotonic()
     try:
         resp = open_url(url, method="GET", timeout=timeout, http_agent=USER_AGENT, follow_redirects="safe")
