@@ -12,6 +12,7 @@ the shape of the IETF api-health-check draft. The evaluators live in
 from __future__ import annotations
 
 import datetime
+import json
 import time
 
 STATUSES = ("pass", "warn", "fail")
@@ -97,3 +98,31 @@ def failure_message(result, fail_on):
 def fmt_num(value):
     value = float(value)
     return ("%d" % value) if value == int(value) else ("%.1f" % value)
+
+
+def _report_value(check):
+    value = check.get("observed_value")
+    if value is None:
+        text = "-"
+    elif isinstance(value, dict):
+        text = json.dumps(value)
+    else:
+        text = str(value)
+    if check.get("observed_unit") and value is not None and text != "-":
+        text += " " + str(check["observed_unit"])
+    return text if len(text) <= 24 else text[:23] + "~"
+
+
+def report_lines(result):
+    """The health table an operator reads (one line per check, then the summary line)."""
+    fmt = "%-30s %-6s %-24s %9s  %s"
+    lines = [fmt % ("CHECK", "STATUS", "VALUE", "LATENCY", "OUTPUT")]
+    for name, check in (result.get("checks") or {}).items():
+        latency = check.get("latency_ms")
+        lat = "-" if latency is None else "%.0f ms" % latency
+        lines.append(fmt % (name, check["status"], _report_value(check), lat, check["output"]))
+    if result.get("summary") is not None:
+        summ = result["summary"]
+        counts = (summ["pass"], summ["warn"], summ["fail"], result["duration_ms"], result.get("attempts", 1))
+        lines.append("%s: %d pass, %d warn, %d fail in %.0f ms (%d attempt(s))" % ((result["status"].upper(),) + counts))
+    return lines

@@ -30,6 +30,38 @@ description:
     O(timeout) passes - no fixed sleeps (G7).
   - The module only reads. It runs the same checks in check mode and never reports a change.
 options:
+  stack:
+    description:
+      - The C(ner11_stack) overrides (see docs/stack-model.md). When given, the module completes the stack model
+        and finds the stack's containers itself, in the same run (the rules of M(ner11.ops.stack_info), over the
+        engine's socket), and fills every option below that is not set from the model and the services of this
+        host - O(api_url) and O(frontend_url) of the services it runs, O(container) (its PostgreSQL container when
+        it runs postgres), O(containers), O(db_name), O(canary_tables), O(login_user) (the model's
+        C(db_user) unless another user is named) - and, when O(checks) is not set, checks the components of its
+        services plus C(disk) and C(memory). The container checks then read the engine's API, not C(docker inspect).
+      - The discovery is returned in RV(discovered).
+    type: dict
+  services:
+    description:
+      - With O(stack), the services this host runs. Default - from O(groups) (C(ner11_db) -> C(postgres),
+        C(ner11_api) -> C(api), C(ner11_frontend) -> C(frontend)); all three for a host in none of them.
+    type: list
+    elements: str
+    choices: [postgres, api, frontend]
+  groups:
+    description: With O(stack), the groups of this host (C(group_names)); they pick the services when O(services) is not set.
+    type: list
+    elements: str
+    default: []
+  docker_root_disk:
+    description: With O(stack), also check the disk of the engine's data root (C(DockerRootDir)).
+    type: bool
+    default: false
+  docker_host:
+    description:
+      - With O(stack), the engine to read, V(unix:///var/run/docker.sock) or V(tcp://host:port) (no TLS).
+        Defaults to the E(DOCKER_HOST) environment variable, else V(unix:///var/run/docker.sock).
+    type: str
   api_url:
     description: Base URL of the NER API, for example V(http://127.0.0.1:18000). Enables the C(api) checks.
     type: str
@@ -37,7 +69,7 @@ options:
     description: Base URL of the frontend, for example V(http://127.0.0.1:13000). Enables the C(frontend) check.
     type: str
   db_name:
-    description: Database the C(db) checks connect to.
+    description: Database the C(db) checks connect to (with O(stack), the model's when this is the default).
     type: str
     default: ner11_db
   containers:
@@ -64,10 +96,12 @@ options:
     elements: str
     default: [vendor-equipment, threat-intelligence, compliance, economic-impact, demographics, prioritization]
   canary_tables:
-    description: Tables that must exist in O(db_name); their row counts are reported by C(db:canary).
+    description:
+      - Tables that must exist in O(db_name); their row counts are reported by C(db:canary).
+      - Default - the stack model's with O(stack), else V(vendor_equipment), V(threat_intelligence),
+        V(compliance_frameworks).
     type: list
     elements: str
-    default: [vendor_equipment, threat_intelligence, compliance_frameworks]
   disk_warn_percent:
     description: C(disk:*) warns at this used percentage or more.
     type: float
@@ -163,6 +197,12 @@ EXAMPLES = r"""
     disks: [/, /var/lib/docker]
   register: health
 
+- name: Check what this host runs of the stack (discovers its containers in the same run)
+  ner11.ops.ner_health:
+    stack: "{{ ner11_stack | default({}) }}"
+    groups: "{{ group_names }}"
+  register: health
+
 - name: Wait (up to 90 s) until the API passes after a restart
   ner11.ops.ner_health:
     api_url: http://127.0.0.1:18000
@@ -231,8 +271,21 @@ duration_ms:
   returned: always
   type: float
   sample: 180.4
+report:
+  description: The health table an operator reads, one line per check and a summary line.
+  returned: always
+  type: list
+  elements: str
+discovered:
+  description:
+    - With O(stack) - C(model) (the completed stack model), C(services) (the services of this host) and C(found)
+      (the discovery in the shape of M(ner11.ops.stack_info)'s result, without drift and port conflicts, with
+      C(docker_root_dir)).
+  returned: when O(stack) is given
+  type: dict
 """
 
+import os
 import time
 from urllib.error import HTTPError
 
@@ -249,6 +302,8 @@ from ansible_collections.ner11.ops.plugins.module_utils.health import (
     validate,
     wait_until,
 )
+from ansible_collections.ner11.ops.plugins.module_utils.discovery import DiscoveryError
+from ansible_collections.ner11.ops.plugins.module_utils.docker_socket import Engine, EngineError
 from ansible_collections.ner11.ops.plugins.module_utils.health_db import DEFAULT_CANARY_TABLES
 from ansible_collections.ner11.ops.plugins.module_utils.health_http import (
     MAX_BODY,
@@ -256,12 +311,20 @@ from ansible_collections.ner11.ops.plugins.module_utils.health_http import (
     classify_error,
     plain_http_get,
 )
-from ansible_collections.ner11.ops.plugins.module_utils.health_result import failure_message, should_fail
+from ansible_collections.ner11.ops.plugins.module_utils.health_result import failure_message, report_lines, should_fail
+from ansible_collections.ner11.ops.plugins.module_utils.health_stack import (
+    discover_stack,
+    engine_inspect,
+    fill_targets,
+    host_services,
+    summary,
+)
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     POSTGRES_MUTUALLY_EXCLUSIVE,
     PgTarget,
     postgres_argument_spec,
 )
+from ansible_collections.ner11.ops.plugins.module_utils.stack_model import StackModelError
 
 USER_AGENT = "ner11.ops-ner_health"
 
@@ -298,6 +361,11 @@ def http_get(url, timeout):
 def main():
     argument_spec = postgres_argument_spec()
     argument_spec.update(
+        stack=dict(type="dict"),
+        services=dict(type="list", elements="str", choices=["postgres", "api", "frontend"]),
+        groups=dict(type="list", elements="str", default=[]),
+        docker_root_disk=dict(type="bool", default=False),
+        docker_host=dict(type="str"),
         api_url=dict(type="str"),
         frontend_url=dict(type="str"),
         db_name=dict(type="str", default="ner11_db"),
@@ -305,7 +373,7 @@ def main():
         disks=dict(type="list", elements="str", default=["/"]),
         checks=dict(type="list", elements="str", choices=list(COMPONENTS)),
         modules=dict(type="list", elements="str", default=list(DEFAULT_MODULES)),
-        canary_tables=dict(type="list", elements="str", default=list(DEFAULT_CANARY_TABLES)),
+        canary_tables=dict(type="list", elements="str"),
         disk_warn_percent=dict(type="float", default=80),
         disk_fail_percent=dict(type="float", default=90),
         disk_min_free_gb=dict(type="float", default=5),
@@ -325,8 +393,31 @@ def main():
         mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE,
         supports_check_mode=True,
     )
+    params = module.params
+    inspect = discovered = None
+    if params["stack"] is not None:
+        engine_host = params["docker_host"] or os.environ.get("DOCKER_HOST") or ""
+        services = host_services(params["services"], params["groups"])
+        try:
+            engine = Engine(engine_host or None)
+            model, found = discover_stack(engine, params["stack"], services)
+        except StackModelError as exc:
+            module.fail_json(msg="invalid ner11_stack: %s" % exc, changed=False)
+        except DiscoveryError as exc:
+            module.fail_json(msg=str(exc), changed=False)
+        except (EngineError, ValueError) as exc:
+            module.fail_json(
+                msg="The Docker engine does not answer (%s). Start it (systemctl start docker), or check that this user "
+                "may read its socket, and run this again." % exc,
+                changed=False,
+            )
+        params = fill_targets(params, model, found, services, params["docker_root_disk"])
+        inspect = engine_inspect(engine)
+        discovered = summary(model, found, services)
+    elif params["canary_tables"] is None:
+        params = dict(params, canary_tables=list(DEFAULT_CANARY_TABLES))
     try:
-        params = validate(module.params)
+        params = validate(params)
     except HealthError as exc:
         module.fail_json(msg="invalid options: %s" % exc, changed=False)
 
@@ -336,9 +427,13 @@ def main():
         runner=module.run_command,
         pg_target_factory=PgTarget,
         timeout_bin=module.get_bin_path("timeout"),
+        inspect=inspect,
     )
     result = wait_until(checker.run_once, params["wait_for"], params["timeout"], params["interval"])
     result["changed"] = False
+    result["report"] = report_lines(result)
+    if discovered is not None:
+        result["discovered"] = discovered
     if should_fail(result["status"], params["fail_on"]):
         module.fail_json(msg=failure_message(result, params["fail_on"]), **result)
     module.exit_json(**result)
