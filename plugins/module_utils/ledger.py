@@ -186,6 +186,71 @@ def build_line(
     return redact(line, secret_values)
 
 
+# The options of ner11.ops.run_ledger: one spec for the module and its action plugin.
+ARGUMENT_SPEC = dict(
+    path=dict(type="path", required=True),
+    playbook=dict(type="str", required=True),
+    host=dict(type="str", required=True),
+    status=dict(type="str", default="ok", choices=list(STATUSES)),
+    window=dict(type="str"),
+    steps=dict(type="list", elements="raw", default=[]),
+    results=dict(type="dict", default={}),
+    backup_ids=dict(type="list", elements="str", default=[]),
+    started_at=dict(type="float"),
+    finished_at=dict(type="float"),
+    duration_s=dict(type="float"),
+    awx_job_id=dict(type="str"),
+    extra=dict(type="dict", default={}),
+    secret_values=dict(type="list", elements="str", default=[], no_log=True),
+)
+
+# append() as one small program for the host's Python (argv[1] the ledger path, the encoded line
+# on stdin; prints {"bytes": n} or {"error": text}). The run_ledger action plugin runs it as one
+# plain command, so a playbook's ledger line costs no module start-up on the host. Same steps as
+# append(): the directory 0700 (created), the file 0600, one write under flock, fsync.
+APPEND_SCRIPT = """
+import json, os, sys
+try:
+    import fcntl
+except ImportError:
+    fcntl = None
+path = sys.argv[1]
+data = sys.stdin.buffer.read()
+try:
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        os.makedirs(parent, 0o700)
+    os.chmod(parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(path, 0o600)
+    print(json.dumps({"bytes": len(data)}))
+except OSError as exc:
+    print(json.dumps({"error": str(exc)}))
+"""
+
+
+def append_error(path, cause):
+    """The LedgerError of a failed append (module and action plugin word it the same)."""
+    return LedgerError(
+        "cannot append to the run ledger %s: %s; check free space and permissions there, or set another ledger path"
+        % (path, cause)
+    )
+
+
+def check_path(path):
+    if not path or not os.path.isabs(path):
+        raise LedgerError("path must be an absolute file path for the ledger, got %r" % (path,))
+
+
 def _private_dir(path):
     if not os.path.isdir(path):
         os.makedirs(path, 0o700)
@@ -204,8 +269,7 @@ def append(path, line):
     fsynced, so two runs on one host never interleave or tear a line. Returns the
     number of bytes written.
     """
-    if not path or not os.path.isabs(path):
-        raise LedgerError("path must be an absolute file path for the ledger, got %r" % (path,))
+    check_path(path)
     data = encode(line)
     try:
         _private_dir(os.path.dirname(path))
@@ -221,10 +285,7 @@ def append(path, line):
             os.close(fd)
         os.chmod(path, 0o600)
     except OSError as exc:
-        raise LedgerError(
-            "cannot append to the run ledger %s: %s; check free space and permissions there, or set another ledger path"
-            % (path, exc)
-        ) from None
+        raise append_error(path, exc) from None
     return len(data)
 
 

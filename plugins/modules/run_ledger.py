@@ -16,6 +16,11 @@ description:
     (password, token, secret, ...), URL credentials, C(password=) pairs, and every exact value listed
     in O(secret_values).
   - The line is written with one locked C(write) and C(fsync), so concurrent runs never interleave.
+  - An action plugin of the same name builds the line on the controller and appends it with one plain
+    command run by the host's Python (no module start-up on the host); where it cannot (the host's
+    Python is not known yet, or the connection cannot pass the line on stdin) it runs this module.
+    Both write the same line the same way; C(recorded_at) and C(finished_at) come from the controller's
+    clock on the fast path.
   - The ledger is an audit record of the run, not state the module manages - it reports C(changed=false),
     so an idempotent playbook still reports no change on its second run.
   - The global summary over all hosts (for M(ansible.builtin.set_stats)) is made with the
@@ -132,27 +137,12 @@ bytes:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ner11.ops.plugins.module_utils.ledger import STATUSES, LedgerError, append, build_line
+from ansible_collections.ner11.ops.plugins.module_utils.ledger import ARGUMENT_SPEC, LedgerError, append, build_line
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", required=True),
-            playbook=dict(type="str", required=True),
-            host=dict(type="str", required=True),
-            status=dict(type="str", default="ok", choices=list(STATUSES)),
-            window=dict(type="str"),
-            steps=dict(type="list", elements="raw", default=[]),
-            results=dict(type="dict", default={}),
-            backup_ids=dict(type="list", elements="str", default=[]),
-            started_at=dict(type="float"),
-            finished_at=dict(type="float"),
-            duration_s=dict(type="float"),
-            awx_job_id=dict(type="str"),
-            extra=dict(type="dict", default={}),
-            secret_values=dict(type="list", elements="str", default=[], no_log=True),
-        ),
+        argument_spec=ARGUMENT_SPEC,
         supports_check_mode=True,
     )
     p = module.params

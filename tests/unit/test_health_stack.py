@@ -47,7 +47,7 @@ def docs():
 def test_group_map_is_the_roles_map():
     with open(os.path.join(ROOT, "roles", "common", "vars", "main.yml")) as fh:
         roles_map = yaml.safe_load(fh)["__common_group_services"]
-    assert hs.GROUP_SERVICES == roles_map
+    assert roles_map == hs.GROUP_SERVICES
 
 
 @pytest.mark.parametrize(
@@ -71,11 +71,15 @@ def test_only_the_stacks_containers_are_inspected_and_found_as_stack_info_does(d
     inspected = [p for p in engine.paths if p.startswith("/containers/") and not p.startswith("/containers/json")]
     assert len(inspected) == 3  # h10fxa's three, not h10fxb's
     full = discover(docs, normalize(stack), explicit_names_of(stack), ["postgres", "api", "frontend"])
-    assert found["containers"] == full["containers"] == {
-        "postgres": "h10fxa-postgres-1",
-        "api": "h10fxa-api-1",
-        "frontend": "h10fxa-frontend-1",
-    }
+    assert (
+        found["containers"]
+        == full["containers"]
+        == {
+            "postgres": "h10fxa-postgres-1",
+            "api": "h10fxa-api-1",
+            "frontend": "h10fxa-frontend-1",
+        }
+    )
     for key in ("running", "missing", "adopted", "managed", "volumes", "network", "ids"):
         assert found[key] == full[key], key
     assert found["docker_root_dir"] == "/var/lib/docker"
