@@ -139,5 +139,14 @@ def engine_inspect(engine):
 
 
 def summary(model, found, services):
-    """What the roles need from the discovery (common_discovered's shape: model, services, found)."""
-    return {"model": model, "services": list(services), "found": found}
+    """What the roles need from the discovery: common_discovered's shape (model, services, found)
+    plus ``order`` (this host's services in the model's start order) and ``to_start`` (those not
+    running), so no role recomputes them in Jinja."""
+    order = [s for s in model["start_order"] if s in services]
+    return {
+        "model": model,
+        "services": list(services),
+        "found": found,
+        "order": order,
+        "to_start": [s for s in order if s not in found["running"]],
+    }

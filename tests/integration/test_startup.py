@@ -92,15 +92,20 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     assert again.changed() == 0, again.changed_tasks()
     assert summary(again)["started"] == []
     print("idempotent startup.yml on a running healthy stack: %.1f s" % wall)
-    # A running stack checks disk and memory in its one health check (no second module run).
+    # A running stack takes ONE module run: the pre-flight discovers the containers and checks them,
+    # disk and memory (no stack_info run, no second health check, no gate).
     assert "memory" in summary(again)["preflight"] and "disk:/" in summary(again)["preflight"], summary(again)
-    assert again.task("Check free disk and available memory (a.11)").get("skipped") is True
+    first = again.task("Discover and check the stack, free disk and available memory (a.11)")
+    assert first["status"] in ("pass", "warn") and first["discovered"]["to_start"] == [], first.get("failed_checks")
+    assert first["checks"]["api:modules"]["status"] == "pass" and first["checks"]["db:canary"]["status"] == "pass"
+    assert again.task("Check the whole stack, module endpoints and canary tables").get("skipped") is True
+    assert "Find the stack's containers" not in [name for name, _r in again.tasks("localhost")]
 
     # The floor still gates a running stack: refused, no gate runs, no container is restarted.
     started_at = {s: docker("inspect", "-f", "{{.State.StartedAt}}", stack.container(s)).stdout for s in SERVICES}
     refused = startup(stack, startup_min_free_disk_gb=10**7)
     assert refused.rc != 0
-    msg = refused.task("Fail when disk or memory of the running stack is below the floor")["msg"]
+    msg = refused.task("Fail when disk or memory is below the floor")["msg"]
     assert "Pre-flight failed, nothing was started" in msg and "disk:/" in msg, msg
     assert {s: docker("inspect", "-f", "{{.State.StartedAt}}", stack.container(s)).stdout for s in SERVICES} == started_at
 

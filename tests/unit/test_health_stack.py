@@ -145,3 +145,15 @@ def test_report_lines_is_the_roles_table():
     assert lines[3] == "db:connect                     pass   -                                -  authenticated"
     assert lines[4] == "disk:/                         warn   85.04 percent                 0 ms  85% used"
     assert lines[5] == "WARN: 3 pass, 1 warn, 0 fail in 196 ms (1 attempt(s))"
+
+
+def test_summary_orders_and_lists_what_to_start(docs):
+    stopped = json.loads(json.dumps(docs))
+    for d in stopped:
+        if d["Name"] == "/h10fxa-api-1":
+            d["State"]["Running"] = False
+            d["State"]["Status"] = "exited"
+    model, found = hs.discover_stack(FakeEngine(stopped), {"project": "h10fxa"}, ["frontend", "api"])
+    out = hs.summary(model, found, ["api", "frontend"])
+    assert out["order"] == [s for s in model["start_order"] if s in ("api", "frontend")] == ["api", "frontend"]
+    assert out["to_start"] == ["api"] and out["found"] is found and out["services"] == ["api", "frontend"]
