@@ -91,6 +91,38 @@ def test_healthy_stack_passes_fast_and_never_changes_anything(shared_stack, reco
     assert min(durations) < 3000, durations
 
 
+def test_stack_mode_discovers_as_stack_info_does_and_checks_the_same(shared_stack):
+    # One module run: ner_health with the stack model finds the containers itself (health.yml and
+    # startup.yml rely on it) - the same names stack_info finds, the same checks as with explicit
+    # targets, container checks read from the Engine API.
+    vars_ = shared_stack.vars["ner11_stack"]
+    info = run_module("ner11.ops.stack_info", {"stack": vars_})
+    assert not info.get("failed"), info.get("msg")
+    res = run_module(MODULE, {"stack": vars_, "check_timeout": 15, "latency_warn_ms": 2000, "fail_on": "never"})
+    assert not res.get("failed"), explain(res)
+    found = res["discovered"]["found"]
+    assert found["containers"] == info["containers"] and found["running"] == info["running"] == list(info["running"])
+    assert res["discovered"]["to_start"] == [] and res["discovered"]["order"] == ["postgres", "api", "frontend"]
+    explicit = run_module(MODULE, health_args(shared_stack, check_timeout=15, latency_warn_ms=2000))
+    assert set(res["checks"]) == set(explicit["checks"]), (sorted(res["checks"]), sorted(explicit["checks"]))
+    assert res["status"] == "pass", explain(res)
+    assert res["report"][0].split() == ["CHECK", "STATUS", "VALUE", "LATENCY", "OUTPUT"]
+    assert res["report"][-1].startswith("PASS: ")
+
+    # A host in the api group checks only the api: its URL, its container, no db exec.
+    api_only = run_module(MODULE, {"stack": vars_, "groups": ["ner11_api"], "check_timeout": 15, "fail_on": "never"})
+    assert api_only["discovered"]["services"] == ["api"]
+    assert not any(c.startswith(("db:", "frontend:")) for c in api_only["checks"]), sorted(api_only["checks"])
+    assert "container:%s" % shared_stack.container("api") in api_only["checks"]
+
+    # A stack with no containers: named missing, from the derived names, and the checks fail.
+    gone = dict(vars_, project=unique_project("itgone"))
+    gone.pop("services", None)
+    missing = run_module(MODULE, {"stack": gone, "services": ["postgres"], "check_timeout": 3, "fail_on": "never"})
+    assert missing["discovered"]["found"]["missing"] == ["postgres"]
+    assert missing["checks"]["container:%s-postgres-1" % gone["project"]]["status"] == "fail"
+
+
 def test_thresholds_turn_into_warn_and_fail_on_decides(shared_stack):
     # memory floor above any real host: memory warns, the rest passes
     res = run_module(MODULE, health_args(shared_stack, checks=["memory", "disk"], memory_min_available_gb=100000))
