@@ -27,20 +27,8 @@ from ansible_collections.ner11.ops.plugins.module_utils.discovery import (
 )
 from ansible_collections.ner11.ops.plugins.module_utils.stack_model import normalize
 
-# The one map of the inventory groups to the service each group runs (roles/common/vars/main.yml
-# holds the same map for the roles; tests/unit/test_health_stack.py keeps them equal).
-GROUP_SERVICES = {"ner11_db": "postgres", "ner11_api": "api", "ner11_frontend": "frontend"}
-
 # The components of the health checks per service this host runs.
 SERVICE_COMPONENTS = {"postgres": ("db", "container"), "api": ("api", "container"), "frontend": ("frontend", "container")}
-
-
-def host_services(services=None, groups=None):
-    """The services this host runs: ``services`` when given, else from its groups, else all three."""
-    if services:
-        return [s for s in SERVICES if s in services]
-    mapped = {GROUP_SERVICES[g] for g in (groups or []) if g in GROUP_SERVICES}
-    return [s for s in SERVICES if s in mapped] if mapped else list(SERVICES)
 
 
 def stack_documents(engine, model, explicit_names):

@@ -27,6 +27,19 @@ from ansible_collections.ner11.ops.plugins.module_utils.identifiers import (
 
 SERVICES = ("postgres", "api", "frontend")
 
+# The one map of the inventory groups to the service each group runs (docs/multi-host.md).
+GROUP_SERVICES = {"ner11_db": "postgres", "ner11_api": "api", "ner11_frontend": "frontend"}
+
+
+def host_services(services=None, groups=None):
+    """The services a host runs, in SERVICES order: ``services`` when given, else those of its
+    ner11_* groups, else all three (a host in none of them runs the whole stack)."""
+    if services:
+        return [s for s in SERVICES if s in services]
+    mapped = {GROUP_SERVICES[g] for g in (groups or []) if g in GROUP_SERVICES}
+    return [s for s in SERVICES if s in mapped] if mapped else list(SERVICES)
+
+
 _DURATION_RE = re.compile(r"^[0-9]+(ms|s|m|h)$")
 _SIZE_RE = re.compile(r"^[1-9][0-9]*[kmg]$")
 

@@ -316,7 +316,6 @@ from ansible_collections.ner11.ops.plugins.module_utils.health_stack import (
     discover_stack,
     engine_inspect,
     fill_targets,
-    host_services,
     summary,
 )
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
@@ -324,7 +323,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     PgTarget,
     postgres_argument_spec,
 )
-from ansible_collections.ner11.ops.plugins.module_utils.stack_model import StackModelError
+from ansible_collections.ner11.ops.plugins.module_utils.stack_model import StackModelError, host_services
 
 USER_AGENT = "ner11.ops-ner_health"
 

@@ -6,10 +6,11 @@ import json
 import os
 
 import pytest
-import yaml
 
+from ansible_collections.ner11.ops.plugins.filter.host_services import host_services as host_services_filter
 from ansible_collections.ner11.ops.plugins.module_utils import health_result as hr
 from ansible_collections.ner11.ops.plugins.module_utils import health_stack as hs
+from ansible_collections.ner11.ops.plugins.module_utils import stack_model as sm
 from ansible_collections.ner11.ops.plugins.module_utils.discovery import discover, explicit_names_of
 from ansible_collections.ner11.ops.plugins.module_utils.stack_model import normalize
 
@@ -44,10 +45,15 @@ def docs():
         return json.load(fh)
 
 
-def test_group_map_is_the_roles_map():
-    with open(os.path.join(ROOT, "roles", "common", "vars", "main.yml")) as fh:
-        roles_map = yaml.safe_load(fh)["__common_group_services"]
-    assert roles_map == hs.GROUP_SERVICES
+def test_the_roles_pick_services_with_the_one_map():
+    # The common role's discovery and services entry points use the host_services filter, which
+    # is stack_model.host_services, the function ner_health runs: no second copy of the map.
+    for name in ("discovery.yml", "services.yml"):
+        with open(os.path.join(ROOT, "roles", "common", "tasks", name)) as fh:
+            text = fh.read()
+        assert "ner11.ops.host_services(common_services)" in text, name
+    assert host_services_filter(["ner11_api", "x"]) == ["api"]
+    assert host_services_filter(["ner11_api"], ["frontend"]) == ["frontend"]
 
 
 @pytest.mark.parametrize(
@@ -61,7 +67,7 @@ def test_group_map_is_the_roles_map():
     ],
 )
 def test_host_services(services, groups, expected):
-    assert hs.host_services(services, groups) == expected
+    assert sm.host_services(services, groups) == expected
 
 
 def test_only_the_stacks_containers_are_inspected_and_found_as_stack_info_does(docs):
