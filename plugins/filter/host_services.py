@@ -11,8 +11,8 @@ description:
   - Maps the host's groups to services with the collection's one map (C(ner11_db) runs
     C(postgres), C(ner11_api) the C(api), C(ner11_frontend) the C(frontend)); a host in none of
     these groups runs all three. Explicit services, when given, win.
-  - The same rule as M(ner11.ops.ner_health)'s O(ner11.ops.ner_health#module:groups) (one place:
-    C(plugins/module_utils/stack_model.py)).
+  - The same rule as the O(ner11.ops.ner_health#module:groups) option of M(ner11.ops.ner_health);
+    both use the one map in C(plugins/module_utils/stack_model.py).
 options:
   _input:
     description: The host's groups, usually C(group_names).
