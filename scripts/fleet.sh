@@ -8,8 +8,14 @@
 # separate machine publishes on its own address; hosts reach each other there.
 #
 #   fleet.sh up NAME:N [IMAGE...]   start engine NAME (N in 1..15) and load IMAGEs into it
-#   fleet.sh down NAME:N            remove its containers and networks, stop it, remove its
-#                                   iptables rules, bridge and data (the machine as found)
+#   fleet.sh down NAME:N...         remove its containers and networks, stop it, remove its
+#                                   iptables rules, bridge and data (the machine as found); with
+#                                   several hosts, every host's containers go before any engine
+#   fleet.sh renew NAME:N [IMAGE...]  the host is lost and replaced: its engine stops and its data
+#                                   (containers, volumes, networks, images) is removed, then a fresh
+#                                   engine starts on the SAME bridge address and gets the IMAGEs. The
+#                                   bridge stays meanwhile, so peers' connections are refused at once
+#                                   (never routed anywhere else)
 #   fleet.sh address N              the host address of engine N (its bridge address)
 #   fleet.sh prune PREFIX AGE_S     `down` every engine whose name starts with PREFIX and whose
 #                                   owner process (NER11_FLEET_OWNER at `up`, else the caller)
@@ -75,14 +81,17 @@ up() {
   log "$name: unix://$sock, publishes on $address"
 }
 
-down() {
-  split "$1"
+remove_containers() { # of the engine of split's host, if it answers
   if [ -S "$sock" ] && engine info >/dev/null 2>&1; then
     ids=$(engine ps -aq)
     [ -z "$ids" ] || engine rm -f -v $ids >/dev/null
     nets=$(engine network ls -q --filter type=custom)
     [ -z "$nets" ] || engine network rm $nets >/dev/null
   fi
+}
+
+stop_engine() { # stop the engine of split's host, remove its rules, mounts and data; keep_bridge=1 keeps the bridge
+  remove_containers
   if [ -f "$RUN/$name.pid" ]; then
     pid=$(cat "$RUN/$name.pid")
     if kill -0 "$pid" 2>/dev/null; then
@@ -101,7 +110,7 @@ down() {
         iptables -t "$table" ${rule/-A/-D} 2>/dev/null || true
       done
   done
-  if ip link show "$bridge" >/dev/null 2>&1; then
+  if [ "${keep_bridge:-0}" != 1 ] && ip link show "$bridge" >/dev/null 2>&1; then
     ip link set "$bridge" down
     ip link del "$bridge"
   fi
@@ -111,11 +120,25 @@ down() {
       while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done
   done
   rm -rf --one-file-system "${BASE:?}/$name" "${RUN:?}/$name" "$RUN/$name.pid" "$sock"
+}
+
+down() {
+  split "$1"
+  keep_bridge=0 stop_engine
   if ! ls "$RUN"/*.sock >/dev/null 2>&1; then # the last engine: no trace of the fleet left
     rm -f "$RUN/.start.lock"
     rmdir "$RUN" "$BASE" 2>/dev/null || true
   fi
   log "$name: removed"
+}
+
+renew() {
+  split "$1"
+  local spec=$1
+  shift
+  keep_bridge=1 stop_engine
+  log "$name: engine and data removed; starting a fresh one on $address"
+  up "$spec" "$@"
 }
 
 prune() {
@@ -143,8 +166,15 @@ cmd=${1:-}
 shift || true
 case "$cmd" in
   up) [ $# -ge 1 ] || { log "usage: fleet.sh up NAME:N [IMAGE...]"; exit 2; }; up "$@" ;;
-  down) [ $# -ge 1 ] || { log "usage: fleet.sh down NAME:N..."; exit 2; }; for h in "$@"; do down "$h"; done ;;
+  down)
+    [ $# -ge 1 ] || { log "usage: fleet.sh down NAME:N..."; exit 2; }
+    # Every host's containers first: no container keeps calling an address whose bridge is gone
+    # (it would be routed off the machine).
+    for h in "$@"; do split "$h"; remove_containers; done
+    for h in "$@"; do down "$h"; done
+    ;;
+  renew) [ $# -ge 1 ] || { log "usage: fleet.sh renew NAME:N [IMAGE...]"; exit 2; }; renew "$@" ;;
   address) split "x:${1:-}"; echo "$address" ;;
   prune) [ $# -eq 2 ] || { log "usage: fleet.sh prune PREFIX AGE_S"; exit 2; }; prune "$@" ;;
-  *) log "usage: fleet.sh up NAME:N [IMAGE...] | down NAME:N... | address N | prune PREFIX AGE_S"; exit 2 ;;
+  *) log "usage: fleet.sh up NAME:N [IMAGE...] | down NAME:N... | renew NAME:N [IMAGE...] | address N | prune PREFIX AGE_S"; exit 2 ;;
 esac
