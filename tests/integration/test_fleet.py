@@ -1,6 +1,7 @@
 """Multi-host on real, separate Docker engines (issue 14, docs/multi-host.md).
 
-One fleet per module: four engines started by scripts/fleet.sh (db, api1, api2, web), each an
+One fleet per module: four engines started by scripts/fleet.sh (db, api1, api2, web), and a
+fifth (api3) that joins the inventory only for the max_fail_percentage test; each an
 inventory host with a local connection whose Python runs with DOCKER_HOST set to that host's
 own engine, so every module, community.docker call and `docker` command of the host talks
 only to its engine - as on separate machines, where each host's default socket is its own.
@@ -10,8 +11,10 @@ fixture first removes what killed earlier runs left (scripts/fleet.sh prune, thi
 
 The scenarios share the fleet, in file order: deploy, startup after a full stop (no container
 re-created), health, balancing with one api host down, backup per host, restore with the writers
-of every host stopped first, a rolling restart of the api hosts with a probe loop through the
-frontend, and a roll that stops at the first api host whose gate fails (max_fail_percentage).
+of every host stopped first, DR onto a fresh database host (a new engine on the same address)
+while the api hosts reconnect without being touched, a rolling restart of the api hosts with a
+probe loop through the frontend, and max_fail_percentage: a failed batch stops the roll at 0 and
+the roll goes on to the next batch at 50.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ HOSTS = (
     ("api2", "ner11_api", "api", "ner11/ner-api:ref"),
     ("web", "ner11_frontend", "frontend", "ner11/frontend:ref"),
 )
+# Its engine starts with the others; it joins the inventory (ner11_api) only in the max-fail test,
+# so every other scenario runs on inventories/example's shape (1 db, 2 api, 1 frontend).
+SPARE = (("api3", "ner11_api", "api", "ner11/ner-api:ref"),)
 STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
 DB = "ner11_db"
 
@@ -74,10 +80,10 @@ class Fleet:
         tag = uuid.uuid4().hex[:6]
         self.project = "itf" + tag
         self.tmp = tmp
-        numbers = _free_engine_numbers(len(HOSTS))
-        self.hosts = {}
-        for (host, group, service, image), n in zip(HOSTS, numbers, strict=True):
-            self.hosts[host] = {
+        numbers = _free_engine_numbers(len(HOSTS) + len(SPARE))
+        self.engines = {}
+        for (host, group, service, image), n in zip(HOSTS + SPARE, numbers, strict=True):
+            self.engines[host] = {
                 "group": group,
                 "service": service,
                 "image": image,
@@ -86,13 +92,19 @@ class Fleet:
                 "address": "10.231.%d.1" % n,
                 "sock": "unix:///run/ner11-fleet/%s%s-%s.sock" % (PREFIX, tag, host),
             }
+        # The inventory's hosts (the spare joins later).
+        self.hosts = {host: self.engines[host] for host, *_rest in HOSTS}
         self.ports = {"postgres": free_port(), "api": free_port(), "frontend": free_port()}
         self.password = "it-" + uuid.uuid4().hex
         self.inventory = os.path.join(tmp, "inventory")
 
     def spec(self, host):
-        h = self.hosts[host]
+        h = self.engines[host]
         return "%s:%d" % (h["engine"], h["n"])
+
+    def _owned(self):
+        # prune treats an engine whose owner process is gone as a leftover: the owner is this pytest.
+        return dict(os.environ, NER11_FLEET_OWNER=str(os.getpid()))
 
     @staticmethod
     def prune():
@@ -103,7 +115,7 @@ class Fleet:
         assert proc.returncode == 0, "fleet.sh prune failed: %s" % proc.stderr[-2000:]
 
     def up(self):
-        env = dict(os.environ, NER11_FLEET_OWNER=str(os.getpid()))
+        env = self._owned()
         procs = [
             subprocess.Popen(  # noqa: S603 - the project's own script
                 ["bash", FLEET, "up", self.spec(host), h["image"]],
@@ -112,7 +124,7 @@ class Fleet:
                 text=True,
                 env=env,
             )
-            for host, h in self.hosts.items()
+            for host, h in self.engines.items()
         ]
         errors = []
         for proc in procs:
@@ -122,9 +134,21 @@ class Fleet:
         if errors:
             raise AssertionError("fleet.sh up failed: %s" % errors)
 
+    def renew(self, host):
+        """The host is lost: a fresh engine (empty data root) on the same address, images loaded."""
+        proc = subprocess.run(  # noqa: S603 - the project's own script
+            ["bash", FLEET, "renew", self.spec(host), self.engines[host]["image"]],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env=self._owned(),
+        )
+        assert proc.returncode == 0, "fleet.sh renew failed: %s" % proc.stderr[-2000:]
+
     def down(self):
         proc = subprocess.run(  # noqa: S603
-            ["bash", FLEET, "down", *[self.spec(h) for h in self.hosts]],
+            ["bash", FLEET, "down", *[self.spec(h) for h in self.engines]],
             capture_output=True,
             text=True,
             timeout=600,
@@ -133,43 +157,61 @@ class Fleet:
         return proc
 
     def write_inventory(self):
-        container = {"postgres": 5432, "api": 8000, "frontend": 3000}
         os.makedirs(os.path.join(self.inventory, "host_vars"), exist_ok=True)
+        for host in self.engines:
+            self._write_host(host)
+        self._write_groups()
+
+    def _write_groups(self):
         groups = {}
         for host, h in self.hosts.items():
             groups.setdefault(h["group"], {"hosts": {}})["hosts"][host] = None
-            wrapper = os.path.join(self.tmp, "python-%s" % host)
-            with open(wrapper, "w") as fh:
-                fh.write('#!/bin/sh\nDOCKER_HOST=%s exec %s "$@"\n' % (h["sock"], os.path.join(BIN, "python")))
-            os.chmod(wrapper, 0o700)
-            host_vars = {
-                # A local connection whose Python (and every docker command it runs) talks to this
-                # host's own engine only.
-                "ansible_connection": "local",
-                "ansible_python_interpreter": wrapper,
-                "ner11_address": h["address"],
-                "ner11_backup_dir": os.path.join(self.tmp, "backups", host),
-                "ner11_backup_metrics_dir": os.path.join(self.tmp, "metrics", host),
-                "ner11_stack": {
-                    "project": self.project,
-                    "labels": {"io.ner11.test": "1"},
-                    "bind_address": h["address"],
-                    "config_dir": os.path.join(self.tmp, "config", host),
-                    # Four engines share this machine with the other tests: generous deadlines.
-                    "services": {
-                        s: {
-                            "ports": [{"host": self.ports[s], "container": container[s]}],
-                            "start_timeout": 600,
-                            "healthcheck": {"timeout": "20s"},
-                        }
-                        for s in container
-                    },
-                },
-                "ner11_db_password": self.password,
-            }
-            self.write_host_vars(host, host_vars)
         with open(os.path.join(self.inventory, "hosts.json"), "w") as fh:
             json.dump({"all": {"children": {"ner11": {"children": groups}}}}, fh)
+
+    def join(self, host):
+        """A spare engine's host joins the inventory (its group); returns the deploy of that host alone."""
+        self.hosts[host] = self.engines[host]
+        self._write_groups()
+        return self.play("playbooks/deploy.yml", limit=host)
+
+    def leave(self, host):
+        del self.hosts[host]
+        self._write_groups()
+
+    def _write_host(self, host):
+        container = {"postgres": 5432, "api": 8000, "frontend": 3000}
+        h = self.engines[host]
+        wrapper = os.path.join(self.tmp, "python-%s" % host)
+        with open(wrapper, "w") as fh:
+            fh.write('#!/bin/sh\nDOCKER_HOST=%s exec %s "$@"\n' % (h["sock"], os.path.join(BIN, "python")))
+        os.chmod(wrapper, 0o700)
+        host_vars = {
+            # A local connection whose Python (and every docker command it runs) talks to this
+            # host's own engine only.
+            "ansible_connection": "local",
+            "ansible_python_interpreter": wrapper,
+            "ner11_address": h["address"],
+            "ner11_backup_dir": os.path.join(self.tmp, "backups", host),
+            "ner11_backup_metrics_dir": os.path.join(self.tmp, "metrics", host),
+            "ner11_stack": {
+                "project": self.project,
+                "labels": {"io.ner11.test": "1"},
+                "bind_address": h["address"],
+                "config_dir": os.path.join(self.tmp, "config", host),
+                # Five engines share this machine with the other tests: generous deadlines.
+                "services": {
+                    s: {
+                        "ports": [{"host": self.ports[s], "container": container[s]}],
+                        "start_timeout": 600,
+                        "healthcheck": {"timeout": "20s"},
+                    }
+                    for s in container
+                },
+            },
+            "ner11_db_password": self.password,
+        }
+        self.write_host_vars(host, host_vars)
 
     def host_vars(self, host):
         with open(os.path.join(self.inventory, "host_vars", "%s.json" % host)) as fh:
@@ -181,7 +223,7 @@ class Fleet:
 
     def engine(self, host, *args, check=True):
         proc = subprocess.run(  # noqa: S603
-            ["docker", "-H", self.hosts[host]["sock"], *args], capture_output=True, text=True, timeout=300, check=False
+            ["docker", "-H", self.engines[host]["sock"], *args], capture_output=True, text=True, timeout=300, check=False
         )
         if check and proc.returncode != 0:
             raise AssertionError("docker on %s: %s failed: %s" % (host, " ".join(args), proc.stderr))
@@ -201,7 +243,7 @@ class Fleet:
 
     def state(self, host):
         """(container id, StartedAt) of the host's service container on its own engine."""
-        out = self.engine(host, "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", self.container(self.hosts[host]["service"]))
+        out = self.engine(host, "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", self.container(self.engines[host]["service"]))
         cid, started = out.split()
         return cid, started
 
@@ -214,8 +256,8 @@ class Fleet:
         ).strip()
 
     def url(self, host, path=""):
-        service = self.hosts[host]["service"]
-        return "http://%s:%d%s" % (self.hosts[host]["address"], self.ports[service], path)
+        service = self.engines[host]["service"]
+        return "http://%s:%d%s" % (self.engines[host]["address"], self.ports[service], path)
 
     def play(self, playbook, extra=None, check=False, limit=None):
         return run_playbook(
@@ -261,7 +303,7 @@ def fleet(tmp_path_factory):
     finally:
         signal.signal(signal.SIGTERM, previous)
         proc = fleet.down()
-        left = [n for n in fleet.hosts.values() if os.path.exists("/sys/class/net/br-nf%d" % n["n"])]
+        left = [n for n in fleet.engines.values() if os.path.exists("/sys/class/net/br-nf%d" % n["n"])]
         assert proc.returncode == 0 and not left, "fleet teardown: rc=%s bridges left %s: %s" % (
             proc.returncode,
             left,
@@ -418,12 +460,27 @@ def test_frontend_balances_over_api_hosts_and_survives_one_down(fleet):
     wait_http(fleet.url("api1", "/health"), deadline_s=90)
 
 
+def _post_ner(url, text):
+    req = urllib.request.Request(
+        url, data=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the fleet's own address
+        assert resp.status == 200
+
+
 def _catalog(fleet, host, kind):
     path = os.path.join(fleet.tmp, "backups", host, kind)
     return sorted(n for n in os.listdir(path) if not n.startswith(".")) if os.path.isdir(path) else []
 
 
+BACKED_UP = "SELECT count(*) FROM ner_documents WHERE text LIKE '%FleetBackedUp%'"
+DOCUMENTS = "SELECT count(*) FROM ner_documents"
+
+
 def test_backup_each_host_backs_up_what_it_runs(fleet):
+    # A document the backup holds (the restore and the DR below must bring it back).
+    _post_ner(fleet.url("api1", "/api/v1/ner"), "Schneider Electric Modicon M580 at the FleetBackedUp substation")
+    documents = fleet.psql(DOCUMENTS)
     run = fleet.play("playbooks/backup.yml")
     assert run.rc == 0, _explain(run)
     # ner11_db:ner11_api: the frontend host has nothing of its own to back up here.
@@ -438,14 +495,7 @@ def test_backup_each_host_backs_up_what_it_runs(fleet):
         assert _catalog(fleet, h, "models") and not _catalog(fleet, h, "database"), h
     assert not os.path.exists(os.path.join(fleet.tmp, "backups", "web"))
     fleet.db_backup = ids["db"]["db"]
-
-
-def _post_ner(url, text):
-    req = urllib.request.Request(
-        url, data=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the fleet's own address
-        assert resp.status == 200
+    fleet.db_documents = documents
 
 
 def test_restore_stops_the_writers_of_every_host_first(fleet):
@@ -460,6 +510,7 @@ def test_restore_stops_the_writers_of_every_host_first(fleet):
     run = fleet.play("playbooks/restore.yml", {"ner11_confirm": DB, "ner11_backup_id": backup, "ner11_force": True})
     assert run.rc == 0, _explain(run)
     assert fleet.psql(seeded) == "0"
+    assert fleet.psql(BACKED_UP) == "1"
     summary = _global_stat(run, "ner11_restore")["db"]
     assert summary["restored"] is True and summary["backup_id"] == backup, summary
     after = fleet.states()
@@ -481,6 +532,61 @@ def test_restore_stops_the_writers_of_every_host_first(fleet):
     assert all(restore[1] <= start[0] for start in api_starts), (restore, api_starts)
     assert all(gate[1] <= web_start[0] for gate in api_gates), (api_gates, web_start)
     wait_http(fleet.url("web", "/api/v1/db/health"), deadline_s=60)
+
+
+def _wait_api_database(fleet, hosts, state, deadline_s):
+    """Wait until every api host's /health reports the database ``state`` (connected/disconnected)."""
+    end = time.monotonic() + deadline_s
+    seen = {}
+    while True:
+        for h in hosts:
+            try:
+                with urllib.request.urlopen(fleet.url(h, "/health"), timeout=5) as resp:  # noqa: S310 - the fleet's own address
+                    seen[h] = json.loads(resp.read())["checks"]["database"]
+            except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+                seen[h] = "no answer: %s" % exc
+        if all(seen[h] == state for h in hosts):
+            return
+        if time.monotonic() > end:
+            raise AssertionError("api /health did not report the database %s within %ss: %s" % (state, deadline_s, seen))
+        time.sleep(0.5)
+
+
+def test_dr_restore_onto_a_fresh_db_host_while_the_api_hosts_reconnect(fleet):
+    backup = getattr(fleet, "db_backup", None)
+    if backup is None:
+        pytest.skip("the backup test did not leave a database backup")
+    with open(os.path.join(fleet.tmp, "backups", "db", "database", backup, "manifest.json")) as fh:
+        manifest = json.load(fh)
+    writers = {h: fleet.state(h) for h in ("api1", "api2", "web")}
+    lost = fleet.state("db")[0]
+
+    # The database host is lost and replaced: its engine stops and its data root (container, volume,
+    # network, images) is deleted; a fresh engine starts on the same address with the images only.
+    # The backup catalog (ner11_backup_dir, the host's backup disk) is what survives.
+    fleet.renew("db")
+    assert fleet.engine("db", "ps", "-aq").split() == [] and fleet.engine("db", "volume", "ls", "-q").split() == []
+    _wait_api_database(fleet, ("api1", "api2"), "disconnected", 30)
+
+    run = fleet.play("playbooks/dr_restore.yml", {"ner11_backup_ids": {"database": backup}})
+    assert run.rc == 0, _explain(run)
+    summary = _global_stat(run, "ner11_dr_restore")["db"]
+    assert summary["database_restored"] is True and summary["database_backup_id"] == backup, summary
+    assert summary["health"] == "pass", summary
+    assert summary["row_counts"] == manifest["row_counts"], (summary["row_counts"], manifest["row_counts"])
+    # Only PostgreSQL on the new engine, a new container.
+    assert fleet.containers("db") == [fleet.container("postgres")]
+    assert fleet.state("db")[0] != lost
+    # The api and frontend hosts were not touched: same containers, not even restarted ...
+    assert {h: fleet.state(h) for h in writers} == writers
+    # ... and reconnect on their own: /health sees the database, the frontend answers 2xx again.
+    _wait_api_database(fleet, ("api1", "api2"), "connected", 60)
+    url = fleet.url("web", "/api/v1/db/health")
+    wait_http(url, deadline_s=60)
+    assert probe(url, count=10, rate_hz=5, deadline_s=30) == []
+    # The data is the backup's: its documents (the one written before it among them) and canaries.
+    assert fleet.psql(DOCUMENTS) == fleet.db_documents
+    assert fleet.psql(BACKED_UP) == "1"
 
 
 def test_rolling_restart_of_the_api_hosts_serves_every_request(fleet):
@@ -508,23 +614,44 @@ def test_rolling_restart_of_the_api_hosts_serves_every_request(fleet):
     assert _window(run, "api1", "Wait until healthy: api")[1] <= _window(run, "api2", "Stop the container: api")[0]
 
 
-def test_a_failed_batch_stops_the_roll(fleet):
-    # api1's gate cannot pass: its inventory names a port nothing listens on, with a short deadline.
-    # The container itself starts fine (it is started by name, its real port unchanged).
-    saved = fleet.host_vars("api1")
-    broken = json.loads(json.dumps(saved))
-    broken["ner11_stack"]["services"]["api"].update(ports=[{"host": free_port(), "container": 8000}], start_timeout=5)
-    before = fleet.states()
-    fleet.write_host_vars("api1", broken)
+def test_max_fail_percentage_a_failed_batch_stops_the_roll_unless_allowed(fleet):
+    # A batch of ONE host that fails always ends an Ansible play, whatever max_fail_percentage says
+    # (the whole batch failed), so the percentage can only carry a roll with batches of 2 or more:
+    # a third api host joins (its own engine; deployed alone, the frontend is not re-rendered) and
+    # the roll goes 2 at a time: [api1, api2], then [api3].
+    deploy = fleet.join("api3")
     try:
-        run = fleet.play("playbooks/service.yml", {"ner11_service": "api", "ner11_action": "restart", "ner11_serial": 1})
+        assert deploy.rc == 0, _explain(deploy)
+        assert fleet.containers("api3") == [fleet.container("api")]
+        # api1's gate cannot pass: its inventory names a port nothing listens on, with a short
+        # deadline. The container itself starts fine (started by name, its real port unchanged).
+        saved = fleet.host_vars("api1")
+        broken = json.loads(json.dumps(saved))
+        broken["ner11_stack"]["services"]["api"].update(ports=[{"host": free_port(), "container": 8000}], start_timeout=5)
+        roll = {"ner11_service": "api", "ner11_action": "restart", "ner11_serial": 2, "ner11_settle_s": 0}
+        before = fleet.states()
+        fleet.write_host_vars("api1", broken)
+        try:
+            stopped = fleet.play("playbooks/service.yml", roll)  # max_fail_percentage 0, the default
+            middle = fleet.states()
+            allowed = fleet.play("playbooks/service.yml", dict(roll, ner11_max_fail_percentage=50))
+            after = fleet.states()
+        finally:
+            fleet.write_host_vars("api1", saved)
     finally:
-        fleet.write_host_vars("api1", saved)
-    assert run.rc != 0, _explain(run)
-    assert run.failures("api1") > 0, run.stats
-    # max_fail_percentage 0 (the default): the roll stopped, api2 was never touched.
-    assert "api2" not in run.stats or run.stats["api2"].get("ok", 0) == 0, run.stats
-    after = fleet.states()
-    assert after["api2"] == before["api2"]
-    assert after["api1"][1] != before["api1"][1]
+        fleet.leave("api3")
+
+    # 0: 1 of 2 failed in the first batch is over 0 %: the roll stopped, api3 was never touched.
+    assert stopped.rc != 0 and stopped.failures("api1") > 0, _explain(stopped)
+    assert "api3" not in stopped.stats or stopped.stats["api3"].get("ok", 0) == 0, stopped.stats
+    assert middle["api3"] == before["api3"]
+    for h in ("api1", "api2"):  # the first batch itself was restarted
+        assert middle[h][0] == before[h][0] and middle[h][1] != before[h][1], (h, before[h], middle[h], _explain(stopped))
+    # 50: 1 of 2 is not over 50 %: the roll went on to the next batch and restarted api3.
+    assert allowed.rc != 0 and allowed.failures("api1") > 0, _explain(allowed)
+    assert allowed.failures("api3") == 0 and allowed.failures("api2") == 0, allowed.stats
+    assert after["api3"][0] == middle["api3"][0] and after["api3"][1] != middle["api3"][1], (middle["api3"], after["api3"])
+    assert after["api2"][1] != middle["api2"][1]
+    # The frontend and database were not part of either roll.
+    assert after["web"] == before["web"] and after["db"] == before["db"]
     wait_http(fleet.url("api1", "/health"), deadline_s=90)
