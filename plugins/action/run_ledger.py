@@ -5,7 +5,7 @@
 Every playbook ends with one ledger line per host. As a module that line cost a full module
 run (payload, a Python start-up importing AnsibleModule, the module's own imports): about
 0.4 s of a 1-3 s playbook. Here the line is built and redacted on the controller with the
-same code (module_utils/ledger.py ``build_line``), then appended by one plain command - the
+same code (module_utils/ledger.py ``line_from_params``), then appended by one plain command - the
 host's Python running ``ledger.APPEND_SCRIPT`` with the line on stdin (directory 0700, file
 0600, one write under flock, fsync: the steps of ``ledger.append``).
 
@@ -26,9 +26,9 @@ from ansible_collections.ner11.ops.plugins.module_utils.ledger import (
     ARGUMENT_SPEC,
     LedgerError,
     append_error,
-    build_line,
     check_path,
     encode,
+    line_from_params,
 )
 
 MODULE = "ner11.ops.run_ledger"
@@ -67,21 +67,7 @@ class ActionModule(ActionBase):
             return result
         try:
             check_path(p["path"])
-            line = build_line(
-                p["playbook"],
-                p["host"],
-                status=p["status"],
-                window=p["window"],
-                steps=p["steps"],
-                results=p["results"],
-                backup_ids=p["backup_ids"],
-                started_at=p["started_at"],
-                finished_at=p["finished_at"],
-                duration_s=p["duration_s"],
-                awx_job_id=p["awx_job_id"],
-                extra=p["extra"],
-                secret_values=p["secret_values"],
-            )
+            line = line_from_params(p)
         except LedgerError as exc:
             result.update(failed=True, changed=False, msg=str(exc))
             return result

@@ -73,12 +73,19 @@ def plain_http_get(url, timeout, user_agent="ner11.ops", opener=None):
         if not _OPENER:
             _OPENER.append(urllib.request.build_opener())
         opener = _OPENER[0]
-    started = time.monotonic()
     if not url.lower().startswith("http://"):
         return HttpResponse(url, None, b"", {}, 0.0, "not a plain http:// URL", "other")
     request = urllib.request.Request(url, headers={"User-Agent": user_agent}, method="GET")  # noqa: S310 - http:// only (above)
+    return fetch(url, lambda: opener.open(request, timeout=timeout))
+
+
+def fetch(url, open_response):
+    """Run ``open_response()`` (an HTTP client's GET of ``url``) and make an HttpResponse of what
+    happens; never raises. The one place that reads bodies and turns errors into a check's output,
+    for the standard library's client and for ``open_url`` alike."""
+    started = time.monotonic()
     try:
-        resp = opener.open(request, timeout=timeout)
+        resp = open_response()
         try:
             body = resp.read(MAX_BODY)
             return HttpResponse(url, resp.getcode(), body, dict(resp.headers), (time.monotonic() - started) * 1000.0)

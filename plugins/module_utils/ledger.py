@@ -129,6 +129,26 @@ def normalize_steps(steps):
     return out
 
 
+def line_from_params(p):
+    """build_line from the options of ner11.ops.run_ledger (ARGUMENT_SPEC): the module and its
+    action plugin build the same line."""
+    return build_line(
+        p["playbook"],
+        p["host"],
+        status=p["status"],
+        window=p["window"],
+        steps=p["steps"],
+        results=p["results"],
+        backup_ids=p["backup_ids"],
+        started_at=p["started_at"],
+        finished_at=p["finished_at"],
+        duration_s=p["duration_s"],
+        awx_job_id=p["awx_job_id"],
+        extra=p["extra"],
+        secret_values=p["secret_values"],
+    )
+
+
 def build_line(
     playbook,
     host,

@@ -286,11 +286,8 @@ discovered:
 """
 
 import os
-import time
-from urllib.error import HTTPError
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.ner11.ops.plugins.module_utils.health import (
     COMPONENTS,
@@ -306,9 +303,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.discovery import Discove
 from ansible_collections.ner11.ops.plugins.module_utils.docker_socket import Engine, EngineError
 from ansible_collections.ner11.ops.plugins.module_utils.health_db import DEFAULT_CANARY_TABLES
 from ansible_collections.ner11.ops.plugins.module_utils.health_http import (
-    MAX_BODY,
-    HttpResponse,
-    classify_error,
+    fetch,
     plain_http_get,
 )
 from ansible_collections.ner11.ops.plugins.module_utils.health_result import failure_message, report_lines, should_fail
@@ -338,23 +333,7 @@ def http_get(url, timeout):
         return plain_http_get(url, timeout, USER_AGENT)
     from ansible.module_utils.urls import open_url
 
-    started = time.monotonic()
-    try:
-        resp = open_url(url, method="GET", timeout=timeout, http_agent=USER_AGENT, follow_redirects="safe")
-        try:
-            body = resp.read(MAX_BODY)
-            return HttpResponse(url, resp.getcode(), body, dict(resp.headers), (time.monotonic() - started) * 1000.0)
-        finally:
-            resp.close()
-    except HTTPError as exc:
-        try:
-            body = exc.read(MAX_BODY)
-        except Exception:  # the error body is optional
-            body = b""
-        return HttpResponse(url, exc.code, body, dict(exc.headers or {}), (time.monotonic() - started) * 1000.0)
-    except Exception as exc:  # refused, timeout, reset, bad URL...: reported as the check's output
-        kind, text = classify_error(exc)
-        return HttpResponse(url, None, b"", {}, (time.monotonic() - started) * 1000.0, to_native(text), kind)
+    return fetch(url, lambda: open_url(url, method="GET", timeout=timeout, http_agent=USER_AGENT, follow_redirects="safe"))
 
 
 def main():

@@ -137,7 +137,7 @@ bytes:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ner11.ops.plugins.module_utils.ledger import ARGUMENT_SPEC, LedgerError, append, build_line
+from ansible_collections.ner11.ops.plugins.module_utils.ledger import ARGUMENT_SPEC, LedgerError, append, line_from_params
 
 
 def main():
@@ -147,21 +147,7 @@ def main():
     )
     p = module.params
     try:
-        line = build_line(
-            p["playbook"],
-            p["host"],
-            status=p["status"],
-            window=p["window"],
-            steps=p["steps"],
-            results=p["results"],
-            backup_ids=p["backup_ids"],
-            started_at=p["started_at"],
-            finished_at=p["finished_at"],
-            duration_s=p["duration_s"],
-            awx_job_id=p["awx_job_id"],
-            extra=p["extra"],
-            secret_values=p["secret_values"],
-        )
+        line = line_from_params(p)
         written = 0 if module.check_mode else append(p["path"], line)
     except LedgerError as exc:
         module.fail_json(msg=str(exc))
