@@ -163,10 +163,10 @@ def write_results(rows, n, loads):
         SECTION,
         "",
         "`bench/health_bench.py` on %s, %d cores, %s; N=%d runs per method, interleaved; load average "
-        "during the run %.1f-%.1f (other suites shared the machine)."
+        "during the run %.1f-%.1f (1-minute, sampled between runs)."
         % (time.strftime("%Y-%m-%d"), os.cpu_count(), platform.python_version(), n, min(loads), max(loads)),
         'Ratio = median / median of the runbook curl sequence. "runs not pass": runs whose overall status',
-        "was not `pass` (under this load `api:latency` can exceed its 200 ms goal and warn).",
+        "was not `pass` (under load `api:latency` can exceed its 200 ms goal and warn).",
         "",
         "| method | median ms | min ms | max ms | ratio | runs not pass |",
         "|---|---:|---:|---:|---:|---:|",
