@@ -6,7 +6,7 @@ Every playbook ends with one ledger line per host. As a module that line cost a 
 run (payload, a Python start-up importing AnsibleModule, the module's own imports): about
 0.4 s of a 1-3 s playbook. Here the line is built and redacted on the controller with the
 same code (module_utils/ledger.py ``line_from_params``), then appended by one plain command - the
-host's Python running ``ledger.APPEND_SCRIPT`` with the line on stdin (directory 0700, file
+host's Python running ``ledger.append_script()`` with the line on stdin (directory 0700, file
 0600, one write under flock, fsync: the steps of ``ledger.append``).
 
 When the host's Python is not known yet (interpreter discovery has not run on this host) or
@@ -22,10 +22,10 @@ import shlex
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.ner11.ops.plugins.module_utils.ledger import (
-    APPEND_SCRIPT,
     ARGUMENT_SPEC,
     LedgerError,
     append_error,
+    append_script,
     check_path,
     encode,
     line_from_params,
@@ -76,7 +76,7 @@ class ActionModule(ActionBase):
             return result
         # The interpreter may be a command with arguments ("/usr/bin/env python3"); -S: the program
         # needs only the standard library, so the host's site-packages are not scanned.
-        argv = shlex.split(str(python)) + ["-S", "-c", APPEND_SCRIPT, p["path"]]
+        argv = shlex.split(str(python)) + ["-S", "-c", append_script(), p["path"]]
         cmd = " ".join(shlex.quote(a) for a in argv)
         try:
             res = self._low_level_execute_command(cmd, in_data=encode(line))

@@ -224,19 +224,11 @@ ARGUMENT_SPEC = dict(
     secret_values=dict(type="list", elements="str", default=[], no_log=True),
 )
 
-# append() as one small program for the host's Python (argv[1] the ledger path, the encoded line
-# on stdin; prints {"bytes": n} or {"error": text}). The run_ledger action plugin runs it as one
-# plain command, so a playbook's ledger line costs no module start-up on the host. Same steps as
-# append(): the directory 0700 (created), the file 0600, one write under flock, fsync.
-APPEND_SCRIPT = """
-import json, os, sys
-try:
-    import fcntl
-except ImportError:
-    fcntl = None
-path = sys.argv[1]
-data = sys.stdin.buffer.read()
-try:
+
+def write_line(path, data):
+    """The steps of one append, in the standard library only: the directory 0700 (created), the
+    file 0600, the whole line in one ``write`` under an exclusive ``flock``, fsync. Raises OSError.
+    append() runs it here; append_script() sends its source to the host's Python."""
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         os.makedirs(parent, 0o700)
@@ -252,10 +244,33 @@ try:
     finally:
         os.close(fd)
     os.chmod(path, 0o600)
+
+
+_SCRIPT_HEAD = """
+import json, os, sys
+try:
+    import fcntl
+except ImportError:
+    fcntl = None
+"""
+_SCRIPT_MAIN = """
+try:
+    data = sys.stdin.buffer.read()
+    write_line(sys.argv[1], data)
     print(json.dumps({"bytes": len(data)}))
 except OSError as exc:
     print(json.dumps({"error": str(exc)}))
 """
+
+
+def append_script():
+    """append() as one small program for the host's Python (argv[1] the ledger path, the encoded
+    line on stdin; prints {"bytes": n} or {"error": text}): write_line's own source and a driver.
+    The run_ledger action plugin runs it as one plain command, so a playbook's ledger line costs
+    no module start-up on the host. Built on the controller, where this file's source is at hand."""
+    import inspect
+
+    return _SCRIPT_HEAD + "\n" + inspect.getsource(write_line) + _SCRIPT_MAIN
 
 
 def append_error(path, cause):
@@ -269,12 +284,6 @@ def append_error(path, cause):
 def check_path(path):
     if not path or not os.path.isabs(path):
         raise LedgerError("path must be an absolute file path for the ledger, got %r" % (path,))
-
-
-def _private_dir(path):
-    if not os.path.isdir(path):
-        os.makedirs(path, 0o700)
-    os.chmod(path, 0o700)
 
 
 def encode(line):
@@ -292,18 +301,7 @@ def append(path, line):
     check_path(path)
     data = encode(line)
     try:
-        _private_dir(os.path.dirname(path))
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            written = 0
-            while written < len(data):
-                written += os.write(fd, data[written:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(path, 0o600)
+        write_line(path, data)
     except OSError as exc:
         raise append_error(path, exc) from None
     return len(data)

@@ -1,4 +1,4 @@
-"""ledger.APPEND_SCRIPT (what the run_ledger action plugin runs on the host) does what ledger.append does."""
+"""ledger.append_script() (what the run_ledger action plugin runs on the host) does what ledger.append does."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ansible_collections.ner11.ops.plugins.module_utils import ledger
 
 
 def _run_script(path, data, python=sys.executable):
-    proc = subprocess.run([python, "-S", "-c", ledger.APPEND_SCRIPT, path], input=data, capture_output=True, check=False)
+    proc = subprocess.run([python, "-S", "-c", ledger.append_script(), path], input=data, capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.decode().strip().splitlines()[-1])
 
