@@ -386,6 +386,8 @@ def test_the_ledger_play_every_playbook_imports_writes_a_redacted_line_and_a_glo
     line = json.loads(path.read_text().splitlines()[-1])
     assert line["playbook"] == "health" and line["host"] == "localhost" and line["awx_job_id"] == "77"
     assert ev["ner11_db_password"] not in path.read_text() and "(redacted)" in line["results"]["note"]
+    # Written by the action plugin's one command on the host, not by the module fallback.
+    assert res.task("Append the run to the ledger")["ledger_writer"] == "command"
     summary = maint_stats_key(res, "ner11_run")
     assert summary["status"] == "ok" and summary["hosts"] == {"localhost": "ok"} and summary["awx_job_id"] == "77"
     # Every playbook of the collection ends with it (maintenance and the dr playbooks write their own line).
