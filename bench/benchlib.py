@@ -8,8 +8,10 @@ project ``bench<hex>`` on free ports, labelled ``io.ner11.project=<project>`` an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +34,27 @@ from conftest import (  # noqa: E402,F401 - re-exported for the bench modules
 
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 DATA = os.path.join(ROOT, "bench", "data")
+
+
+@contextlib.contextmanager
+def bench_stack(prefix, keep=False, deploy=True):
+    """A dedicated bench stack (project ``<prefix><hex>``, labelled, free ports) and its work
+    directory bench/data/<project>; both removed at the end unless ``keep``. With ``deploy`` the
+    stack is deployed first (the bench exits when that fails); without, the caller deploys it
+    (e.g. to time the deploy)."""
+    stack = Stack(unique_project(prefix))
+    work = os.path.join(DATA, stack.project)
+    try:
+        stack.remove()
+        if deploy:
+            res = stack.deploy()
+            if res.rc != 0:
+                sys.exit("deploying the bench stack failed: %s" % res.explain())
+        yield stack, work
+    finally:
+        if not keep:
+            stack.remove()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def load():

@@ -29,13 +29,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import DATA, Stack, load, median, run_playbook, timed, unique_project, write_section  # noqa: E402
+from benchlib import bench_stack, load, median, run_playbook, timed, write_section  # noqa: E402
 
 SECTION = "DR recovery time and startup"
 STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
@@ -126,14 +125,11 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the bench stack")
     args = ap.parse_args()
     argv = " ".join(["bench/dr_startup.py"] + sys.argv[1:])
-    stack = Stack(unique_project("bdr"))
-    work = os.path.join(DATA, stack.project)
-    os.makedirs(os.path.join(work, "logs"), exist_ok=True)
-    ev = dict(stack.vars, ner11_backup_dir=os.path.join(work, "backups"), **SMALL)
-    rows = Rows()
-    loads = [load()]
-    try:
-        stack.remove()
+    with bench_stack("bdr", args.keep, deploy=False) as (stack, work):
+        os.makedirs(os.path.join(work, "logs"), exist_ok=True)
+        ev = dict(stack.vars, ner11_backup_dir=os.path.join(work, "backups"), **SMALL)
+        rows = Rows()
+        loads = [load()]
         log("deploy.yml from no stack (%s)" % stack.project)
         res = play(rows, "deploy", "`deploy.yml` from no stack (images present; network, volumes, 3 containers, each gated)",
                    "-", "playbooks/deploy.yml", stack.vars)  # fmt: skip
@@ -164,10 +160,6 @@ def main():
         for line in lines:
             print(line)
         write_section(SECTION, lines)
-    finally:
-        if not args.keep:
-            stack.remove()
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ import configparser
 import json
 import os
 import platform
-import shutil
 import signal
 import sys
 import time
@@ -52,7 +51,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import BIN, DATA, ROOT, Stack, load, median, run_playbook, timed, unique_project  # noqa: E402
+from benchlib import BIN, ROOT, bench_stack, load, median, run_playbook, timed  # noqa: E402
 
 # The integration tests' floors (tests/integration/test_startup.py): small CI machines.
 SMALL = {"startup_min_free_disk_gb": 1, "startup_min_available_memory_gb": 0.25, "startup_disk_fail_percent": 99}
@@ -271,23 +270,13 @@ def main():
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         sys.exit("unknown variant(s) %s; choose from %s" % (unknown, ",".join(VARIANTS)))
-    stack = Stack(unique_project("bfleet"))
-    work = os.path.join(DATA, stack.project)
     argv = " ".join(["bench/fleet_scale.py"] + sys.argv[1:])
     loads = [load()]
-    try:
-        stack.remove()
-        res = stack.deploy()
-        if res.rc != 0:
-            sys.exit("deploying the bench stack failed: %s" % res.explain())
+    with bench_stack("bfleet", args.keep) as (stack, work):
         out = run(stack, work, counts, args.reps, variants)
         loads.append(load())
         lines = ["## Fleet scale", ""] + section_lines(out, counts, args.reps, variants, loads, argv, stack.project)
         print("\n".join(lines))
-    finally:
-        if not args.keep:
-            stack.remove()
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -34,13 +34,12 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import BIN, DATA, Stack, load, median, run_playbook, timed, unique_project, write_section  # noqa: E402
+from benchlib import BIN, DATA, bench_stack, load, median, run_playbook, timed, write_section  # noqa: E402
 
 NOOP = "noop"
 PLAYBOOKS = [NOOP, "playbooks/health.yml", "playbooks/startup.yml", "playbooks/deploy.yml"]
@@ -235,14 +234,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the bench stack")
     args = ap.parse_args()
     counts = [int(n) for n in args.hosts.split(",")]
-    stack = Stack(unique_project("bplay"))
-    work = os.path.join(DATA, stack.project)
     argv = " ".join(["bench/playbook_overhead.py"] + sys.argv[1:])
-    try:
-        stack.remove()
-        res = stack.deploy()
-        if res.rc != 0:
-            sys.exit("deploying the bench stack failed: %s" % res.explain())
+    with bench_stack("bplay", args.keep) as (stack, work):
         summary, loads = run(stack, os.path.join(work, "overhead"), counts, args.reps, deploy_reps=args.deploy_reps)
         header = "Machine: %d cores, Python %s. Run %s (bench stack `%s`). Command: `.venv/bin/python %s`." % (
             os.cpu_count(),
@@ -255,10 +248,6 @@ def main():
         for line in lines:
             print(line)
         write_section("Playbook overhead", lines)
-    finally:
-        if not args.keep:
-            stack.remove()
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
