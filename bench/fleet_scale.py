@@ -27,13 +27,18 @@ then each playbook under each variant in turn), ``ansible-playbook`` runs:
   - ``forksN``: ``ANSIBLE_FORKS`` = the host count (at least 5);
   - ``nopipe``: ``ANSIBLE_PIPELINING=false`` (module files copied to a temp dir per task);
   - ``free``: ``ANSIBLE_STRATEGY=free`` (hosts do not wait for each other per task; measured only:
-    startup.yml's order across hosts relies on the linear strategy, docs/multi-host.md).
+    startup.yml's order across hosts relies on the linear strategy, docs/multi-host.md);
+  - ``standin``: the collection's ansible.cfg, and every host's Python is a stand-in
+    (bench/standin_interpreter.py) that replays the output the real module gave for the same payload
+    (recorded in one untimed run per playbook and host count). The hosts' own module work then no
+    longer runs on this machine, and what is left is the controller's cost per host. The no-op is
+    measured under it too.
 
 A run counts when it ends rc=0, changed=0 and no host failed. The table gives the median wall time of
 the counted runs, the counted/total runs beside every figure, and the ratio 50-host / 1-host
 (issue 14's goal: <= 5x).
 
-    .venv/bin/python bench/fleet_scale.py [--hosts 1,10,50] [--reps 3] [--variants cfg,forks5,forksN,nopipe,free]
+    .venv/bin/python bench/fleet_scale.py [--hosts 1,10,50] [--reps 3] [--variants cfg,forks5,forksN,nopipe,free,standin]
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchlib import BIN, ROOT, bench_stack, load, median, run_playbook, timed  # noqa: E402
+from standin_interpreter import write_wrapper  # noqa: E402
 
 # The integration tests' floors (tests/integration/test_startup.py): small CI machines.
 SMALL = {"startup_min_free_disk_gb": 1, "startup_min_available_memory_gb": 0.25, "startup_disk_fail_percent": 99}
@@ -74,10 +80,11 @@ def variant_env(name, nhosts):
         "forksN": {"ANSIBLE_FORKS": str(max(5, nhosts))},
         "nopipe": {"ANSIBLE_PIPELINING": "false"},
         "free": {"ANSIBLE_STRATEGY": "free"},
+        "standin": {},  # the collection's ansible.cfg; the inventory's interpreter is the stand-in
     }[name]
 
 
-VARIANTS = ["cfg", "forks5", "forksN", "nopipe", "free"]
+VARIANTS = ["cfg", "forks5", "forksN", "nopipe", "free", "standin"]
 
 
 def shape(nhosts):
@@ -88,7 +95,7 @@ def shape(nhosts):
     return {"ner11_db": names[:1], "ner11_api": names[1:-1], "ner11_frontend": names[-1:]}, names
 
 
-def write_inventory(stack, path, nhosts):
+def write_inventory(stack, path, nhosts, interpreter=None):
     groups, names = shape(nhosts)
     ports = {s: stack.model["services"][s]["ports"][0]["host"] for s in ("postgres", "api")}
     # All api hosts are this one machine: the peers the inventory would give (one entry per api host,
@@ -100,7 +107,7 @@ def write_inventory(stack, path, nhosts):
             "vars": dict(
                 {
                     "ansible_connection": "local",
-                    "ansible_python_interpreter": os.path.join(BIN, "python"),
+                    "ansible_python_interpreter": interpreter or os.path.join(BIN, "python"),
                     # Peers (the api's database, the frontend's upstreams) are this machine.
                     "ner11_address": "127.0.0.1",
                     "ner11_stack": stack_vars,
@@ -172,17 +179,33 @@ def one_run(playbook, inventory, hosts, env):
 def run(stack, workdir, counts, reps, variants, log=print):
     os.makedirs(workdir, exist_ok=True)
     noops = write_noops(workdir)
-    invs = {}
+    invs, standin = {}, {}
+    python = os.path.join(workdir, "standin", "bin", "python")
+    if "standin" in variants:
+        write_wrapper(python, os.path.join(BIN, "python"), os.path.join(workdir, "standin", "recorded"))
     for n in counts:
         path = os.path.join(workdir, "inventory-%d.json" % n)
         invs[n] = (path, write_inventory(stack, path, n))
-    keys = [(NOOP, "cfg"), (NOOP_FACTS, "cfg")] + [(pb, v) for pb in PLAYBOOKS for v in variants]
+        path = os.path.join(workdir, "inventory-standin-%d.json" % n)
+        standin[n] = (path, write_inventory(stack, path, n, interpreter=python))
+    keys = [(NOOP, "cfg"), (NOOP_FACTS, "cfg")] + [(NOOP, "standin")] * ("standin" in variants)
+    keys += [(pb, v) for pb in PLAYBOOKS for v in variants]
     out = {k: {n: [] for n in counts} for k in keys}
+    # The stand-in's recordings: one untimed run of each measured playbook per host count.
+    for n in counts:
+        for pb, v in keys:
+            if v == "standin":
+                r = one_run(noops.get(pb, pb), standin[n][0], standin[n][1], {})
+                log(
+                    "[%s] recording for the stand-in: %s %d host(s): %.1f s %s"
+                    % (time.strftime("%H:%M:%S"), pb, n, r["s"], r.get("error", ""))
+                )
     for rep in range(reps):
         for n in counts:
             for pb, v in keys:
                 path = noops.get(pb, pb)
-                r = one_run(path, invs[n][0], invs[n][1], variant_env(v, n))
+                inv = standin[n] if v == "standin" else invs[n]
+                r = one_run(path, inv[0], inv[1], variant_env(v, n))
                 out[(pb, v)][n].append(r)
                 log(
                     "[%s] rep %d %s %s %d host(s): %.1f s load %.1f %s"
@@ -203,15 +226,19 @@ def section_lines(out, counts, reps, variants, loads, argv, project):
         % (os.cpu_count(), platform.python_version(), time.strftime("%Y-%m-%d %H:%M"), argv, reps, loads[0], loads[1]),
         "",
         "Hosts: every inventory host is an alias of localhost (`ansible_connection: local`) pointing at ONE real bench "
-        "stack (`%s`: PostgreSQL, API, frontend containers on this machine; no stand-ins). 1 host = a whole-stack host; "
+        "stack (`%s`: PostgreSQL, API, frontend containers on this machine; no stand-in services). 1 host = a whole-stack host; "
         "N >= 3 = 1 database host, N-2 api hosts, 1 frontend host, with `ner11_stack.peers` set once to the one stack's "
         "127.0.0.1 ports (the inventory would list the same address per api host). Every host's modules run on this controller, so the "
-        "figures include the hosts' own module work: an upper bound of what the controller spends." % project,
+        "figures include the hosts' own module work (except under the `standin` variant below): an upper bound of what the controller spends."
+        % project,
         "",
         "Variants (this run: %s): `cfg` = the collection's ansible.cfg (forks %s, pipelining %s, strategy linear); `forks5`, `forksN` "
         "(forks = host count, at least 5), `nopipe` (ANSIBLE_PIPELINING=false), `free` (ANSIBLE_STRATEGY=free: not "
-        "safe for a real startup.yml, whose cross-host order needs linear). startup.yml with %s. A run counts when "
-        "it ends rc=0, changed=0, no failed host."
+        "safe for a real startup.yml, whose cross-host order needs linear), `standin` (the collection's ansible.cfg; every "
+        "host's Python is a STAND-IN, bench/standin_interpreter.py: a module payload seen before, from any host, gets the "
+        "output the real module gave for it, recorded in one untimed run per playbook and host count; the ledger's "
+        "per-host line and anything new run for real. It removes the hosts' own module work from this machine, leaving "
+        "the controller's cost per host). startup.yml with %s. A run counts when it ends rc=0, changed=0, no failed host."
         % (
             ", ".join(variants),
             forks,
@@ -228,7 +255,9 @@ def section_lines(out, counts, reps, variants, loads, argv, project):
         meds = {n: median(r["s"] for r in by_n[n] if "error" not in r) for n in counts}
         first, last = meds[counts[0]], meds[counts[-1]]
         ratio = last / first if first and last else None
-        goal = "-" if pb in (NOOP, NOOP_FACTS) or ratio is None else ("met" if ratio <= GOAL else "MISSED")
+        # The goal is the 50-host run's (issue 14); other host counts are shown, not judged.
+        judged = counts[-1] == 50 and pb not in (NOOP, NOOP_FACTS) and ratio is not None
+        goal = ("met" if ratio <= GOAL else "MISSED") if judged else "-"
         lines.append(
             "| %s | %s | %s | %s | %s | %s | %.1f | %s |"
             % (

@@ -1,0 +1,65 @@
+"""A stand-in for a host's Python (bench/fleet_scale.py ``standin`` variant): the controller's own cost.
+
+On this one machine every inventory host of the fleet bench is an alias of localhost, so each
+host's module work (Python start-up, the module's imports, its checks) runs on the controller's
+two cores as well, and a 50-host run measures mostly that. To measure what the controller itself
+spends per host (templating the task, building the module payload, the worker process, the
+connection, reading the result), this interpreter stands in for the host's Python:
+
+* it reads what Ansible sends (with pipelining: the whole AnsiballZ payload on stdin);
+* the first time a payload is seen it runs the REAL interpreter with it and keeps the output when
+  the run succeeded; every later identical payload gets that recorded output back at once;
+* payloads are compared without the date stamp Ansible writes into each one, so every host of a
+  group that runs the same module with the same arguments shares one recording;
+* anything else (the ledger's per-host line, a payload never seen) runs for real.
+
+It is a bench instrument only, named as such in the output; correctness is proven on the real
+fleet (tests/integration/test_fleet.py). Standard library only: it starts with ``python -S``.
+"""
+
+import hashlib
+import os
+import re
+import subprocess  # noqa: S404 - runs the real interpreter with the same payload
+import sys
+
+DATE_STAMP = re.compile(rb"date_time=datetime\.datetime\([^)]*\)\)?,")
+
+
+def payload_key(argv, data):
+    """The recording's key: the arguments and the payload without its date stamp."""
+    return hashlib.sha256(repr(argv).encode() + b"\0" + DATE_STAMP.sub(b"", data)).hexdigest()
+
+
+def main(real, cache):
+    data = sys.stdin.buffer.read()
+    path = os.path.join(cache, payload_key(sys.argv[1:], data))
+    try:
+        with open(path, "rb") as fh:
+            sys.stdout.buffer.write(fh.read())
+        return 0
+    except FileNotFoundError:
+        pass
+    proc = subprocess.run([real] + sys.argv[1:], input=data, capture_output=True, check=False)  # noqa: S603
+    if proc.returncode == 0:
+        tmp = "%s.%d.tmp" % (path, os.getpid())
+        with open(tmp, "wb") as fh:
+            fh.write(proc.stdout)
+        os.replace(tmp, path)
+    sys.stdout.buffer.write(proc.stdout)
+    sys.stderr.buffer.write(proc.stderr)
+    return proc.returncode
+
+
+def write_wrapper(path, real, cache):
+    """An executable interpreter file at ``path`` that runs ``main(real, cache)``."""
+    os.makedirs(cache, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(path, "w") as fh:
+        fh.write(
+            "#!%s -S\nimport sys\nsys.path.insert(0, %r)\nimport standin_interpreter\n"
+            "sys.exit(standin_interpreter.main(%r, %r))\n" % (sys.executable, here, real, cache)
+        )
+    os.chmod(path, 0o700)  # executable by the bench (root) only
+    return path
