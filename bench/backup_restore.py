@@ -178,7 +178,12 @@ class BackupRestoreBench:
         self._check(name, source)
         self._drop(name)
         by_mount = res.get("plan", {}).get("read_dump_by_mount")
-        return {"s": wall, "internal_s": res.get("duration_s"), "detail": "%s, by mount %s" % (res.get("operation"), by_mount)}
+        return {
+            "s": wall,
+            "internal_s": res.get("duration_s"),
+            "steps": res.get("steps") or [],
+            "detail": "%s, by mount %s" % (res.get("operation"), by_mount),
+        }
 
     def r_pg_restore(self, rep, source):
         return self._pg_restore(rep, source, "pg_backup")
@@ -346,6 +351,12 @@ def section_lines(size_label, source, res, loads, reps, noop_s, profile="compres
         lines.append("|---|---:|---:|")
         for name, secs, n in b[m]["steps"]:
             lines.append("| %s | %.2f | %d |" % (name, secs, n))
+    for m in ("pg_restore", "pg_restore_zstd"):
+        lines += ["", "Steps that ran in `%s` (median s over %d runs, from the module's `steps`):" % (m, r[m]["n"]), ""]
+        lines.append("| step | median s | runs |")
+        lines.append("|---|---:|---:|")
+        for name, secs, n in r[m]["steps"]:
+            lines.append("| %s | %.2f | %d |" % (name, secs, n))
     pb, pz, pr = b["pg_backup"], b["pg_backup_zstd"], r["pg_restore"]
     raw, rawz = b["raw_module_cmd"]["s"], b["raw_module_cmd_zstd"]["s"]
     lines += [
@@ -386,7 +397,7 @@ NOTES = [
     "",
     "- Size of pg_backup = its `dump/` directory (the backup also holds `globals.sql` and the manifest).",
     "- Wall = `ansible-playbook` of one task (controller start-up included: the no-op figure above);",
-    "  module-internal = the module's own `duration_s`; the steps table is the module's own `steps`.",
+    "  module-internal = the module's own `duration_s`; the steps tables are the modules' own `steps`.",
     "- The raw lines are built by the modules' own code (`PgBackup.dump_command`, `PgTarget.sidecar_argv`),",
     "  so the raw command is exactly the command the module runs.",
     "- The page cache is warm for every method alike (the machine is shared; caches were not dropped).",

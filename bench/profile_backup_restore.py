@@ -116,12 +116,15 @@ def main():
                 "jobs": args.jobs,
             }
             t0 = time.monotonic()
-            run_restore(rparams, runner)
+            done = run_restore(rparams, runner)
             report(
                 "pg_restore jobs %d, %s" % (args.jobs, "with login_password" if restore_password else "no password"),
                 runner,
                 time.monotonic() - t0,
             )
+            print("  its steps (the module's own `steps`; duration_s %.2f):" % done["duration_s"])
+            for step in done["steps"]:
+                print("%7.2f s  %s" % (step["s"], step["step"]))
     finally:
         pg.remove()
         shutil.rmtree(work, ignore_errors=True)

@@ -123,14 +123,18 @@ def run_restore(params, runner, check_mode=False, now=None):
     }
     cmd = CommandRunner.wrap(runner)
     with PgTarget(params, cmd) as target:
-        r = Restorer(target, cmd, check_mode=check_mode, db=db)
+        r = Restorer(target, cmd, check_mode=check_mode, db=db, started=started)
+        r.step("find the backup, verify its checksums")
         result["executed_commands"] = r.commands
+        result["steps"] = r.steps
         try:
             result["toc_entries"] = r.list_toc(info, manifest.get("toc_entries"))
+            r.step("pg_restore --list")
             # First what a killed or failed earlier run left (docs/restore.md, "Interrupted restores").
             found, stages, clients = r.find_leftovers(db)
             steps = repair_plan(db, found, stages, clients)
             result["leftovers"] = leftover_report(db, found)
+            r.step("look for leftovers of a killed run")
             if steps:
                 result["plan"]["repair"] = steps
                 if check_mode:
@@ -143,6 +147,7 @@ def run_restore(params, runner, check_mode=False, now=None):
                 else:
                     result["repaired"] = r.repair(db, found, stages, clients)
                     result["leftovers"] = leftover_report(db, found)
+                    r.step("repair the leftovers")
             state = r.inspect(db, newer_columns)
             expected = expected_counts(manifest, tables or None)
             if tables:
@@ -153,8 +158,10 @@ def run_restore(params, runner, check_mode=False, now=None):
             result["reason"] = decision["reason"]
             if state.get("applied"):
                 result["changes_since_restore"] = state.get("changes", [])
+            r.step("inspect the target, decide")
             if decision["action"] in ("none", "skip"):
                 result["row_counts"] = r.counts(db, tables or canaries)
+                r.step("canary counts")
                 result["applied"] = state.get("applied")
                 result["changed"] = bool(steps)
                 return _finish(result, started)
@@ -171,6 +178,7 @@ def run_restore(params, runner, check_mode=False, now=None):
         except (RestoreError, PgExecError) as exc:
             # Failures report what they changed for good and what they left (issue 9).
             exc.partial = {
+                "steps": r.steps,
                 "changed": bool(r.changes),
                 "changes": list(r.changes),
                 "leftovers": result.get("leftovers", []),
@@ -230,14 +238,17 @@ def _tables(r, params, info, manifest, db, tables, expected, newer_columns, forc
         manifest["created_at"],
         force,
     )
+    r.step("plan the table restore")
     try:
         result["sequences"] = r.restore_tables(info, db, tables, pre, post)
     except RestoreError as exc:
         if "held rows newer than the backup" in str(exc):
             raise Refused("%s; the transaction was rolled back, nothing was changed" % exc) from None
         raise RestoreError("%s; the transaction was rolled back, the tables are unchanged" % exc) from None
+    r.step("restore the tables in one transaction")
     result["restored"] = True
     result["row_counts"] = r.counts(db, tables)
+    r.step("canary counts")
     return result
 
 
@@ -255,6 +266,7 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
         ]
     staged = r.copies_dump(info, jobs)
     space = r.space_check(manifest, info, staged)
+    r.step("sessions and free space" if state["exists"] else "free space")
     result["plan"].update(
         {
             "action": "replace" if state["exists"] else "create",
@@ -287,11 +299,28 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
     result["globals"] = r.restore_globals(info, r.target.user)
     if result["globals"]["created"]:
         r.changes.append("created roles %s" % ", ".join(result["globals"]["created"]))
+    r.step("globals (roles)")
     r.create_db(temp)
+    r.step("create the temporary database")
     swapped = False
     try:
         r.restore_full(info, temp, jobs)
-        counts = r.counts(temp, canaries)
+        r.step("pg_restore into the temporary database")
+        # The restore_log row and the state fingerprint, taken before anyone else can connect; the
+        # canary counts come from the fingerprint's own row counts (one scan, one psql call). A
+        # refusal below drops the temporary database with the row.
+        log_sql = log_insert_sql(
+            manifest["backup_id"],
+            info["sha256"],
+            "full",
+            None,
+            (manifest.get("source") or {}).get("db_name"),
+            manifest["created_at"],
+            force,
+            returning=True,
+        )
+        counts = r.log_and_counts(log_sql, temp, canaries)
+        r.step("restore log, fingerprint and canary counts")
         problems = count_mismatches(expected, counts)
         if problems:
             raise RestoreError(
@@ -313,19 +342,7 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
                         ),
                     )
                 )
-        # The restore_log row and the state fingerprint, taken before anyone else can connect.
-        r.psql_script(
-            log_insert_sql(
-                manifest["backup_id"],
-                info["sha256"],
-                "full",
-                None,
-                (manifest.get("source") or {}).get("db_name"),
-                manifest["created_at"],
-                force,
-            ),
-            temp,
-        )
+            r.step("newer-data check")
         if state["exists"]:
             r.allow_connections(db, False)
             try:
@@ -348,6 +365,7 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
                 raise
             swapped = True
             r.changes.append("replaced database %s with backup %s" % (db, manifest["backup_id"]))
+            r.step("swap (rename in one transaction)")
             test_pause("drop")
             if keep_old:
                 r.allow_connections(old, True)
@@ -366,6 +384,7 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
                             "fix": "run the restore again, or DROP DATABASE %s WITH (FORCE);" % quote_ident(old),
                         }
                     ]
+            r.step("keep the replaced database" if keep_old else "drop the replaced database")
         else:
             # A database the collection created keeps a mark (scratch databases are dropped only when marked).
             r.psql_script(
@@ -375,6 +394,7 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
             )
             swapped = True
             r.changes.append("created database %s from backup %s" % (db, manifest["backup_id"]))
+            r.step("rename into place")
     finally:
         if not swapped:
             error = r.drop_db(temp)

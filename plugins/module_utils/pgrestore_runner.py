@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 
 from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import DockerCli
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name
@@ -39,6 +40,9 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_sql import (
     HAS_LOG_SQL,
     LATEST_LOG_SQL,
     USER_TABLES_SQL,
+    canary_lookup_sql,
+    counts_from_fingerprint,
+    create_db_sql,
     newest_sql,
     sessions_sql,
     terminate_sql,
@@ -60,7 +64,7 @@ SIDECAR_LABEL = "io.ner11.pg_restore.target"
 class Restorer:
     """Runs the steps against one server. ``runner`` has AnsibleModule.run_command's signature."""
 
-    def __init__(self, target, runner, log=None, check_mode=False, db=None):
+    def __init__(self, target, runner, log=None, check_mode=False, db=None, started=None):
         self.target = target
         # One CommandRunner and Docker client record every command (executed_commands).
         self.cmd = CommandRunner.wrap(runner)
@@ -73,6 +77,15 @@ class Restorer:
         self.db = db or "db"
         # What this run changed for good (for ``changed`` when it fails later).
         self.changes = []
+        # Every step that ran, with its seconds (returned as ``steps``; the bench prints them).
+        self.steps = []
+        self._mark = time.monotonic() if started is None else started
+
+    def step(self, name):
+        """Close the step that ends now: ``name`` took the time since the previous mark."""
+        now = time.monotonic()
+        self.steps.append({"step": name, "s": round(now - self._mark, 3)})
+        self._mark = now
 
     # -- helpers -------------------------------------------------------------------
     def q(self, sql, db="postgres"):
@@ -295,8 +308,28 @@ class Restorer:
         return {"created": created, "kept": kept}
 
     def create_db(self, db, comment=TEMP_COMMENT):
-        """CREATE DATABASE, then mark it as ours at once (only marked databases are ever dropped by a repair)."""
-        self.target.create_database(db, comment)
+        """CREATE DATABASE, then mark it as ours at once (only marked databases are ever dropped by a repair).
+
+        One psql call (issue 16: each call is a ``docker exec``): psql runs the two statements
+        one after the other, each in its own transaction (CREATE DATABASE cannot run in one),
+        and stops at the first error (ON_ERROR_STOP), so an uncreated database is never commented.
+        """
+        self.psql_script(create_db_sql(db, comment), "postgres")
+
+    def log_and_counts(self, log_sql, db, tables):
+        """Write the restore_log row (with the state fingerprint) in ``db``; the canary counts of ``db``.
+
+        The fingerprint counts the rows of every table (one scan each): a canary that is a
+        plain table without children takes its count from there, in the same psql call,
+        instead of a second full scan (issue 16). Any other canary (partitioned, inherited,
+        or not resolved by the fingerprint) is counted with ``counts`` as before.
+        """
+        rows = self.q(log_sql + canary_lookup_sql(tables), db) or []
+        counts = counts_from_fingerprint(rows, tables)
+        rest = [t for t in tables if t not in counts]
+        if rest:
+            counts.update(self.counts(db, rest))
+        return counts
 
     def drop_db(self, db):
         """DROP DATABASE ... WITH (FORCE); returns None when done, else the error text."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 # ruff: noqa: S608 -- every identifier goes through quote_name/quote_table and every value through quote_literal.
 
-from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name
+import json
+
+from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name, quote_table
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import LOG_SCHEMA, LOG_TABLE, qualified, split_table
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_state import fingerprint_sql
 
@@ -53,12 +55,15 @@ LATEST_LOG_SQL = (
 )
 
 
-def log_insert_sql(backup_id, sha256, scope, tables, source_db, source_created_at, forced):
-    """The restore_log row, with the state fingerprint taken in the same statement."""
+def log_insert_sql(backup_id, sha256, scope, tables, source_db, source_created_at, forced, returning=False):
+    """The restore_log row, with the state fingerprint taken in the same statement.
+
+    ``returning``: the statement also returns the row ``fp|<fingerprint>`` (``counts_from_fingerprint``).
+    """
     tables_sql = "ARRAY[%s]::text[]" % ", ".join(quote_literal(t) for t in tables) if tables else "NULL"
     return (
         LOG_DDL + "INSERT INTO %s (backup_id, sha256, scope, tables, source_db, source_created_at, forced, tool, "
-        "fingerprint) VALUES (%s, %s, %s, %s, %s, %s::timestamptz, %s, 'ner11.ops.pg_restore', (%s));\n"
+        "fingerprint) VALUES (%s, %s, %s, %s, %s, %s::timestamptz, %s, 'ner11.ops.pg_restore', (%s))%s;\n"
         % (
             LOG_TABLE,
             quote_literal(backup_id),
@@ -69,8 +74,65 @@ def log_insert_sql(backup_id, sha256, scope, tables, source_db, source_created_a
             quote_literal(source_created_at),
             "true" if forced else "false",
             fingerprint_sql(None, tables or None),
+            " RETURNING 'fp', fingerprint" if returning else "",
         )
     )
+
+
+def create_db_sql(db, comment=None):
+    """CREATE DATABASE from template0 and its COMMENT (the mark), as a psql script (two statements)."""
+    sql = "CREATE DATABASE %s TEMPLATE template0;\n" % quote_ident(db)
+    if comment is not None:
+        sql += "COMMENT ON DATABASE %s IS %s;\n" % (quote_ident(db), quote_literal(comment))
+    return sql
+
+
+def canary_lookup_sql(tables):
+    """One SELECT: a row ``canary|<table>|<key>`` per canary, in order ('' when there are none).
+
+    ``key`` is the fingerprint's ``schema.table`` when the canary is a plain table without
+    children (the fingerprint's ``FROM ONLY`` count is then its ``count(*)``), ``missing`` when
+    it does not exist, else empty (partitioned or inherited: counted on its own).
+    """
+    if not tables:
+        return ""
+    values = ", ".join(
+        "(%s, %s, %d)" % (quote_literal(t), quote_literal(quote_table(t, what="canary table")), index)
+        for index, t in enumerate(tables)
+    )
+    return (
+        "SELECT 'canary', x.t, CASE WHEN c.oid IS NULL THEN 'missing' WHEN c.relkind = 'r' AND NOT c.relhassubclass "
+        "THEN n.nspname || '.' || c.relname ELSE '' END FROM (VALUES %s) x(t, ident, o) "
+        "LEFT JOIN pg_class c ON c.oid = to_regclass(x.ident) LEFT JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "ORDER BY x.o;\n" % values
+    )
+
+
+def counts_from_fingerprint(rows, tables):
+    """``{table: rows or None}`` of the canaries the fingerprint counted (rows of ``fp`` and ``canary_lookup_sql``).
+
+    A canary the fingerprint did not count (no ``fp`` row, a partitioned or inherited table, an
+    unreadable value) is left out: the caller counts it with ``count(*)``.
+    """
+    rels = {}
+    for row in rows:
+        if row[0] == "fp" and len(row) > 1:
+            try:
+                rels = json.loads(row[1]).get("rels") or {}
+            except (ValueError, AttributeError):
+                rels = {}
+    counts = {}
+    for row in rows:
+        if row[0] != "canary" or len(row) < 3 or row[1] not in tables:
+            continue
+        if row[2] == "missing":
+            counts[row[1]] = None
+            continue
+        entry = rels.get(row[2]) if row[2] else None
+        value = str(entry[4]).split("/")[0] if isinstance(entry, list) and len(entry) > 4 and entry[0] == "r" else ""
+        if value.isdigit():
+            counts[row[1]] = int(value)
+    return counts
 
 
 def timestamp_columns_sql(columns):

@@ -224,6 +224,16 @@ duration_s:
   description: Wall time of the module in seconds.
   returned: success
   type: float
+steps:
+  description:
+    - The steps this run took, in order, each with its wall time in seconds (C(step), C(s)); a full restore
+      lists every safety step (checksums of every file, C(pg_restore --list), leftovers, free space, the
+      restore into the temporary database, the restore log with the state fingerprint and the canary
+      counts, the swap). A failed run returns the steps that completed before the failure.
+  returned: success, and on failure once the backup was found and verified
+  type: list
+  elements: dict
+  sample: [{"step": "pg_restore into the temporary database", "s": 14.2}]
 executed_commands:
   description: The shell commands run (no secrets).
   returned: always
