@@ -34,6 +34,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError, PgTarget
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import (
     DEFAULT_NEWER_COLUMNS,
+    BackgroundVerify,
     Refused,
     RestoreError,
     _iso,
@@ -84,14 +85,50 @@ def run_restore(params, runner, check_mode=False, now=None):
     if not (params.get("backup_id") or params.get("path") or params.get("latest")):
         raise RestoreError("name the backup: set backup_id, path, or latest=true")
     source_db = params.get("source_db_name") or db
-    _catalog, manifest, backup_path, skipped = resolve_backup(
+    # A named backup is hashed in a thread while the server is read (below); ``latest`` verifies
+    # its candidates while choosing.
+    named = bool(params.get("backup_id") or params.get("path"))
+    catalog, manifest, backup_path, skipped = resolve_backup(
         params.get("backup_dir"),
         params.get("backup_id"),
         params.get("path"),
         params.get("latest"),
         source_db,
         source_host=params.get("source_host"),
+        verify=not named,
     )
+    pending = BackgroundVerify(catalog, manifest["backup_id"]) if named else None
+    try:
+        return _run(
+            params,
+            runner,
+            check_mode,
+            now,
+            started,
+            db,
+            tables,
+            jobs,
+            force,
+            newer_columns,
+            manifest,
+            backup_path,
+            skipped,
+            pending,
+        )
+    except (RestoreError, PgExecError) as exc:
+        # Every checksum is known before anything changes: a damaged backup is the reason,
+        # whatever failed meanwhile (an unreadable dump fails pg_restore --list first).
+        error = pending.error() if pending else None
+        if error is None or exc.args[:1] == error.args[:1]:
+            raise
+        error.partial = getattr(exc, "partial", None)
+        raise error from None
+
+
+def _run(
+    params, runner, check_mode, now, started, db, tables, jobs, force, newer_columns, manifest, backup_path, skipped, pending
+):
+    """``run_restore`` once the backup is found; ``pending`` (or None): its checksums, joined before any change."""
     info = dump_info(manifest, backup_path)
     if info["client_image"] and params.get("container") and not params.get("login_password"):
         raise RestoreError(
@@ -124,7 +161,7 @@ def run_restore(params, runner, check_mode=False, now=None):
     cmd = CommandRunner.wrap(runner)
     with PgTarget(params, cmd) as target:
         r = Restorer(target, cmd, check_mode=check_mode, db=db, started=started)
-        r.step("find the backup, verify its checksums")
+        r.step("find the backup" + (", its checksums in the background" if pending else ", verify its checksums"))
         result["executed_commands"] = r.commands
         result["steps"] = r.steps
         try:
@@ -137,6 +174,8 @@ def run_restore(params, runner, check_mode=False, now=None):
             r.step("look for leftovers of a killed run")
             if steps:
                 result["plan"]["repair"] = steps
+                if pending:
+                    pending.check()  # before a repair, and before check mode reports one
                 if check_mode:
                     result["changed"] = True
                     if found["target_blocked"]:
@@ -159,6 +198,10 @@ def run_restore(params, runner, check_mode=False, now=None):
             if state.get("applied"):
                 result["changes_since_restore"] = state.get("changes", [])
             r.step("inspect the target, decide")
+            if pending:
+                # Nothing was changed so far (the reads above); nothing is changed before every file matches.
+                pending.check()
+                r.step("wait for the checksums of every file")
             if decision["action"] in ("none", "skip"):
                 result["row_counts"] = r.counts(db, tables or canaries)
                 r.step("canary counts")

@@ -15,6 +15,7 @@ import datetime
 import gzip
 import os
 import re
+import threading
 
 from ansible_collections.ner11.ops.plugins.module_utils.catalog import (
     Catalog,
@@ -133,8 +134,55 @@ def select_latest(catalog, db_name, verify, instance=None, source_host=None):
     return None, skipped
 
 
-def resolve_backup(backup_dir=None, backup_id=None, path=None, latest=False, source_db=None, instance=None, source_host=None):
-    """Find and verify the backup to restore; returns (catalog, manifest, backup_path, skipped)."""
+def damaged(backup_id, problems):
+    """The refusal of a backup whose files fail their checksums (names the backup and the files)."""
+    return RestoreError(
+        "backup %s fails verification (%s); it is damaged: restore another backup" % (backup_id, "; ".join(problems))
+    )
+
+
+class BackgroundVerify:
+    """Every checksum of a named backup, computed in a thread while the restore reads the server (issue 16).
+
+    ``Catalog.verify`` hashes the files (hashlib releases the GIL) while the main thread waits
+    on ``pg_restore --list`` and the read-only inspection queries. ``check()`` joins it and
+    raises ``damaged(...)``; ``run_restore`` calls it before its first change to the server
+    (a repair, the roles, the temporary database) and before any return, and lets a checksum
+    failure take precedence over any error raised meanwhile.
+    """
+
+    def __init__(self, catalog, backup_id):
+        self.backup_id = backup_id
+        self.problems = None
+        self._thread = threading.Thread(target=self._run, args=(catalog,), name="ner11-verify", daemon=True)
+        self._thread.start()
+
+    def _run(self, catalog):
+        try:
+            self.problems = catalog.verify("database", self.backup_id)
+        except (OSError, ValueError) as exc:  # a file vanished or is unreadable: as damaged as a bad checksum
+            self.problems = ["cannot be read: %s" % exc]
+
+    def error(self):
+        """Wait for the hashing; the RestoreError to raise (None when every file matches)."""
+        self._thread.join()
+        return damaged(self.backup_id, self.problems) if self.problems else None
+
+    def check(self):
+        error = self.error()
+        if error:
+            raise error
+
+
+def resolve_backup(
+    backup_dir=None, backup_id=None, path=None, latest=False, source_db=None, instance=None, source_host=None, verify=True
+):
+    """Find and verify the backup to restore; returns (catalog, manifest, backup_path, skipped).
+
+    ``verify=False``: a named backup (``backup_id``/``path``) is not hashed here; the caller
+    verifies it (``BackgroundVerify``) before it changes anything. ``latest`` always verifies
+    here: the damaged candidates are skipped while choosing.
+    """
     if path:
         path = os.path.normpath(path)
         root, kind, found_id = (
@@ -172,11 +220,9 @@ def resolve_backup(backup_dir=None, backup_id=None, path=None, latest=False, sou
                     "backup %s not found in %s/database; list the catalog for valid ids" % (backup_id, catalog.root)
                 )
             manifest = catalog.read_manifest("database", backup_id)
-            problems = catalog.verify("database", backup_id)
+            problems = catalog.verify("database", backup_id) if verify else []
             if problems:
-                raise RestoreError(
-                    "backup %s fails verification (%s); it is damaged: restore another backup" % (backup_id, "; ".join(problems))
-                )
+                raise damaged(backup_id, problems)
             if manifest.get("status") != "verified":
                 raise RestoreError(
                     "backup %s has status %r, not verified; restore another backup" % (backup_id, manifest.get("status"))

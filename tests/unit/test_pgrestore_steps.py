@@ -102,10 +102,11 @@ def test_a_new_database_restore_counts_canaries_from_the_fingerprint_and_returns
     assert len(create) == 1 and 'COMMENT ON DATABASE "my-db__ner11_restore"' in create[0]  # one psql call
     names = [s["step"] for s in done["steps"]]
     assert names == [
-        "find the backup, verify its checksums",
+        "find the backup, its checksums in the background",
         "pg_restore --list",
         "look for leftovers of a killed run",
         "inspect the target, decide",
+        "wait for the checksums of every file",
         "free space",
         "globals (roles)",
         "create the temporary database",
@@ -138,3 +139,57 @@ def test_a_canary_the_fingerprint_does_not_count_is_counted_alone(tmp_path):
     assert done["row_counts"] == COUNTS
     counted = [c for c in server.lines() if "count(*) AS c FROM" in c]
     assert len(counted) == 1 and "'vendor_equipment'" in counted[0] and "'public.t'" not in counted[0]
+
+
+CHANGES = ("CREATE DATABASE", "DROP DATABASE", "ALTER DATABASE", "CREATE ROLE", "docker cp", "--exit-on-error", "RENAME")
+
+
+def corrupt(made, name="dump.pgdump"):
+    path = made["path"] + "/" + name
+    with open(path, "r+b") as fh:  # same size, one byte flipped: only the sha256 can tell
+        first = fh.read(1)
+        fh.seek(0)
+        fh.write(bytes([first[0] ^ 0xFF]))
+
+
+def test_a_named_backup_with_a_corrupt_file_is_refused_before_anything_changes(tmp_path):
+    made = make_backup(tmp_path)
+    corrupt(made)
+    for check_mode in (True, False):
+        server = ScriptedServer(COUNTS, databases={"my-db"})
+        params = restore_params(tmp_path, made["backup_id"], if_exists="replace", confirm="my-db")
+        with pytest.raises(
+            pr.RestoreError, match="backup %s fails verification \\(dump.pgdump: sha256 mismatch\\)" % made["backup_id"]
+        ):
+            pr.run_restore(params, server, check_mode=check_mode, now=NOW)
+        assert not any(word in c for c in server.lines() for word in CHANGES), server.lines()
+    # latest skips it (verified while choosing, as before)
+    with pytest.raises(pr.RestoreError, match="fails verification: dump.pgdump: sha256 mismatch"):
+        pr.run_restore(dict(restore_params(tmp_path, None), latest=True), ScriptedServer(COUNTS), now=NOW)
+
+
+def test_the_checksum_failure_wins_over_an_error_raised_while_hashing(tmp_path):
+    made = make_backup(tmp_path)
+    corrupt(made)
+    server = ScriptedServer(COUNTS)
+    server.answer("--list", (1, "", "pg_restore: error: could not read input file: end of file"))
+    with pytest.raises(pr.RestoreError, match="fails verification") as info:
+        pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)
+    assert info.value.partial["changed"] is False
+    # an intact backup reports the unreadable dump itself
+    made2 = make_backup(tmp_path / "x")
+    with pytest.raises(pr.RestoreError, match="the dump is unreadable"):
+        pr.run_restore(dict(restore_params(tmp_path / "x", made2["backup_id"])), server, now=NOW)
+
+
+def test_a_file_that_cannot_be_read_counts_as_damaged(tmp_path, monkeypatch):
+    from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
+
+    made = make_backup(tmp_path)
+
+    def unreadable(self, kind, backup_id):
+        raise OSError("Permission denied: dump.pgdump")
+
+    monkeypatch.setattr(cat.Catalog, "verify", unreadable)
+    with pytest.raises(pr.RestoreError, match="fails verification \\(cannot be read: Permission denied: dump.pgdump\\)"):
+        pr.run_restore(restore_params(tmp_path, made["backup_id"]), ScriptedServer(COUNTS), now=NOW)
