@@ -118,11 +118,15 @@ def run_restore(params, runner, check_mode=False, now=None):
     except (RestoreError, PgExecError) as exc:
         # Every checksum is known before anything changes: a damaged backup is the reason,
         # whatever failed meanwhile (an unreadable dump fails pg_restore --list first).
-        error = pending.error() if pending else None
-        if error is None or exc.args[:1] == error.args[:1]:
+        if pending is None:
             raise
-        error.partial = getattr(exc, "partial", None)
-        raise error from None
+        try:
+            pending.check()
+        except RestoreError as error:
+            if error.args[:1] != exc.args[:1]:
+                error.partial = getattr(exc, "partial", None)
+                raise error from None
+        raise
 
 
 def _run(

@@ -163,15 +163,11 @@ class BackgroundVerify:
         except (OSError, ValueError) as exc:  # a file vanished or is unreadable: as damaged as a bad checksum
             self.problems = ["cannot be read: %s" % exc]
 
-    def error(self):
-        """Wait for the hashing; the RestoreError to raise (None when every file matches)."""
-        self._thread.join()
-        return damaged(self.backup_id, self.problems) if self.problems else None
-
     def check(self):
-        error = self.error()
-        if error:
-            raise error
+        """Wait for the hashing; raise ``damaged(...)`` when a file fails."""
+        self._thread.join()
+        if self.problems:
+            raise damaged(self.backup_id, self.problems)
 
 
 def resolve_backup(

@@ -129,7 +129,7 @@ def counts_from_fingerprint(rows, tables):
             counts[row[1]] = None
             continue
         entry = rels.get(row[2]) if row[2] else None
-        value = str(entry[4]).split("/")[0] if isinstance(entry, list) and len(entry) > 4 and entry[0] == "r" else ""
+        value = str(entry[4]).split("/", maxsplit=1)[0] if isinstance(entry, list) and len(entry) > 4 and entry[0] == "r" else ""
         if value.isdigit():
             counts[row[1]] = int(value)
     return counts
