@@ -169,8 +169,21 @@ def _run(
         result["executed_commands"] = r.commands
         result["steps"] = r.steps
         try:
-            result["toc_entries"] = r.list_toc(info, manifest.get("toc_entries"))
-            r.step("pg_restore --list")
+            # pg_restore --list (a sidecar of its own for a directory dump) runs while the server is read.
+            listing = r.start_list_toc(info, manifest.get("toc_entries"))
+            if r.listing_in_background:
+                r.step("start pg_restore --list in the background")
+            else:
+                result["toc_entries"] = listing()
+                r.step("pg_restore --list")
+
+            def ready():
+                """The checksums and the listing: waited for before the first change and before any return."""
+                if pending:
+                    pending.check()
+                if "toc_entries" not in result:
+                    result["toc_entries"] = listing()
+
             # First what a killed or failed earlier run left (docs/restore.md, "Interrupted restores").
             found, stages, clients = r.find_leftovers(db)
             steps = repair_plan(db, found, stages, clients)
@@ -178,8 +191,7 @@ def _run(
             r.step("look for leftovers of a killed run")
             if steps:
                 result["plan"]["repair"] = steps
-                if pending:
-                    pending.check()  # before a repair, and before check mode reports one
+                ready()  # before a repair, and before check mode reports one
                 if check_mode:
                     result["changed"] = True
                     if found["target_blocked"]:
@@ -202,10 +214,11 @@ def _run(
             if state.get("applied"):
                 result["changes_since_restore"] = state.get("changes", [])
             r.step("inspect the target, decide")
-            if pending:
-                # Nothing was changed so far (the reads above); nothing is changed before every file matches.
-                pending.check()
-                r.step("wait for the checksums of every file")
+            if pending or r.listing_in_background:
+                # Nothing was changed so far (the reads above); nothing is changed before every file
+                # matches and the dump lists.
+                ready()
+                r.step("wait for the checksums and pg_restore --list")
             if decision["action"] in ("none", "skip"):
                 result["row_counts"] = r.counts(db, tables or canaries)
                 r.step("canary counts")

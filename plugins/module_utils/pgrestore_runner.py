@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import threading
 import time
 
 from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import DockerCli
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name
 from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import judge_lenient_restore
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError
-from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError, CommandRunner
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import (
     RestoreError,
     filter_globals,
@@ -77,6 +78,7 @@ class Restorer:
         self.db = db or "db"
         # What this run changed for good (for ``changed`` when it fails later).
         self.changes = []
+        self.listing_in_background = False
         # Every step that ran, with its seconds (returned as ``steps``; the bench prints them).
         self.steps = []
         self._mark = time.monotonic() if started is None else started
@@ -290,6 +292,39 @@ class Restorer:
         line = self.tool_cmd("pg_restore", ["--list"] + ([arg] if arg else []), stdin=arg is None) + redirect
         out = self.shell(line, "pg_restore --list (the dump is unreadable; restore another backup)")
         return self._toc_count(out)
+
+    def start_list_toc(self, info, recorded=None):
+        """``list_toc`` started now; returns a function that waits for it (its count, or its error).
+
+        A directory dump in container mode is listed by a sidecar of its own (``docker run``, about
+        as long as all the read-only queries before the restore): it runs in a thread while they
+        run (issue 16). The caller waits for it before its first change. Any other listing runs
+        here and now.
+        """
+        self.listing_in_background = bool(info["format"] == "directory" and self.target.container and not self.check_mode)
+        if not self.listing_in_background:
+            toc = self.list_toc(info, recorded)
+            return lambda: toc
+        if not info.get("client_image"):
+            self.db_image()  # the image is inspected here, not in the thread
+        out = {}
+
+        def work():
+            try:
+                out["toc"] = self.list_toc(info, recorded)
+            except (RestoreError, PgExecError, CommandError, OSError) as exc:
+                out["error"] = exc
+
+        thread = threading.Thread(target=work, name="ner11-list-toc", daemon=True)
+        thread.start()
+
+        def wait():
+            thread.join()
+            if "error" in out:
+                raise out["error"]
+            return out["toc"]
+
+        return wait
 
     @staticmethod
     def _toc_count(out):

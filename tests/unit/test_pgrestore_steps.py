@@ -106,7 +106,7 @@ def test_a_new_database_restore_counts_canaries_from_the_fingerprint_and_returns
         "pg_restore --list",
         "look for leftovers of a killed run",
         "inspect the target, decide",
-        "wait for the checksums of every file",
+        "wait for the checksums and pg_restore --list",
         "free space",
         "globals (roles)",
         "create the temporary database",
@@ -193,3 +193,46 @@ def test_a_file_that_cannot_be_read_counts_as_damaged(tmp_path, monkeypatch):
     monkeypatch.setattr(cat.Catalog, "verify", unreadable)
     with pytest.raises(pr.RestoreError, match="fails verification \\(cannot be read: Permission denied: dump.pgdump\\)"):
         pr.run_restore(restore_params(tmp_path, made["backup_id"]), ScriptedServer(COUNTS), now=NOW)
+
+
+def test_a_directory_dump_is_listed_in_the_background_and_an_unreadable_one_changes_nothing(tmp_path):
+    made = pb.PgBackup(
+        {
+            "container": "pg1",
+            "db_name": "my-db",
+            "backup_dir": str(tmp_path / "b"),
+            "canary_tables": list(COUNTS),
+            "period": "daily",
+            "format": "directory",
+            "login_password": "pw",
+        },
+        ScriptedServer(COUNTS),
+        now=NOW,
+    ).run()
+    params = restore_params(tmp_path, made["backup_id"], jobs=2, login_password="pw")
+    server = ScriptedServer(COUNTS)
+    done = pr.run_restore(params, server, now=NOW)
+    assert done["restored"] is True and done["toc_entries"] == 2
+    names = [s["step"] for s in done["steps"]]
+    assert names[1] == "start pg_restore --list in the background"
+    assert names.index("wait for the checksums and pg_restore --list") < names.index("globals (roles)")
+    assert any("--entrypoint pg_restore" in c and "--network none" in c and "--list" in c for c in server.lines())
+    # an unreadable dump (its checksums match): refused before anything changes
+    server = ScriptedServer(COUNTS)
+    server.answer(lambda t: "--list" in t and "--network none" in t, (1, "", "pg_restore: error: unsupported version"))
+    with pytest.raises(pr.RestoreError, match="the dump is unreadable; restore another backup.*unsupported version"):
+        pr.run_restore(params, server, now=NOW)
+    assert not any(word in c for c in server.lines() for word in CHANGES), server.lines()
+    # an empty listing too
+    server = ScriptedServer(COUNTS)
+    server.toc = ";\n; nothing\n"
+    with pytest.raises(pr.RestoreError, match="shows no entries"):
+        pr.run_restore(params, server, now=NOW)
+    assert not any(word in c for c in server.lines() for word in CHANGES), server.lines()
+    # a damaged file and an unreadable listing: the checksum failure is the reason
+    corrupt(made, "dump/toc.dat")
+    server = ScriptedServer(COUNTS)
+    server.answer(lambda t: "--list" in t and "--network none" in t, (1, "", "pg_restore: error: bad toc"))
+    with pytest.raises(pr.RestoreError, match="fails verification \\(dump/toc.dat: sha256 mismatch\\)"):
+        pr.run_restore(params, server, now=NOW)
+    assert not any(word in c for c in server.lines() for word in CHANGES), server.lines()
