@@ -322,6 +322,8 @@ class Restorer:
             thread.join()
             if "error" in out:
                 raise out["error"]
+            if "toc" not in out:  # the thread ended without either (the runner exited it)
+                raise RestoreError("pg_restore --list of %s stopped without a result; run again" % info["path"])
             return out["toc"]
 
         return wait

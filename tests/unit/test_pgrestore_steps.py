@@ -236,3 +236,29 @@ def test_a_directory_dump_is_listed_in_the_background_and_an_unreadable_one_chan
     with pytest.raises(pr.RestoreError, match="fails verification \\(dump/toc.dat: sha256 mismatch\\)"):
         pr.run_restore(params, server, now=NOW)
     assert not any(word in c for c in server.lines() for word in CHANGES), server.lines()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the SystemExit in the thread
+def test_a_listing_thread_that_ends_without_a_result_fails_clearly(tmp_path):
+    made = pb.PgBackup(
+        {
+            "container": "pg1",
+            "db_name": "my-db",
+            "backup_dir": str(tmp_path / "b"),
+            "canary_tables": list(COUNTS),
+            "period": "daily",
+            "format": "directory",
+            "login_password": "pw",
+        },
+        ScriptedServer(COUNTS),
+        now=NOW,
+    ).run()
+    server = ScriptedServer(COUNTS)
+
+    def exits(line, data):  # AnsibleModule.run_command's fail_json ends the thread with SystemExit
+        raise SystemExit(1)
+
+    server.answer(lambda t: "--list" in t and "--network none" in t, exits)
+    with pytest.raises(pr.RestoreError, match="pg_restore --list of .* stopped without a result"):
+        pr.run_restore(restore_params(tmp_path, made["backup_id"], jobs=2, login_password="pw"), server, now=NOW)
+    assert not any(word in c for c in server.lines() for word in CHANGES), server.lines()
