@@ -254,17 +254,20 @@ def list_tree(root, exclude=(MANIFEST,)):
 def hash_tree(root, exclude=(MANIFEST,)):
     """Every regular file below ``root`` with relative path, size and sha256, sorted (see :func:`list_tree`)."""
     files = list_tree(root, exclude)
-    paths = [os.path.join(root, f["path"]) for f in files]
+    digests = sha256_files([os.path.join(root, f["path"]) for f in files])
+    for index, entry in enumerate(files):  # (no zip(strict=): Python 3.9 managed nodes)
+        entry["sha256"] = digests[index]
+    return files
+
+
+def sha256_files(paths):
+    """The sha256 of every file of ``paths``, in order."""
     # hashlib releases the GIL on large buffers: a directory dump's files hash on every core at once.
     workers = min(len(paths), os.cpu_count() or 1, 4)
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            digests = list(pool.map(sha256_file, paths))
-    else:
-        digests = [sha256_file(p) for p in paths]
-    for index, entry in enumerate(files):  # (no zip(strict=): Python 3.9 managed nodes)
-        entry["sha256"] = digests[index]
-    return files
+            return list(pool.map(sha256_file, paths))
+    return [sha256_file(p) for p in paths]
 
 
 def fsync_path(path):
@@ -613,24 +616,28 @@ class Catalog:
         except CatalogError as exc:
             return [str(exc)]
         root = self.path(kind, backup_id)
-        errors = []
+        found = []  # per manifest entry: a problem, or None when its checksum is to be compared
         for entry in manifest["files"]:
             full = os.path.join(root, entry["path"])
             if os.path.relpath(full, root).startswith(".."):
-                errors.append("%s: path escapes the backup directory" % entry["path"])
+                found.append("%s: path escapes the backup directory" % entry["path"])
                 continue
             try:
                 size = os.path.getsize(full)
             except OSError:
-                errors.append("%s: missing" % entry["path"])
+                found.append("%s: missing" % entry["path"])
                 continue
-            if size != entry["size"]:
-                errors.append("%s: size %d, manifest says %d" % (entry["path"], size, entry["size"]))
-                continue
-            if sha256_file(full) != entry["sha256"]:
-                errors.append("%s: sha256 mismatch" % entry["path"])
+            wrong = size != entry["size"]
+            found.append("%s: size %d, manifest says %d" % (entry["path"], size, entry["size"]) if wrong else None)
+        # Each file is read once, every file of a directory dump at the same time.
+        compared = [i for i, problem in enumerate(found) if problem is None]
+        digests = sha256_files([os.path.join(root, manifest["files"][i]["path"]) for i in compared])
+        for index, i in enumerate(compared):
+            if digests[index] != manifest["files"][i]["sha256"]:
+                found[i] = "%s: sha256 mismatch" % manifest["files"][i]["path"]
+        errors = [problem for problem in found if problem]
         listed = {e["path"] for e in manifest["files"]}
-        for extra in hash_tree(root):
+        for extra in list_tree(root):  # names only: a file the manifest does not list is a problem whatever its content
             if extra["path"] not in listed:
                 errors.append("%s: not in the manifest" % extra["path"])
         return errors

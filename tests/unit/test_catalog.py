@@ -66,6 +66,28 @@ def test_verify_names_the_flipped_file(tmp_path):
     assert c.verify("database", "db-20261129T020000Z") == ["dump/toc.dat: missing"]
 
 
+def test_verify_reports_every_problem_in_manifest_order_then_unlisted_files(tmp_path):
+    c = cat.Catalog(str(tmp_path))
+    partial = c.begin("database", "db-20261129T020000Z")
+    for name in ("a.dat", "b.dat", "c.dat", "d.dat"):
+        _write(os.path.join(partial, "dump", name), name.encode() * 50)
+    manifest = {"created_at": "2026-11-29T02:00:00Z", "files": cat.hash_tree(partial), "source": {"db_name": "ner11_db"}}
+    final = c.publish("database", "db-20261129T020000Z", dict(manifest, period="daily"))
+    assert c.verify("database", "db-20261129T020000Z") == []
+    open(os.path.join(final, "dump", "a.dat"), "ab").write(b"+")  # longer
+    data = bytearray(open(os.path.join(final, "dump", "b.dat"), "rb").read())
+    data[0] ^= 0x01  # same size, other content: only the checksum tells
+    open(os.path.join(final, "dump", "b.dat"), "wb").write(bytes(data))
+    os.unlink(os.path.join(final, "dump", "c.dat"))
+    _write(os.path.join(final, "dump", "e.dat"), b"unlisted")
+    assert c.verify("database", "db-20261129T020000Z") == [
+        "dump/a.dat: size 251, manifest says 250",
+        "dump/b.dat: sha256 mismatch",
+        "dump/c.dat: missing",
+        "dump/e.dat: not in the manifest",
+    ]
+
+
 def test_publish_refuses_files_changed_after_hashing(tmp_path):
     c = cat.Catalog(str(tmp_path))
     partial = c.begin("database", "b1")
