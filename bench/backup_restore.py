@@ -345,17 +345,11 @@ def section_lines(size_label, source, res, loads, reps, noop_s, profile="compres
                 + (", %.2f internal" % ratio(x["internal_s"], floor_r) if x["internal_s"] is not None else ""),
             )
         )
-    for m in ("pg_backup", "pg_backup_zstd"):
-        lines += ["", "Steps that ran in `%s` (median s over %d runs, from the module's `steps`):" % (m, b[m]["n"]), ""]
+    for m, x in (("pg_backup", b), ("pg_backup_zstd", b), ("pg_restore", r), ("pg_restore_zstd", r)):
+        lines += ["", "Steps that ran in `%s` (median s over %d runs, from the module's `steps`):" % (m, x[m]["n"]), ""]
         lines.append("| step | median s | runs |")
         lines.append("|---|---:|---:|")
-        for name, secs, n in b[m]["steps"]:
-            lines.append("| %s | %.2f | %d |" % (name, secs, n))
-    for m in ("pg_restore", "pg_restore_zstd"):
-        lines += ["", "Steps that ran in `%s` (median s over %d runs, from the module's `steps`):" % (m, r[m]["n"]), ""]
-        lines.append("| step | median s | runs |")
-        lines.append("|---|---:|---:|")
-        for name, secs, n in r[m]["steps"]:
+        for name, secs, n in x[m]["steps"]:
             lines.append("| %s | %.2f | %d |" % (name, secs, n))
     pb, pz, pr = b["pg_backup"], b["pg_backup_zstd"], r["pg_restore"]
     raw, rawz = b["raw_module_cmd"]["s"], b["raw_module_cmd_zstd"]["s"]

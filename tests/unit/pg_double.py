@@ -28,6 +28,20 @@ import tempfile
 TOC = ";\n; Archive created at 2026-11-29\n;\n1; 2615 2200 SCHEMA - public pg_database_owner\n2; 1259 16384 TABLE public t postgres\n"
 
 
+def backup_params(tmp_path, counts, **extra):
+    """pg_backup's parameters for the unit tests' backups of ``my-db`` in container ``pg1`` (gzip:1, daily)."""
+    params = {
+        "container": "pg1",
+        "db_name": "my-db",
+        "backup_dir": str(tmp_path / "b"),
+        "canary_tables": list(counts),
+        "period": "daily",
+        "compression": "gzip:1",
+    }
+    params.update(extra)
+    return params
+
+
 class ScriptedServer:
     """A ``run_command``-shaped callable. ``answers``: [(needle, reply)], first match wins.
 

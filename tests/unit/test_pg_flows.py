@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 
+import pg_double
 import pytest
 from pg_double import TOC, ScriptedServer
 
@@ -25,16 +26,7 @@ NOW = datetime.datetime(2026, 11, 29, 2, 0, 0, tzinfo=datetime.timezone.utc)
 
 
 def backup_params(tmp_path, **extra):
-    params = {
-        "container": "pg1",
-        "db_name": "my-db",
-        "backup_dir": str(tmp_path / "b"),
-        "canary_tables": list(COUNTS),
-        "period": "daily",
-        "compression": "gzip:1",
-    }
-    params.update(extra)
-    return params
+    return pg_double.backup_params(tmp_path, COUNTS, **extra)
 
 
 def make_backup(tmp_path, server=None, **extra):

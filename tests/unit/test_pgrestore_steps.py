@@ -12,7 +12,7 @@ import datetime
 import json
 
 import pytest
-from pg_double import ScriptedServer
+from pg_double import ScriptedServer, backup_params
 
 from ansible_collections.ner11.ops.plugins.module_utils import pgbackup as pb
 from ansible_collections.ner11.ops.plugins.module_utils import pgrestore as pr
@@ -24,16 +24,8 @@ SEP = "\x1f"
 FUSED = "RETURNING 'fp', fingerprint"
 
 
-def make_backup(tmp_path):
-    params = {
-        "container": "pg1",
-        "db_name": "my-db",
-        "backup_dir": str(tmp_path / "b"),
-        "canary_tables": list(COUNTS),
-        "period": "daily",
-        "compression": "gzip:1",
-    }
-    return pb.PgBackup(params, ScriptedServer(COUNTS), now=NOW).run()
+def make_backup(tmp_path, **extra):
+    return pb.PgBackup(backup_params(tmp_path, COUNTS, **extra), ScriptedServer(COUNTS), now=NOW).run()
 
 
 def restore_params(tmp_path, backup_id, **extra):
@@ -196,19 +188,7 @@ def test_a_file_that_cannot_be_read_counts_as_damaged(tmp_path, monkeypatch):
 
 
 def test_a_directory_dump_is_listed_in_the_background_and_an_unreadable_one_changes_nothing(tmp_path):
-    made = pb.PgBackup(
-        {
-            "container": "pg1",
-            "db_name": "my-db",
-            "backup_dir": str(tmp_path / "b"),
-            "canary_tables": list(COUNTS),
-            "period": "daily",
-            "format": "directory",
-            "login_password": "pw",
-        },
-        ScriptedServer(COUNTS),
-        now=NOW,
-    ).run()
+    made = make_backup(tmp_path, format="directory", login_password="pw", compression=None)
     params = restore_params(tmp_path, made["backup_id"], jobs=2, login_password="pw")
     server = ScriptedServer(COUNTS)
     done = pr.run_restore(params, server, now=NOW)
@@ -240,19 +220,7 @@ def test_a_directory_dump_is_listed_in_the_background_and_an_unreadable_one_chan
 
 @pytest.mark.filterwarnings("ignore:Exception in thread ner11-list-toc")  # the SystemExit in the thread (pytest >= 6.2 warns)
 def test_a_listing_thread_that_ends_without_a_result_fails_clearly(tmp_path):
-    made = pb.PgBackup(
-        {
-            "container": "pg1",
-            "db_name": "my-db",
-            "backup_dir": str(tmp_path / "b"),
-            "canary_tables": list(COUNTS),
-            "period": "daily",
-            "format": "directory",
-            "login_password": "pw",
-        },
-        ScriptedServer(COUNTS),
-        now=NOW,
-    ).run()
+    made = make_backup(tmp_path, format="directory", login_password="pw", compression=None)
     server = ScriptedServer(COUNTS)
 
     def exits(line, data):  # AnsibleModule.run_command's fail_json ends the thread with SystemExit
