@@ -109,6 +109,14 @@ def _escape_passfile(value):
     return str(value).replace("\\", "\\\\").replace(":", "\\:")
 
 
+def create_database_statements(name, comment=None):
+    """CREATE DATABASE ``name`` from template0 and, with ``comment``, its COMMENT (the mark): one statement each."""
+    statements = ["CREATE DATABASE %s TEMPLATE template0;" % quote_name(name)]
+    if comment is not None:
+        statements.append("COMMENT ON DATABASE %s IS %s;" % (quote_name(name), quote_literal(comment)))
+    return statements
+
+
 class PgTarget:
     """Builds and runs client-tool commands for one server."""
 
@@ -314,9 +322,8 @@ class PgTarget:
     # -- databases: created and dropped here only -------------------------------------
     def create_database(self, name, comment=None):
         """CREATE DATABASE ``name`` from template0, then its COMMENT (marks: only marked databases are dropped)."""
-        self.execute("CREATE DATABASE %s TEMPLATE template0;" % quote_name(name))
-        if comment is not None:
-            self.execute("COMMENT ON DATABASE %s IS %s;" % (quote_name(name), quote_literal(comment)))
+        for statement in create_database_statements(name, comment):
+            self.execute(statement)
 
     def drop_database(self, name):
         """DROP DATABASE IF EXISTS ... WITH (FORCE); None when done, else the error (the caller decides)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name, quote_table
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import create_database_statements
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import LOG_SCHEMA, LOG_TABLE, qualified, split_table
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_state import fingerprint_sql
 
@@ -80,11 +81,8 @@ def log_insert_sql(backup_id, sha256, scope, tables, source_db, source_created_a
 
 
 def create_db_sql(db, comment=None):
-    """CREATE DATABASE from template0 and its COMMENT (the mark), as a psql script (two statements)."""
-    sql = "CREATE DATABASE %s TEMPLATE template0;\n" % quote_ident(db)
-    if comment is not None:
-        sql += "COMMENT ON DATABASE %s IS %s;\n" % (quote_ident(db), quote_literal(comment))
-    return sql
+    """CREATE DATABASE from template0 and its COMMENT (the mark), as a psql script (PgTarget's statements)."""
+    return "".join(statement + "\n" for statement in create_database_statements(db, comment))
 
 
 def canary_lookup_sql(tables):
