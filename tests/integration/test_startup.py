@@ -7,6 +7,7 @@ apply -> check -> apply (no change, timed) -> a service that never becomes healt
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 from conftest import docker, run_playbook, stack_vars, unique_project
@@ -111,6 +112,26 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     msg = refused.task("Fail when disk or memory is below the floor")["msg"]
     assert "Pre-flight failed, nothing was started" in msg and "disk:/" in msg, msg
     assert {s: docker("inspect", "-f", "{{.State.StartedAt}}", stack.container(s)).stdout for s in SERVICES} == started_at
+
+    # A start the engine refuses (another process holds the frontend's host port): the run fails
+    # with the engine's own words after its retries, the services already running are not touched,
+    # and once the port is free the next run starts the frontend.
+    frontend = stack.container("frontend")
+    docker("stop", "-t", "5", frontend)
+    port = stack.vars["ner11_stack"]["services"]["frontend"]["ports"][0]["host"]
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the probes' TIME_WAIT sockets
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        held = startup(stack)
+    assert held.rc != 0
+    msg = held.task("Fail when the engine did not start the container: frontend")["msg"]
+    assert msg.startswith("frontend: the Docker engine did not start container %s (" % frontend), msg
+    assert "address already in use" in msg, msg
+    assert running(stack) == {"postgres": True, "api": True, "frontend": False}
+    freed = startup(stack)
+    assert freed.rc == 0, freed.explain()
+    assert summary(freed)["started"] == ["frontend"] and running(stack)["frontend"] is True
 
     # A service that cannot become healthy: corrupt the model, the api never passes api:model.
     # The failure names the service, shows the failed checks with their output and the logs.
