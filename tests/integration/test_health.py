@@ -322,7 +322,7 @@ def test_health_playbook_on_a_healthy_stack(shared_stack):
     result = run_playbook("playbooks/health.yml", extra, env=SHOW_STATS)
     assert result.rc == 0, result.explain()
     assert result.changed() == 0
-    table = result.task("Show the health report")["msg"]
+    table = result.task("Report the health, fail when it is not healthy, for localhost")["msg"]
     assert table[0].split() == ["CHECK", "STATUS", "VALUE", "LATENCY", "OUTPUT"]
     rows = {line.split()[0]: line for line in table[1:-1]}
     assert rows["api:http"].split()[1] == "pass" and "ms" in rows["api:http"]
@@ -348,9 +348,11 @@ def test_health_playbook_fails_when_the_stack_is_down():
     }
     result = run_playbook("playbooks/health.yml", {"ner11_stack": stack, "ner11_health_check_timeout": 2}, env=SHOW_STATS)
     assert result.rc != 0
-    failure = result.task("Fail when the stack is not healthy")
-    # the health module's own failure text, not one rebuilt by the playbook
-    assert failure.get("failed") and "api:http fail: " in failure["msg"] and "connection refused" in failure["msg"]
+    failure = result.task("Report the health, fail when it is not healthy, for localhost")
+    # the health module's own failure text first, not one rebuilt by the playbook; then the table
+    assert failure.get("failed") and failure["msg"][0].startswith("localhost: "), failure["msg"]
+    assert "api:http fail: " in failure["msg"][0] and "connection refused" in failure["msg"][0]
+    assert failure["msg"][1].split() == ["CHECK", "STATUS", "VALUE", "LATENCY", "OUTPUT"], failure["msg"]
     stats = result.custom_stats["ner11_health"]["localhost"]
     assert stats["status"] == "fail" and "api:http" in stats["failed_checks"]
 
