@@ -17,6 +17,8 @@ STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
 # lowered here on purpose (and proven to gate with an impossible floor below).
 SMALL = {"startup_min_free_disk_gb": 1, "startup_min_available_memory_gb": 0.25, "startup_disk_fail_percent": 99}
 SERVICES = ("postgres", "api", "frontend")
+# One task refuses both: containers that do not exist, disk or memory below the floor.
+PREFLIGHT_FAILED = "Fail the pre-flight when containers of the stack do not exist or disk or memory is below the floor"
 CANARY = ("vendor_equipment", "threat_intelligence", "compliance_frameworks")
 
 
@@ -52,7 +54,7 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     # Pre-flight gates really gate: an impossible disk floor stops before anything starts.
     refused = startup(stack, startup_min_free_disk_gb=10**7)
     assert refused.rc != 0
-    msg = refused.task("Fail when disk or memory is below the floor")["msg"]
+    msg = refused.task(PREFLIGHT_FAILED)["msg"]
     assert "Pre-flight failed, nothing was started" in msg and "disk:/" in msg
     assert running(stack) == {"postgres": False, "api": False, "frontend": False}
 
@@ -109,7 +111,7 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     started_at = {s: docker("inspect", "-f", "{{.State.StartedAt}}", stack.container(s)).stdout for s in SERVICES}
     refused = startup(stack, startup_min_free_disk_gb=10**7)
     assert refused.rc != 0
-    msg = refused.task("Fail when disk or memory is below the floor")["msg"]
+    msg = refused.task(PREFLIGHT_FAILED)["msg"]
     assert "Pre-flight failed, nothing was started" in msg and "disk:/" in msg, msg
     assert {s: docker("inspect", "-f", "{{.State.StartedAt}}", stack.container(s)).stdout for s in SERVICES} == started_at
 
@@ -152,6 +154,6 @@ def test_startup_without_the_containers_names_deploy():
     project = unique_project("itnone")
     result = run_playbook("playbooks/startup.yml", dict(stack_vars(project), **SMALL))
     assert result.rc != 0
-    msg = result.task("Fail when containers of the stack do not exist")["msg"]
+    msg = result.task(PREFLIGHT_FAILED)["msg"]
     assert "%s-postgres-1" % project in msg and "playbooks/deploy.yml" in msg
     assert docker("ps", "-aq", "--filter", "label=io.ner11.project=%s" % project).stdout.strip() == ""
