@@ -23,11 +23,14 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.ner11.ops.plugins.module_utils.ledger import (
     ARGUMENT_SPEC,
+    MUTUALLY_EXCLUSIVE,
+    REQUIRED_ONE_OF,
     LedgerError,
     append_error,
     append_script,
     check_path,
     encode,
+    ledger_path,
     line_from_params,
 )
 
@@ -60,23 +63,26 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
-        _validation, p = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        _validation, p = self.validate_argument_spec(
+            argument_spec=ARGUMENT_SPEC, required_one_of=REQUIRED_ONE_OF, mutually_exclusive=MUTUALLY_EXCLUSIVE
+        )
         python = self._host_python(task_vars)
         if python is None:
             result.update(self._module(task_vars))
             return result
         try:
-            check_path(p["path"])
+            path = ledger_path(p)
+            check_path(path)
             line = line_from_params(p)
         except LedgerError as exc:
             result.update(failed=True, changed=False, msg=str(exc))
             return result
-        result.update(changed=False, line=line, path=p["path"], bytes=0, ledger_writer="command")
+        result.update(changed=False, line=line, path=path, bytes=0, ledger_writer="command")
         if self._task.check_mode:
             return result
         # The interpreter may be a command with arguments ("/usr/bin/env python3"); -S: the program
         # needs only the standard library, so the host's site-packages are not scanned.
-        argv = shlex.split(str(python)) + ["-S", "-c", append_script(), p["path"]]
+        argv = shlex.split(str(python)) + ["-S", "-c", append_script(), path]
         cmd = " ".join(shlex.quote(a) for a in argv)
         try:
             res = self._low_level_execute_command(cmd, in_data=encode(line))
@@ -88,7 +94,7 @@ class ActionModule(ActionBase):
             result.update(self._module(task_vars))
             return result
         if "error" in answer:
-            result.update(failed=True, msg=str(append_error(p["path"], answer["error"])))
+            result.update(failed=True, msg=str(append_error(path, answer["error"])))
             return result
         result["bytes"] = int(answer.get("bytes") or 0)
         return result

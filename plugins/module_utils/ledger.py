@@ -21,6 +21,7 @@ import re
 import time
 
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import is_file_name
+from ansible_collections.ner11.ops.plugins.module_utils.stack_model import StackModelError, normalize
 
 try:
     import fcntl
@@ -208,7 +209,8 @@ def build_line(
 
 # The options of ner11.ops.run_ledger: one spec for the module and its action plugin.
 ARGUMENT_SPEC = dict(
-    path=dict(type="path", required=True),
+    path=dict(type="path"),
+    stack=dict(type="dict"),
     playbook=dict(type="str", required=True),
     host=dict(type="str", required=True),
     status=dict(type="str", default="ok", choices=list(STATUSES)),
@@ -223,6 +225,22 @@ ARGUMENT_SPEC = dict(
     extra=dict(type="dict", default={}),
     secret_values=dict(type="list", elements="str", default=[], no_log=True),
 )
+
+
+REQUIRED_ONE_OF = [["path", "stack"]]
+MUTUALLY_EXCLUSIVE = [["path", "stack"]]
+LEDGER_FILE = "ledger.jsonl"
+
+
+def ledger_path(p):
+    """The ledger file of the options ``p`` (ARGUMENT_SPEC): ``path``, else ``ledger.jsonl`` in the
+    stack model's configuration directory (``stack``, completed by stack_model.normalize)."""
+    if p.get("path"):
+        return p["path"]
+    try:
+        return os.path.join(normalize(p.get("stack") or {})["config_dir"], LEDGER_FILE)
+    except StackModelError as exc:
+        raise LedgerError("the stack model gives no ledger directory: %s. Fix ner11_stack or pass path." % exc) from None
 
 
 def write_line(path, data):

@@ -39,9 +39,16 @@ attributes:
     details: Every run appends its own line (the ledger is per run); C(changed) is always false.
 options:
   path:
-    description: Absolute path of the ledger file (JSON lines).
+    description:
+      - Absolute path of the ledger file (JSON lines).
+      - One of O(path) and O(stack) is required.
     type: path
-    required: true
+  stack:
+    description:
+      - The stack model (C(ner11_stack), completed with the defaults of P(ner11.ops.stack_model#filter)); the ledger
+        is C(ledger.jsonl) in its C(config_dir).
+      - The playbooks pass the model here rather than templating the path with the filter in every host's task.
+    type: dict
   playbook:
     description: Name of the playbook that ran, such as C(maintenance).
     type: str
@@ -137,21 +144,32 @@ bytes:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ner11.ops.plugins.module_utils.ledger import ARGUMENT_SPEC, LedgerError, append, line_from_params
+from ansible_collections.ner11.ops.plugins.module_utils.ledger import (
+    ARGUMENT_SPEC,
+    MUTUALLY_EXCLUSIVE,
+    REQUIRED_ONE_OF,
+    LedgerError,
+    append,
+    ledger_path,
+    line_from_params,
+)
 
 
 def main():
     module = AnsibleModule(
         argument_spec=ARGUMENT_SPEC,
+        required_one_of=REQUIRED_ONE_OF,
+        mutually_exclusive=MUTUALLY_EXCLUSIVE,
         supports_check_mode=True,
     )
     p = module.params
     try:
+        path = ledger_path(p)
         line = line_from_params(p)
-        written = 0 if module.check_mode else append(p["path"], line)
+        written = 0 if module.check_mode else append(path, line)
     except LedgerError as exc:
         module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, line=line, path=p["path"], bytes=written)
+    module.exit_json(changed=False, line=line, path=path, bytes=written)
 
 
 if __name__ == "__main__":

@@ -124,3 +124,13 @@ def test_summary_is_global_worst_status_and_names_hosts_without_a_record():
     out = ledger_summary([{"line": a}, {}], ["a", "c"])
     assert out["status"] == "failed" and out["hosts_without_record"] == ["c"] and out["failed_hosts"] == ["c"]
     assert ledger_summary([], [])["status"] == "skipped"
+
+
+def test_ledger_path_from_the_path_or_the_stack_model():
+    # path wins; else ledger.jsonl in the completed model's config_dir (the default and a set one)
+    assert L.ledger_path({"path": "/srv/l.jsonl", "stack": {"project": "abc"}}) == "/srv/l.jsonl"
+    assert L.ledger_path({"path": None, "stack": {"project": "abc"}}) == "/var/lib/ner11/abc/ledger.jsonl"
+    assert L.ledger_path({"stack": {"project": "abc", "config_dir": "/etc/n"}}) == "/etc/n/ledger.jsonl"
+    with pytest.raises(L.LedgerError) as err:
+        L.ledger_path({"path": None, "stack": {"project": "Bad Name!"}})
+    assert "not a valid project name" in str(err.value) and "Fix ner11_stack or pass path" in str(err.value)
