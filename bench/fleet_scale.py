@@ -48,6 +48,7 @@ import configparser
 import json
 import os
 import platform
+import resource
 import signal
 import sys
 import time
@@ -158,11 +159,21 @@ def gather_facts_report(playbooks):
     return lines
 
 
+def children_cpu():
+    """User + system CPU seconds of the waited-for child processes (and theirs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def one_run(playbook, inventory, hosts, env):
+    cpu = children_cpu()
     wall, res = timed(run_playbook, playbook, inventory=inventory, env=env, timeout=3600)
+    cpu = children_cpu() - cpu
     changed = sum(res.stats.get(h, {}).get("changed", 0) for h in hosts)
     failed = [h for h in hosts if res.failures(h) or h not in res.stats]
-    out = {"s": wall, "load": load()}
+    # Task runs per host (ok, changed or skipped: each one a worker process on the controller).
+    tasks = median(res.stats.get(h, {}).get("ok", 0) + res.stats.get(h, {}).get("skipped", 0) for h in hosts)
+    out = {"s": wall, "load": load(), "cpu": cpu, "tasks": tasks}
     if res.rc != 0 or failed:
         first = ""
         for h in failed[:1] or hosts[:1]:
@@ -237,8 +248,11 @@ def section_lines(out, counts, reps, variants, loads, argv, project):
         "safe for a real startup.yml, whose cross-host order needs linear), `standin` (the collection's ansible.cfg; every "
         "host's Python is a STAND-IN, bench/standin_interpreter.py: a module payload seen before, from any host, gets the "
         "output the real module gave for it, recorded in one untimed run per playbook and host count; the ledger's "
-        "per-host line and anything new run for real. It removes the hosts' own module work from this machine, leaving "
-        "the controller's cost per host). startup.yml with %s. A run counts when it ends rc=0, changed=0, no failed host."
+        "per-host append program runs inside the stand-in, and anything new runs for real. It removes the hosts' own module "
+        "work from this machine, leaving the controller's cost per host). startup.yml with %s. A run counts when it ends "
+        "rc=0, changed=0, no failed host. `task runs per host`: ok, changed or skipped task results of a host (median over "
+        "the hosts of the largest run; each is a worker process forked by the controller). `CPU s per host`: user + system "
+        "CPU of `ansible-playbook` and every process it started (not the containers), over the host count, at the largest run."
         % (
             ", ".join(variants),
             forks,
@@ -246,9 +260,9 @@ def section_lines(out, counts, reps, variants, loads, argv, project):
             ", ".join("`%s=%s`" % kv for kv in SMALL.items()),
         ),
         "",
-        "| playbook | variant | %s | %d / %d hosts | goal <= %.0fx | runs counted | median load | runs s |"
+        "| playbook | variant | %s | %d / %d hosts | goal <= %.0fx | task runs per host | CPU s per host | runs counted | median load | runs s |"
         % (" | ".join("%d host(s) median s" % n for n in counts), counts[-1], counts[0], GOAL),
-        "|---|---|%s---:|---|---:|---:|---|" % ("---:|" * len(counts)),
+        "|---|---|%s---:|---|---:|---:|---:|---:|---|" % ("---:|" * len(counts)),
     ]
     errors = []
     for (pb, v), by_n in out.items():
@@ -258,14 +272,18 @@ def section_lines(out, counts, reps, variants, loads, argv, project):
         # The goal is the 50-host run's (issue 14); other host counts are shown, not judged.
         judged = counts[-1] == 50 and pb not in (NOOP, NOOP_FACTS) and ratio is not None
         goal = ("met" if ratio <= GOAL else "MISSED") if judged else "-"
+        top = [r for r in by_n[counts[-1]] if "error" not in r]
+        tasks, cpu = median(r["tasks"] for r in top), median(r["cpu"] / counts[-1] for r in top)
         lines.append(
-            "| %s | %s | %s | %s | %s | %s | %.1f | %s |"
+            "| %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %s |"
             % (
                 pb if pb in (NOOP, NOOP_FACTS) else "`%s`" % pb,
                 v,
                 " | ".join("failed" if meds[n] is None else "%.2f" % meds[n] for n in counts),
                 "-" if ratio is None else "%.1fx" % ratio,
                 goal,
+                "-" if tasks is None else "%g" % tasks,
+                "-" if cpu is None else "%.3f" % cpu,
                 "; ".join("%d: %d of %d" % (n, sum("error" not in r for r in by_n[n]), len(by_n[n])) for n in counts),
                 median(r["load"] for n in counts for r in by_n[n]) or 0.0,
                 "; ".join("%d: %s" % (n, fmt(r["s"] for r in by_n[n])) for n in counts),

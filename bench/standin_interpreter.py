@@ -9,38 +9,71 @@ connection, reading the result), this interpreter stands in for the host's Pytho
 * it reads what Ansible sends (with pipelining: the whole AnsiballZ payload on stdin);
 * the first time a payload is seen it runs the REAL interpreter with it and keeps the output when
   the run succeeded; every later identical payload gets that recorded output back at once;
-* payloads are compared without the date stamp Ansible writes into each one, so every host of a
-  group that runs the same module with the same arguments shares one recording;
-* anything else (the ledger's per-host line, a payload never seen) runs for real.
+* payloads are compared without the date stamps Ansible writes into each one (the payload's own
+  and its zip members', rebuilt on every run), so every host of a group that runs the same module
+  with the same arguments shares one recording, from one run to the next;
+* a plain ``python -S -c <program>`` (the ledger's per-host append, run by its action plugin)
+  runs inside the stand-in, which is such a Python already: the line is written for real, without
+  starting a second interpreter per host;
+* anything else (a payload never seen) runs for real.
 
 It is a bench instrument only, named as such in the output; correctness is proven on the real
 fleet (tests/integration/test_fleet.py). Standard library only: it starts with ``python -S``.
 """
 
+import base64
 import hashlib
+import io
 import os
 import re
 import subprocess  # noqa: S404 - runs the real interpreter with the same payload
 import sys
+import zipfile
 
 DATE_STAMP = re.compile(rb"date_time=datetime\.datetime\([^)]*\)\)?,")
+ZIP_DATA = re.compile(rb"zip_data='([A-Za-z0-9+/=]+)'")
+
+
+def _zip_members(match):
+    """The payload's zip as its members' names and checksums: the zip itself carries the build time."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(base64.b64decode(match.group(1)))) as zf:
+            members = sorted((i.filename, i.CRC, i.file_size) for i in zf.infolist())
+    except (ValueError, zipfile.BadZipFile):
+        return match.group(0)
+    return b"zip_members=" + repr(members).encode()
 
 
 def payload_key(argv, data):
-    """The recording's key: the arguments and the payload without its date stamp."""
-    return hashlib.sha256(repr(argv).encode() + b"\0" + DATE_STAMP.sub(b"", data)).hexdigest()
+    """The recording's key: the arguments and the payload without its date stamps (the one Ansible
+    writes into the payload and those of the zip's members, rebuilt on every run)."""
+    data = ZIP_DATA.sub(_zip_members, DATE_STAMP.sub(b"", data))
+    return hashlib.sha256(repr(argv).encode() + b"\0" + data).hexdigest()
+
+
+def run_program(argv):
+    """Run ``python -S -c <program> args...`` here; its exit status."""
+    sys.argv = ["-c"] + argv[3:]
+    try:
+        exec(compile(argv[2], "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102 - the host's own program
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
 def main(real, cache):
+    argv = sys.argv[1:]
+    if argv[:2] == ["-S", "-c"] and len(argv) > 2:
+        return run_program(argv)
     data = sys.stdin.buffer.read()
-    path = os.path.join(cache, payload_key(sys.argv[1:], data))
+    path = os.path.join(cache, payload_key(argv, data))
     try:
         with open(path, "rb") as fh:
             sys.stdout.buffer.write(fh.read())
         return 0
     except FileNotFoundError:
         pass
-    proc = subprocess.run([real] + sys.argv[1:], input=data, capture_output=True, check=False)  # noqa: S603
+    proc = subprocess.run([real] + argv, input=data, capture_output=True, check=False)  # noqa: S603
     if proc.returncode == 0:
         tmp = "%s.%d.tmp" % (path, os.getpid())
         with open(tmp, "wb") as fh:
