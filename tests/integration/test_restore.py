@@ -16,6 +16,7 @@ import pytest
 from conftest import docker, run_module
 
 from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_state import fingerprint_diff, fingerprint_sql
 
 DB = "ner11_db"
 CANARIES = ["vendor_equipment", "threat_intelligence", "compliance_frameworks"]
@@ -151,6 +152,8 @@ def test_replace_guards_failures_newer_data(own_stack, tmp_path):
     again = restore(stack, tmp_path, **args)
     assert again["changed"] is False and again["operation"] == "none"
 
+    damaged_backup_refused(stack, tmp_path, backup, args)
+
     # Newer data in the target: refused after the restore into the temporary copy; force overrides.
     time.sleep(1.1)
     stack.psql("INSERT INTO vendor_equipment (vendor, model) VALUES ('ItNewer', 'X1')")
@@ -197,6 +200,59 @@ def test_replace_guards_failures_newer_data(own_stack, tmp_path):
     assert res["changed"] is False and res["leftovers"] == [], res  # the temporary copy was dropped
     assert stack.psql("SELECT count(*) FROM compliance_frameworks WHERE name = 'ItKeep'") == "1"
     assert not any("__ner11" in d for d in databases(stack))
+
+
+def damaged_backup_refused(stack, tmp_path, backup, args):
+    """One byte flipped in a data file of catalogued backup ``backup``: restoring it by backup_id is refused.
+
+    A named backup is hashed in a thread while the server is read (issue 16); the refusal must come
+    before any change: in check mode, replacing the live database, and into a new database. The byte
+    is put back afterwards.
+    """
+    stack.psql("DELETE FROM vendor_equipment WHERE id = (SELECT min(id) FROM vendor_equipment)")  # a replace has work
+    dump = os.path.join(str(tmp_path), "database", backup, "dump")
+    name = max((f for f in os.listdir(dump) if f.endswith(".dat.gz")), key=lambda f: os.path.getsize(os.path.join(dump, f)))
+    data_file = os.path.join(dump, name)
+    fp = json.loads(stack.psql(fingerprint_sql()))
+    before = {
+        "counts": counts(stack),
+        "log": stack.psql("SELECT count(*), max(id) FROM ner11_ops.restore_log"),
+        "oid": stack.psql("SELECT oid FROM pg_database WHERE datname = current_database()"),
+        "databases": databases(stack),
+    }
+    with open(data_file, "r+b") as fh:
+        fh.seek(os.path.getsize(data_file) // 2)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    try:
+        runs = [
+            ("check", restore(stack, tmp_path, check=True, **args)),
+            ("replace", restore(stack, tmp_path, **args)),
+            ("new database", restore(stack, tmp_path, backup_id=backup, db_name="it_damaged")),
+        ]
+    finally:
+        with open(data_file, "r+b") as fh:
+            fh.seek(os.path.getsize(data_file) // 2)
+            fh.write(byte)
+    for mode, res in runs:
+        assert res.get("failed") is True, (mode, res)
+        assert "backup %s fails verification" % backup in res["msg"] and "dump/%s" % name in res["msg"], (mode, res["msg"])
+        assert "damaged" in res["msg"] and res["changed"] is False and res["restored"] is False, (mode, res)
+        assert not any(step["step"].startswith(("globals", "create the temporary")) for step in res["steps"]), (mode, res)
+    # Nothing changed: the live database's fingerprint, counts, restore log, oid; no other database.
+    current = json.loads(stack.psql(fingerprint_sql(fp["h"])))
+    assert fingerprint_diff(fp, current) == []
+    after = {
+        "counts": counts(stack),
+        "log": stack.psql("SELECT count(*), max(id) FROM ner11_ops.restore_log"),
+        "oid": stack.psql("SELECT oid FROM pg_database WHERE datname = current_database()"),
+        "databases": databases(stack),
+    }
+    assert after == before
+    # The byte is back: the same backup restores again (and brings the deleted row back).
+    res = restore(stack, tmp_path, **args)
+    assert res.get("failed") is not True and res["restored"] is True, res.get("msg")
 
 
 def test_selective_table_restore(own_stack, tmp_path):
