@@ -285,6 +285,21 @@ def dump_info(manifest, backup_path):
     }
 
 
+def backup_db_size(manifest):
+    """The database's size at backup time in bytes (0 when unknown).
+
+    pg_backup records it under ``source`` (with the server's version); a manifest may also
+    carry it at the top level. Both are read: the free-space check needs it.
+    """
+    for value in (manifest.get("db_size_bytes"), (manifest.get("source") or {}).get("db_size_bytes")):
+        try:
+            if value is not None and int(value) > 0:
+                return int(value)
+        except (TypeError, ValueError):
+            continue
+    return 0
+
+
 def expected_counts(manifest, tables=None):
     """The manifest's canary row counts as ``{table: (low, high)}`` (only known ones).
 

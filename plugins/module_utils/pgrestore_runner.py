@@ -23,6 +23,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecErro
 from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError, CommandRunner
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import (
     RestoreError,
+    backup_db_size,
     filter_globals,
     read_globals,
     split_table,
@@ -489,13 +490,13 @@ class Restorer:
     def space_check(self, manifest, info, staged):
         """Free space for the restored copy (and the dump copy) before anything is touched.
 
-        The restored copy needs about the database's size at backup time (manifest
-        ``db_size_bytes``) plus 10 %% on the data directory's filesystem; a dump copied
-        into the container needs its size on the container's /tmp. Returns the numbers
+        The restored copy needs about the database's size at backup time (``backup_db_size``)
+        plus 10 %% on the data directory's filesystem; a dump copied into the container needs
+        its size on the container's /tmp. Returns the numbers
         and ``error`` (a message) when they do not fit. Only container mode can see the
         server's filesystems; host mode reports ``checked: false``.
         """
-        db_size = manifest.get("db_size_bytes")
+        db_size = backup_db_size(manifest) or None
         dump_size = sum(
             int(f.get("size") or 0)
             for f in manifest.get("files") or []

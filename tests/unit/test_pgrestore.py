@@ -388,3 +388,14 @@ def test_space_check_adds_the_dump_copy_when_it_shares_the_filesystem():
     assert "error" not in tight.space_check(manifest, info, staged=False)
     # Unknown database size: nothing to compare, never a refusal.
     assert "error" not in tight.space_check({"backup_id": "b0"}, info, staged=False)
+
+
+def test_space_check_reads_the_size_where_pg_backup_records_it():
+    """pg_backup writes db_size_bytes under ``source``: the restored copy's space is checked from there too."""
+    manifest = {"backup_id": "b1", "source": {"db_name": "db", "db_size_bytes": 80 * 1048576}, "files": []}
+    tight = rrun.Restorer(_FakeTarget(), _df_runner([("overlay", 60 * 1024, "/")]), db="db")
+    out = tight.space_check(manifest, {"artifact": "dump.pgdump"}, staged=False)
+    assert out["db_size_bytes"] == 80 * 1048576 and "needs 88.0 MB" in out["error"] and "has 60.0 MB free" in out["error"]
+    assert plan.backup_db_size(manifest) == 80 * 1048576 and plan.backup_db_size({}) == 0
+    assert plan.backup_db_size({"db_size_bytes": 7, "source": {"db_size_bytes": 123}}) == 7
+    assert plan.backup_db_size({"db_size_bytes": "x", "source": None}) == 0
