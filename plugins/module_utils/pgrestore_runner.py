@@ -375,12 +375,22 @@ class Restorer:
 
     # -- what a killed or failed run left ----------------------------------------------------
     def find_leftovers(self, db):
-        """(classify_leftovers(...), stage dirs, client processes) for this database."""
-        rows = self.q(leftovers_sql(db)) or []
-        found = classify_leftovers(db, rows)
+        """(classify_leftovers(...), stage dirs, client processes) for this database.
+
+        Its three reads (the databases, the container's processes and dump copies, the sidecars)
+        are independent: in container mode they run at once (issue 16: three round trips).
+        """
+        if self.target.container:
+            rows, (rc, out, _err), sidecars = concurrently(
+                lambda: self.q(leftovers_sql(db)),
+                lambda: self.in_container(["sh", "-c", CONTAINER_SCAN, "sh", temp_db_name(db), stage_pattern(db)]),
+                lambda: self.find_sidecars(temp_db_name(db)),
+            )
+        else:
+            rows = self.q(leftovers_sql(db))
+        found = classify_leftovers(db, rows or [])
         stages, clients = [], []
         if self.target.container:
-            rc, out, _err = self.in_container(["sh", "-c", CONTAINER_SCAN, "sh", temp_db_name(db), stage_pattern(db)])
             for line in (out or "").splitlines() if rc == 0 else []:
                 kind, _sep, rest = line.partition(" ")
                 if kind == "stage" and rest.startswith(stage_pattern(db)):
@@ -389,7 +399,7 @@ class Restorer:
                     pid, _sep, tool = rest.partition(" ")
                     if pid.isdigit():
                         clients.append({"pid": int(pid), "tool": os.path.basename(tool.strip()) or "client"})
-            clients += [{"sidecar": cid, "tool": "pg_restore"} for cid in self.find_sidecars(temp_db_name(db))]
+            clients += [{"sidecar": cid, "tool": "pg_restore"} for cid in sidecars]
         return found, stages, clients
 
     def repair(self, db, found, stages, clients):
@@ -613,6 +623,28 @@ class Restorer:
         return self.target.execute(
             "ALTER DATABASE %s WITH ALLOW_CONNECTIONS %s;" % (quote_ident(db), "true" if allow else "false")
         )
+
+
+def concurrently(*calls):
+    """Run ``calls`` at once (the first in this thread); their results in order, or the first error raised."""
+    results = [None] * len(calls)
+    errors = []
+
+    def work(index):
+        try:
+            results[index] = calls[index]()
+        except Exception as exc:  # noqa: BLE001 - raised again below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,), name="ner11-read-%d" % i, daemon=True) for i in range(1, len(calls))]
+    for thread in threads:
+        thread.start()
+    work(0)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def _mb(n):

@@ -399,3 +399,17 @@ def test_space_check_reads_the_size_where_pg_backup_records_it():
     assert plan.backup_db_size(manifest) == 80 * 1048576 and plan.backup_db_size({}) == 0
     assert plan.backup_db_size({"db_size_bytes": 7, "source": {"db_size_bytes": 123}}) == 7
     assert plan.backup_db_size({"db_size_bytes": "x", "source": None}) == 0
+
+
+def test_concurrently_runs_the_calls_at_once_and_raises_the_first_error():
+    """The leftovers check's three reads run at once (issue 16): a barrier only three parties pass proves it."""
+    import threading
+
+    barrier = threading.Barrier(3, timeout=10)
+    assert rrun.concurrently(*[lambda i=i: (barrier.wait(), i)[1] for i in range(3)]) == [0, 1, 2]
+
+    def boom():
+        raise rrun.RestoreError("scan failed")
+
+    with pytest.raises(rrun.RestoreError, match="scan failed"):
+        rrun.concurrently(lambda: 1, boom)
