@@ -502,9 +502,9 @@ class Restorer:
 
         The restored copy needs about the database's size at backup time (``backup_db_size``)
         plus 10 %% on the data directory's filesystem; a dump copied into the container needs
-        its size on the container's /tmp. Returns the numbers
-        and ``error`` (a message) when they do not fit. Only container mode can see the
-        server's filesystems; host mode reports ``checked: false``.
+        its size on the container's /tmp. Returns the numbers and ``error`` (a message) when
+        they do not fit. Only container mode can see the server's filesystems; host mode
+        reports ``checked: false``.
         """
         db_size = backup_db_size(manifest) or None
         dump_size = sum(
@@ -626,7 +626,11 @@ class Restorer:
 
 
 def concurrently(*calls):
-    """Run ``calls`` at once (the first in this thread); their results in order, or the first error raised."""
+    """Run ``calls`` at once (the first in this thread); their results in order.
+
+    When calls fail, the error of the first failing call in the order given is raised (as if
+    they had run one after the other), whichever failed first in time.
+    """
     results = [None] * len(calls)
     errors = []
 
@@ -634,7 +638,7 @@ def concurrently(*calls):
         try:
             results[index] = calls[index]()
         except Exception as exc:  # noqa: BLE001 - raised again below, in the caller's thread
-            errors.append(exc)
+            errors.append((index, exc))
 
     threads = [threading.Thread(target=work, args=(i,), name="ner11-read-%d" % i, daemon=True) for i in range(1, len(calls))]
     for thread in threads:
@@ -643,7 +647,7 @@ def concurrently(*calls):
     for thread in threads:
         thread.join()
     if errors:
-        raise errors[0]
+        raise min(errors, key=lambda error: error[0])[1]
     return results
 
 

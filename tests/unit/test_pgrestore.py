@@ -1,5 +1,6 @@
 import datetime
 import os
+import time
 
 import pytest
 
@@ -413,3 +414,11 @@ def test_concurrently_runs_the_calls_at_once_and_raises_the_first_error():
 
     with pytest.raises(rrun.RestoreError, match="scan failed"):
         rrun.concurrently(lambda: 1, boom)
+
+    # Two fail: the first in the order given is raised, even when the later one failed first.
+    def late():
+        time.sleep(0.3)
+        raise rrun.RestoreError("first in order")
+
+    with pytest.raises(rrun.RestoreError, match="first in order"):
+        rrun.concurrently(late, boom)
