@@ -57,7 +57,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_repair import 
     repair_plan,
     test_pause,
 )
-from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_runner import Restorer
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_runner import Restorer, concurrently
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_sql import log_insert_sql, swap_sql, table_restore_wrapper
 from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner
 
@@ -316,7 +316,6 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
     temp = temp_db_name(db)
     old = old_db_name(db, now) if state["exists"] else None
     keep_old = bool(params.get("keep_old"))
-    sessions = r.sessions(db) if state["exists"] else []
     estimate = []
     if state["exists"] and state["user_tables"] and not force:
         estimate = [
@@ -325,7 +324,13 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
             if v is not None and v > epoch(manifest["created_at"])
         ]
     staged = r.copies_dump(info, jobs)
-    space = r.space_check(manifest, info, staged)
+    # Three reads at once (issue 16): the target's sessions, the free space, the server's roles
+    # (for the globals below; a role created meanwhile fails CREATE ROLE, before the copy exists).
+    sessions, space, roles = concurrently(
+        lambda: r.sessions(db) if state["exists"] else [],
+        lambda: r.space_check(manifest, info, staged),
+        lambda: r.roles() if info["globals_path"] else None,
+    )
     r.step("sessions and free space" if state["exists"] else "free space")
     result["plan"].update(
         {
@@ -356,7 +361,7 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
                 % (manifest["backup_id"], ", ".join(e["table"] for e in estimate))
             ]
         return result
-    result["globals"] = r.restore_globals(info, r.target.user)
+    result["globals"] = r.restore_globals(info, r.target.user, roles)
     if result["globals"]["created"]:
         r.changes.append("created roles %s" % ", ".join(result["globals"]["created"]))
     r.step("globals (roles)")

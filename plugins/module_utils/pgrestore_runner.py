@@ -337,10 +337,13 @@ class Restorer:
         return len(entries)
 
     # -- steps ---------------------------------------------------------------------------
-    def restore_globals(self, info, login_user):
+    def restore_globals(self, info, login_user, roles=None):
+        """Create the backup's roles the server lacks; ``roles``: the server's roles when read already."""
         if not info["globals_path"]:
             return {"created": [], "kept": []}
-        sql, created, kept = filter_globals(read_globals(info["globals_path"]), self.roles(), login_user)
+        if roles is None:
+            roles = self.roles()
+        sql, created, kept = filter_globals(read_globals(info["globals_path"]), roles, login_user)
         if created:
             self.psql_script(sql, "postgres")
         return {"created": created, "kept": kept}

@@ -230,3 +230,23 @@ def test_a_listing_thread_that_ends_without_a_result_fails_clearly(tmp_path):
     with pytest.raises(pr.RestoreError, match="pg_restore --list of .* stopped without a result"):
         pr.run_restore(restore_params(tmp_path, made["backup_id"], jobs=2, login_password="pw"), server, now=NOW)
     assert not any(word in c for c in server.lines() for word in CHANGES), server.lines()
+
+
+def test_the_free_space_and_the_servers_roles_are_read_at_once(tmp_path):
+    """The df of the free-space check and the roles for the globals run at the same time (issue 16)."""
+    import threading
+
+    made = make_backup(tmp_path)
+    server = ScriptedServer(COUNTS)
+    barrier = threading.Barrier(2, timeout=5)  # one after the other, the first wait would time out
+
+    def roles(line, data):
+        barrier.wait()
+        return 0, "".join(r + "\n" for r in server.roles), ""
+
+    server.answer(" df -P -k ", lambda line, data: (barrier.wait(), server._df(line, data))[1])
+    server.answer("rolname FROM pg_roles", roles)
+    server.answer(FUSED, lambda line, data: fused_reply(PLAIN, KEYS))
+    done = pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)
+    assert done["restored"] is True and done["plan"]["space"]["checked"] is True
+    assert len([c for c in server.lines() if "rolname FROM pg_roles" in c]) == 1  # read once, used by the globals step
