@@ -250,9 +250,8 @@ def damaged_backup_refused(stack, tmp_path, backup, args):
         "databases": databases(stack),
     }
     assert after == before
-    # The byte is back: the same backup restores again (and brings the deleted row back).
-    res = restore(stack, tmp_path, **args)
-    assert res.get("failed") is not True and res["restored"] is True, res.get("msg")
+    # The byte is back: the caller's next restore of the same backup passes its checksums (it is
+    # refused later, for newer data, only after restoring into the temporary copy).
 
 
 def test_selective_table_restore(own_stack, tmp_path):
