@@ -19,6 +19,7 @@ Plain Python 3.9 (no Ansible import), so the cores stay unit-testable.
 from __future__ import annotations
 
 import shlex
+import threading
 
 REDACTED = "********"
 
@@ -120,3 +121,27 @@ class CommandRunner:
         self.commands.append(shown)
         result = self._call(["/bin/bash", "-o", "pipefail", "-c", line], data, env, {})
         return self._finish(line, result, check, ok_rcs, what, hint, shown)
+
+
+class ThreadFailure(Exception):
+    """``fail_json`` was called outside the main thread: the failure of that thread's work."""
+
+
+def main_thread_failures(module):
+    """Make ``module.fail_json`` raise :class:`ThreadFailure` in every thread but the main one.
+
+    ``AnsibleModule.run_command`` calls ``fail_json`` itself when a command cannot start (a fork
+    refused on an overloaded host, a binary gone). In a worker thread that prints a result and
+    ends only that thread; the main thread then prints its own result, and Ansible cannot read
+    two. With this, the failure is an exception of the thread's work (a check's future, a
+    background verify), reported by the main thread in the one result. Returns ``module``.
+    """
+    fail_json = module.fail_json
+
+    def fail(msg=None, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            return fail_json(msg=msg, **kwargs)
+        raise ThreadFailure(msg or "a command could not run")
+
+    module.fail_json = fail
+    return module

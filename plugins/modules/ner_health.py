@@ -318,6 +318,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     PgTarget,
     postgres_argument_spec,
 )
+from ansible_collections.ner11.ops.plugins.module_utils.runner import main_thread_failures
 from ansible_collections.ner11.ops.plugins.module_utils.stack_model import StackModelError, host_services
 
 USER_AGENT = "ner11.ops-ner_health"
@@ -371,6 +372,8 @@ def main():
         mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE,
         supports_check_mode=True,
     )
+    # The checks run commands in threads: a command that cannot start fails its check, not the module twice.
+    main_thread_failures(module)
     params = module.params
     inspect = discovered = None
     if params["stack"] is not None:

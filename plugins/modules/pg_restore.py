@@ -274,6 +274,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
 )
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore import Refused, RestoreError, run_restore
 from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError
+from ansible_collections.ner11.ops.plugins.module_utils.runner import main_thread_failures
 
 
 def main():
@@ -300,6 +301,8 @@ def main():
         required_one_of=POSTGRES_REQUIRED_ONE_OF + [("backup_id", "path", "latest")],
         supports_check_mode=True,
     )
+    # Checksums, --list and concurrent reads run in threads: their command failures reach the main thread.
+    main_thread_failures(module)
     try:
         result = run_restore(module.params, module.run_command, check_mode=module.check_mode)
     except Refused as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import io
 import json
 import os
 import stat
@@ -173,3 +175,24 @@ def test_parse_inspect():
     assert dc.parse_inspect("not json") == {}
     assert dc.parse_inspect('{"Name": "x"}') == {}
     assert dc.parse_inspect(json.dumps([{"Name": "/x"}, {"Name": ""}, "s"])) == {"x": {"Name": "/x"}}
+
+
+def test_fail_json_in_a_worker_thread_raises_instead_of_printing_a_second_result():
+    # A stand-in for AnsibleModule's exit path (prints a result, exits): what run_command calls
+    # when a command cannot start. Only the main thread may print; a worker's call raises there.
+    out = io.StringIO()
+
+    class Module:
+        def fail_json(self, msg=None, **kwargs):
+            out.write(json.dumps(dict(kwargs, msg=msg, failed=True)) + "\n")
+            raise SystemExit(1)
+
+    module = rn.main_thread_failures(Module())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        future = pool.submit(module.fail_json, msg="[Errno 11] Resource temporarily unavailable", rc=11)
+        assert isinstance(future.exception(), rn.ThreadFailure)
+        assert str(future.exception()) == "[Errno 11] Resource temporarily unavailable"
+    assert out.getvalue() == ""
+    with pytest.raises(SystemExit):
+        module.fail_json(msg="the one result")
+    assert [json.loads(line)["msg"] for line in out.getvalue().splitlines()] == ["the one result"]
