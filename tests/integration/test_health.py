@@ -322,7 +322,8 @@ def test_health_playbook_on_a_healthy_stack(shared_stack):
     result = run_playbook("playbooks/health.yml", extra, env=SHOW_STATS)
     assert result.rc == 0, result.explain()
     assert result.changed() == 0
-    table = result.task("Report the health, fail when it is not healthy, for localhost")["msg"]
+    # One report task for the whole batch: host -> its table (run_once, not one task per host).
+    table = result.task("Report the health of every host")["msg"]["localhost"]
     assert table[0].split() == ["CHECK", "STATUS", "VALUE", "LATENCY", "OUTPUT"]
     rows = {line.split()[0]: line for line in table[1:-1]}
     assert rows["api:http"].split()[1] == "pass" and "ms" in rows["api:http"]
@@ -348,13 +349,24 @@ def test_health_playbook_fails_when_the_stack_is_down():
     }
     result = run_playbook("playbooks/health.yml", {"ner11_stack": stack, "ner11_health_check_timeout": 2}, env=SHOW_STATS)
     assert result.rc != 0
-    failure = result.task("Report the health, fail when it is not healthy, for localhost")
-    # the health module's own failure text first, not one rebuilt by the playbook; then the table
-    assert failure.get("failed") and failure["msg"][0].startswith("localhost: "), failure["msg"]
-    assert "api:http fail: " in failure["msg"][0] and "connection refused" in failure["msg"][0]
-    assert failure["msg"][1].split() == ["CHECK", "STATUS", "VALUE", "LATENCY", "OUTPUT"], failure["msg"]
+    # The health module fails the host with its own failure text (not one rebuilt by the playbook)...
+    failure = result.task("Check the stack")
+    assert failure.get("failed") and "api:http fail: " in failure["msg"], failure["msg"]
+    assert "connection refused" in failure["msg"]
+    # ...and the failed host is still in the batch's report and summary (the `always` part): the
+    # failure text, then the table.
+    report = result.task("Report the health of every host")["msg"]["localhost"]
+    assert report[0] == failure["msg"], report
+    assert report[1].split() == ["CHECK", "STATUS", "VALUE", "LATENCY", "OUTPUT"], report
     stats = result.custom_stats["ner11_health"]["localhost"]
     assert stats["status"] == "fail" and "api:http" in stats["failed_checks"]
+
+    # A bad role option is refused on the host by the module's own argument spec (health.yml skips
+    # the role's per-host argument check): it names the option and the allowed values.
+    result = run_playbook("playbooks/health.yml", {"ner11_stack": stack, "health_fail_on": "sometimes"})
+    assert result.rc != 0
+    refused = result.task("Check the stack")
+    assert "fail_on" in refused["msg"] and "sometimes" in refused["msg"] and "never" in refused["msg"], refused["msg"]
 
     # ner11_health_fail_on=never only reports
     result = run_playbook(
