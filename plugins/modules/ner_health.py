@@ -271,6 +271,11 @@ duration_ms:
   returned: always
   type: float
   sample: 180.4
+started_epoch:
+  description: When the module began (discovery included), in seconds since the epoch; a role measures its total time from it.
+  returned: always
+  type: float
+  sample: 1764778800.123
 report:
   description: The health table an operator reads, one line per check and a summary line.
   returned: always
@@ -286,6 +291,7 @@ discovered:
 """
 
 import os
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -367,6 +373,7 @@ def main():
         interval=dict(type="float", default=2),
         fail_on=dict(type="str", choices=list(FAIL_ON), default="fail"),
     )
+    started_epoch = round(time.time(), 3)
     module = AnsibleModule(
         argument_spec=argument_spec,
         mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE,
@@ -412,6 +419,7 @@ def main():
     )
     result = wait_until(checker.run_once, params["wait_for"], params["timeout"], params["interval"])
     result["changed"] = False
+    result["started_epoch"] = started_epoch
     result["report"] = report_lines(result)
     if discovered is not None:
         result["discovered"] = discovered

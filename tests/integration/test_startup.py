@@ -75,8 +75,11 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     assert [s["service"] for s in done["steps"]] == ["postgres", "api", "frontend"]
     for step in done["steps"]:
         assert step["health"] in ("pass", "warn") and step["duration_s"] >= 0 and step["expected"]
-    lines = apply.task("Report each step next to the runbook's expected time")["msg"]
+    # One report for the batch (run_once), keyed by host; the same lines are in the summary.
+    lines = apply.task("Report each step next to the runbook's expected time")["msg"]["localhost"]
     assert any(line.startswith("api: started") and "runbook: 45-90 s" in line for line in lines)
+    assert lines[0].startswith("startup of %s: %s in " % (stack.project, done["status"])) and lines == done["report"], lines
+    assert 0 < done["total_s"] < 900, done["total_s"]
     health = apply.task("Check the whole stack, module endpoints and canary tables")
     assert health["checks"]["api:modules"]["status"] == "pass"
     assert health["checks"]["db:canary"]["status"] == "pass"
