@@ -184,8 +184,9 @@ def _run(
                 if "toc_entries" not in result:
                     result["toc_entries"] = listing()
 
-            # First what a killed or failed earlier run left (docs/restore.md, "Interrupted restores").
-            found, stages, clients = r.find_leftovers(db)
+            # First what a killed or failed earlier run left (docs/restore.md, "Interrupted restores"),
+            # in one round with everything else the decisions below read (issue 16).
+            found, stages, clients = r.find_leftovers(db, image=r.needs_image(info, jobs))
             steps = repair_plan(db, found, stages, clients)
             result["leftovers"] = leftover_report(db, found)
             r.step("look for leftovers of a killed run")
@@ -203,7 +204,7 @@ def _run(
                     result["repaired"] = r.repair(db, found, stages, clients)
                     result["leftovers"] = leftover_report(db, found)
                     r.step("repair the leftovers")
-            state = r.inspect(db, newer_columns)
+            state = r.inspect(db, newer_columns, exists=found["target_exists"])
             expected = expected_counts(manifest, tables or None)
             if tables:
                 observed = r.counts(db, list(expected))
@@ -324,13 +325,21 @@ def _full(r, params, info, manifest, db, state, expected, canaries, newer_column
             if v is not None and v > epoch(manifest["created_at"])
         ]
     staged = r.copies_dump(info, jobs)
-    # Three reads at once (issue 16): the target's sessions, the free space, the server's roles
-    # (for the globals below; a role created meanwhile fails CREATE ROLE, before the copy exists).
-    sessions, space, roles = concurrently(
-        lambda: r.sessions(db) if state["exists"] else [],
-        lambda: r.space_check(manifest, info, staged),
-        lambda: r.roles() if info["globals_path"] else None,
-    )
+    facts = r.prefetched
+    if facts is not None:
+        # Read in the first round (issue 16): the target's sessions, the data directory and its
+        # free space, the server's roles (for the globals below; a role created meanwhile fails
+        # CREATE ROLE, before the copy exists). No round trip here unless df must run again.
+        sessions = facts["sessions"] if state["exists"] else []
+        roles = (facts["roles"] or None) if info["globals_path"] else None
+        space = r.space_check(manifest, info, staged)
+    else:
+        # Not read yet (a repair ran): three reads at once.
+        sessions, space, roles = concurrently(
+            lambda: r.sessions(db) if state["exists"] else [],
+            lambda: r.space_check(manifest, info, staged),
+            lambda: r.roles() if info["globals_path"] else None,
+        )
     r.step("sessions and free space" if state["exists"] else "free space")
     result["plan"].update(
         {

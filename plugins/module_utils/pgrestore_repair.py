@@ -171,7 +171,8 @@ def leftovers_sql(db):
 
 
 # Lists, inside the DB container, the client processes working on the temporary
-# database (pg_restore/psql; "$1" is its name) and the dump copies of this database.
+# database (pg_restore/psql; "$1" is its name), the dump copies of this database
+# and the free space where the restored copy and a dump copy would go (one docker exec).
 CONTAINER_SCAN = r"""
 for p in /proc/[0-9]*; do
   c=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
@@ -179,5 +180,12 @@ for p in /proc/[0-9]*; do
   case "$c" in pg_restore\ *|psql\ *|*/pg_restore\ *|*/psql\ *) echo "pid ${p#/proc/} ${c%% *}" ;; esac
 done
 for d in "$2"*; do [ -d "$d" ] && echo "stage $d"; done
+for d in "${PGDATA:-}" /tmp; do
+  [ -n "$d" ] && [ -d "$d" ] || continue
+  df -P -k "$d" 2>/dev/null | { read -r _h; read -r row && printf 'df\t%s\t%s\n' "$d" "$row"; }
+done
 exit 0
 """
+# The scan's last loop prints ``df<TAB><path><TAB><df -P -k row>`` for the image's data directory
+# ($PGDATA) and /tmp: the free-space check uses a row only when its path is the server's own
+# data_directory (read in the same round, ``pgrestore_sql.preflight_sql``), else it runs df itself.

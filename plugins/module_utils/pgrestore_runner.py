@@ -34,7 +34,6 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_repair import 
     CONTAINER_SCAN,
     TEMP_COMMENT,
     classify_leftovers,
-    leftovers_sql,
     stage_pattern,
     test_pause,
 )
@@ -46,6 +45,8 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_sql import (
     counts_from_fingerprint,
     create_db_sql,
     newest_sql,
+    parse_preflight,
+    preflight_sql,
     sessions_sql,
     terminate_sql,
     timestamp_columns_sql,
@@ -75,6 +76,10 @@ class Restorer:
         self._log = log or (lambda msg: None)
         self.stage = None
         self.image = None
+        self._image_lock = threading.Lock()
+        # What the first round read besides the leftovers (``find_leftovers``): the data directory,
+        # its df rows, the roles and the target's sessions; None when not read (or stale after a repair).
+        self.prefetched = None
         self.check_mode = check_mode
         self.db = db or "db"
         # What this run changed for good (for ``changed`` when it fails later).
@@ -125,8 +130,10 @@ class Restorer:
     def db_exists(self, db):
         return self.target.scalar("SELECT 1 FROM pg_database WHERE datname = %s;" % quote_literal(db)) == "1"
 
-    def inspect(self, db, newer_columns):
-        state = {"exists": self.db_exists(db), "user_tables": 0, "applied": None, "newest_write": None, "newest": {}}
+    def inspect(self, db, newer_columns, exists=None):
+        """The target's state; ``exists``: whether ``db`` exists when known already (the leftovers rows tell)."""
+        exists = self.db_exists(db) if exists is None else bool(exists)
+        state = {"exists": exists, "user_tables": 0, "applied": None, "newest_write": None, "newest": {}}
         if not state["exists"]:
             return state
         rows = self.q(USER_TABLES_SQL, db) or []
@@ -201,16 +208,27 @@ class Restorer:
         return info["format"] == "directory" or (info["format"] == "custom" and jobs > 1)
 
     def db_image(self):
-        """The image of the database container (sidecars run its own client tools)."""
-        if self.image is None:
-            status, image = self.target.container_state()
-            if status != "running":
-                raise RestoreError(
-                    "container %s is %s; start it (playbooks/startup.yml) and run again"
-                    % (self.target.container, status or "not found (%s)" % image)
-                )
-            self.image = image
-        return self.image
+        """The image of the database container (sidecars run its own client tools).
+
+        Inspected once; the listing thread and the first round may both ask (the lock makes the
+        second wait for the first's answer instead of inspecting again).
+        """
+        with self._image_lock:
+            if self.image is None:
+                status, image = self.target.container_state()
+                if status != "running":
+                    raise RestoreError(
+                        "container %s is %s; start it (playbooks/startup.yml) and run again"
+                        % (self.target.container, status or "not found (%s)" % image)
+                    )
+                self.image = image
+            return self.image
+
+    def needs_image(self, info, jobs):
+        """True when this run starts a sidecar of the database container's image (so the first round inspects it)."""
+        if not self.target.container or self.check_mode or info.get("client_image"):
+            return False
+        return self.listing_in_background or self.reads_by_mount(info, jobs)
 
     def sidecar_label(self, db):
         return "%s=%s/%s" % (SIDECAR_LABEL, self.target.container, db)
@@ -299,15 +317,14 @@ class Restorer:
 
         A directory dump in container mode is listed by a sidecar of its own (``docker run``, about
         as long as all the read-only queries before the restore): it runs in a thread while they
-        run (issue 16). The caller waits for it before its first change. Any other listing runs
-        here and now.
+        run (issue 16). The thread inspects the image first; the first round (``find_leftovers``)
+        waits for that answer and raises a stopped container's error itself. The caller waits for
+        the listing before its first change. Any other listing runs here and now.
         """
         self.listing_in_background = bool(info["format"] == "directory" and self.target.container and not self.check_mode)
         if not self.listing_in_background:
             toc = self.list_toc(info, recorded)
             return lambda: toc
-        if not info.get("client_image"):
-            self.db_image()  # the image is inspected here, not in the thread
         out = {}
 
         def work():
@@ -377,24 +394,37 @@ class Restorer:
         return self.target.drop_database(db)
 
     # -- what a killed or failed run left ----------------------------------------------------
-    def find_leftovers(self, db):
+    def find_leftovers(self, db, image=False):
         """(classify_leftovers(...), stage dirs, client processes) for this database.
 
-        Its three reads (the databases, the container's processes and dump copies, the sidecars)
-        are independent: in container mode they run at once (issue 16: three round trips).
+        The first round of reads before a restore (issue 16): in container mode its reads run at
+        once, each one round trip: the server's side in one psql call (``preflight_sql``: the
+        databases, which tell whether ``db`` exists, the data directory, the roles, the target's
+        sessions), the container scan (client processes, dump copies, and ``df`` of the data
+        directory and /tmp), the sidecars, and with ``image`` the container's image (first: a
+        stopped container is the error reported). What is read besides the leftovers is kept in
+        ``prefetched`` for the free-space check, the globals and the plan.
         """
+        df = {}
         if self.target.container:
-            rows, (rc, out, _err), sidecars = concurrently(
-                lambda: self.q(leftovers_sql(db)),
+            calls = [
+                lambda: self.q(preflight_sql(db)),
                 lambda: self.in_container(["sh", "-c", CONTAINER_SCAN, "sh", temp_db_name(db), stage_pattern(db)]),
                 lambda: self.find_sidecars(temp_db_name(db)),
-            )
+            ]
+            results = concurrently(*([self.db_image] if image else []) + calls)
+            rows, (rc, out, _err), sidecars = results[-3:]
         else:
-            rows = self.q(leftovers_sql(db))
-        found = classify_leftovers(db, rows or [])
+            rows = self.q(preflight_sql(db))
+        rows, self.prefetched = parse_preflight(rows)
+        found = classify_leftovers(db, rows)
         stages, clients = [], []
         if self.target.container:
             for line in (out or "").splitlines() if rc == 0 else []:
+                if line.startswith("df\t"):
+                    _kind, path, row = (line.split("\t", 2) + ["", ""])[:3]
+                    df[path] = row.split()
+                    continue
                 kind, _sep, rest = line.partition(" ")
                 if kind == "stage" and rest.startswith(stage_pattern(db)):
                     stages.append(rest.strip())
@@ -403,6 +433,8 @@ class Restorer:
                     if pid.isdigit():
                         clients.append({"pid": int(pid), "tool": os.path.basename(tool.strip()) or "client"})
             clients += [{"sidecar": cid, "tool": "pg_restore"} for cid in sidecars]
+        if self.prefetched is not None:
+            self.prefetched["df"] = df
         return found, stages, clients
 
     def repair(self, db, found, stages, clients):
@@ -441,6 +473,8 @@ class Restorer:
             self.in_container(["rm", "-rf", "--", stage], "removing %s" % stage)
             done.append("removed the dump copy %s in the database container" % stage)
         self.changes += done
+        if done:
+            self.prefetched = None  # space was freed, sessions may have come: read again after a repair
         return done
 
     def restore_full(self, info, db, jobs):
@@ -519,23 +553,31 @@ class Restorer:
         if not self.target.container:
             out["note"] = "not checked: the server's filesystem is not visible in login_host mode"
             return out
-        try:
-            datadir = self.target.scalar("SHOW data_directory;")
-        except PgExecError:
-            datadir = None
+        facts = self.prefetched
+        if facts is not None:
+            datadir = facts["datadir"]  # read by the first round (empty when the login may not read it)
+        else:
+            try:
+                datadir = self.target.scalar("SHOW data_directory;")
+            except PgExecError:
+                datadir = None
         if not datadir:
-            # SHOW data_directory needs a superuser or pg_read_all_settings.
+            # SHOW data_directory needs a superuser or pg_read_all_settings (pg_settings hides it too).
             out["note"] = "not checked: %s may not read data_directory (grant it pg_read_all_settings)" % self.target.user
             return out
         paths = [datadir] + (["/tmp"] if staged else [])  # noqa: S108 - the container's /tmp, where mktemp puts the copy
-        rc, text, err = self.in_container(["df", "-P", "-k"] + paths, user=None)
-        if rc != 0:
-            out["note"] = "not checked: df failed in the container (%s)" % _tail(err or text)
-            return out
-        rows = [line.split() for line in text.splitlines()[1:] if line.strip()]
-        if len(rows) != len(paths):
-            out["note"] = "not checked: unexpected df output"
-            return out
+        scanned = (facts or {}).get("df") or {}
+        rows = [scanned.get(path) for path in paths]
+        if not all(row and len(row) >= 6 for row in rows):
+            # The scan's $PGDATA is not the server's data directory (or no df row): df it now.
+            rc, text, err = self.in_container(["df", "-P", "-k"] + paths, user=None)
+            if rc != 0:
+                out["note"] = "not checked: df failed in the container (%s)" % _tail(err or text)
+                return out
+            rows = [line.split() for line in text.splitlines()[1:] if line.strip()]
+            if len(rows) != len(paths):
+                out["note"] = "not checked: unexpected df output"
+                return out
         need = {}
         for index, path in enumerate(paths):  # (no zip(strict=): Python 3.9 managed nodes)
             row = rows[index]

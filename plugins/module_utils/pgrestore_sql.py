@@ -14,6 +14,7 @@ import json
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name, quote_table
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import create_database_statements
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import LOG_SCHEMA, LOG_TABLE, qualified, split_table
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_repair import leftovers_sql
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_state import fingerprint_sql
 
 quote_ident = quote_name
@@ -163,6 +164,53 @@ def sessions_sql(db):
         "SELECT pid, coalesce(application_name, ''), coalesce(usename, ''), coalesce(state, '') "
         "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY pid;" % quote_literal(db)
     )
+
+
+# Tags of the pre-flight rows that are not leftover databases (a database name never holds ':').
+PREFLIGHT_DATADIR, PREFLIGHT_ROLE, PREFLIGHT_SESSION = "ner11:datadir", "ner11:role", "ner11:session"
+
+
+def preflight_sql(db):
+    """The server's side of a restore's first round, in ONE psql call on ``postgres`` (issue 16).
+
+    Rows: the leftover databases as ``leftovers_sql`` returns them (which also tells whether
+    ``db`` exists); ``ner11:datadir|<data_directory>`` always, the path empty when the login
+    may not read it (pg_settings hides it without superuser or pg_read_all_settings, where
+    SHOW would fail); ``ner11:role|<name>`` per role; ``ner11:session|<pid>|...`` per session
+    on ``db`` (``sessions_sql``).
+    """
+    return (
+        "%s\nSELECT %s, coalesce((SELECT setting FROM pg_settings WHERE name = 'data_directory'), '');\n"
+        "SELECT %s, rolname FROM pg_roles ORDER BY 2;\nSELECT %s, s.* FROM (%s) s ORDER BY 2;\n"
+        % (
+            leftovers_sql(db),
+            quote_literal(PREFLIGHT_DATADIR),
+            quote_literal(PREFLIGHT_ROLE),
+            quote_literal(PREFLIGHT_SESSION),
+            sessions_sql(db).rstrip(";"),
+        )
+    )
+
+
+def parse_preflight(rows):
+    """``(leftover rows, facts)`` from ``preflight_sql``'s rows; ``facts`` None without its datadir row.
+
+    ``facts``: ``datadir`` (None when unreadable), ``roles``, ``sessions`` (as ``Restorer.sessions``).
+    """
+    leftovers, facts = [], {"datadir": None, "roles": [], "sessions": []}
+    seen = False
+    for row in rows or []:
+        tag = row[0]
+        if tag == PREFLIGHT_DATADIR:
+            seen = True
+            facts["datadir"] = (row + [""])[1] or None
+        elif tag == PREFLIGHT_ROLE:
+            facts["roles"].append((row + [""])[1])
+        elif tag == PREFLIGHT_SESSION and len(row) >= 5:
+            facts["sessions"].append({"pid": int(row[1]), "application_name": row[2], "user": row[3], "state": row[4]})
+        elif not tag.startswith("ner11:") and len(row) == 3:
+            leftovers.append(row)
+    return leftovers, (facts if seen else None)
 
 
 def terminate_sql(db):

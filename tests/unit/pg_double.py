@@ -54,6 +54,10 @@ class ScriptedServer:
         self.databases = set(databases)
         self.roles = list(roles)
         self.free_kb = free_kb
+        # What pg_restore's pre-flight reads: data_directory ('' as for a login without
+        # pg_read_all_settings) and the image's $PGDATA the container scan runs df on.
+        self.data_directory = "/var/lib/postgresql/data"
+        self.pgdata = "/var/lib/postgresql/data"
         self.calls = []
         self.answers = []
         self.toc = TOC
@@ -93,6 +97,8 @@ class ScriptedServer:
             (lambda t: " > " in t and ("pg_dump" in t or "pg_dumpall" in t), self._write_dump),
             ("--entrypoint pg_dump", self._write_directory_dump),
             ("--list", lambda line, data: (0, self.toc, "")),
+            ("'ner11:datadir'", self._preflight),
+            ("/proc/[0-9]*", self._scan),
             ("datallowconn", (0, "", "")),
             ("SELECT 1 FROM pg_database WHERE datname", self._db_exists),
             ("SHOW data_directory", (0, "/var/lib/postgresql/data\n", "")),
@@ -171,6 +177,20 @@ esac
             return proc.returncode, proc.stdout, proc.stderr
         finally:
             shutil.rmtree(stubs, ignore_errors=True)
+
+    def _preflight(self, line, data):
+        """pg_restore's one pre-flight psql call: the databases (no leftovers), data_directory, the roles."""
+        rows = ["%s\x1ft\x1f" % name for name in sorted(self.databases)]
+        rows.append("ner11:datadir\x1f%s" % (self.data_directory or ""))
+        rows += ["ner11:role\x1f%s" % role for role in self.roles]
+        return 0, "\n".join(rows) + "\n", ""
+
+    def _scan(self, line, data):
+        """The container scan: no client processes, no dump copies; df of $PGDATA (when set) and /tmp."""
+        rows = []
+        for path in ([self.pgdata] if self.pgdata else []) + ["/tmp"]:
+            rows.append("df\t%s\toverlay 100000000 0 %d 1%% /" % (path, self.free_kb))
+        return 0, "\n".join(rows) + "\n", ""
 
     def _db_exists(self, line, data):
         name = re.search(r"datname = '([^']*)'", data or "").group(1)

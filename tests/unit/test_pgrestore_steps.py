@@ -16,6 +16,7 @@ from pg_double import ScriptedServer, backup_params
 
 from ansible_collections.ner11.ops.plugins.module_utils import pgbackup as pb
 from ansible_collections.ner11.ops.plugins.module_utils import pgrestore as pr
+from ansible_collections.ner11.ops.plugins.module_utils import pgrestore_repair as repair
 from ansible_collections.ner11.ops.plugins.module_utils import pgrestore_sql as rsql
 
 COUNTS = {"public.t": 3, "vendor_equipment": 5}
@@ -232,21 +233,126 @@ def test_a_listing_thread_that_ends_without_a_result_fails_clearly(tmp_path):
     assert not any(word in c for c in server.lines() for word in CHANGES), server.lines()
 
 
-def test_the_free_space_and_the_servers_roles_are_read_at_once(tmp_path):
-    """The df of the free-space check and the roles for the globals run at the same time (issue 16)."""
+PREFLIGHT = "'ner11:datadir'"
+SCAN = "/proc/[0-9]*"
+SIDECARS = "ps -aq --filter"
+# The reads the first round replaced (issue 16): each was a round trip of its own before the restore.
+DF = "pg1 df -P -k "  # docker exec pg1 df ... (the scan's own df is inside its script)
+SEPARATE_READS = ("SELECT 1 FROM pg_database WHERE datname", "SHOW data_directory", DF, "rolname FROM pg_roles ORDER BY 1")
+
+
+def before_restore(server):
+    """The commands before pg_restore restores (``--exit-on-error``), in the order they ran."""
+    lines = server.lines()
+    first = next(i for i, c in enumerate(lines) if "--exit-on-error" in c)
+    return lines[:first]
+
+
+def test_everything_before_the_restore_is_read_in_one_round(tmp_path):
+    """One psql call, the container scan and the sidecar lookup at once; then only the changes (issue 16).
+
+    Before: pg_restore --list, [leftovers psql | scan | sidecars], db_exists, [SHOW data_directory |
+    roles], df, globals, create: 7 sequential round trips. Now: --list, the round, globals, create.
+    """
     import threading
 
     made = make_backup(tmp_path)
     server = ScriptedServer(COUNTS)
-    barrier = threading.Barrier(2, timeout=5)  # one after the other, the first wait would time out
-
-    def roles(line, data):
-        barrier.wait()
-        return 0, "".join(r + "\n" for r in server.roles), ""
-
-    server.answer(" df -P -k ", lambda line, data: (barrier.wait(), server._df(line, data))[1])
-    server.answer("rolname FROM pg_roles", roles)
+    barrier = threading.Barrier(3, timeout=5)  # one after the other, the first wait would time out
+    server.answer(PREFLIGHT, lambda line, data: (barrier.wait(), server._preflight(line, data))[1])
+    server.answer(SCAN, lambda line, data: (barrier.wait(), server._scan(line, data))[1])
+    server.answer(SIDECARS, lambda line, data: (barrier.wait(), (0, "", ""))[1])
     server.answer(FUSED, lambda line, data: fused_reply(PLAIN, KEYS))
     done = pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)
-    assert done["restored"] is True and done["plan"]["space"]["checked"] is True
-    assert len([c for c in server.lines() if "rolname FROM pg_roles" in c]) == 1  # read once, used by the globals step
+    assert done["restored"] is True and done["operation"] == "create"
+    space = done["plan"]["space"]
+    assert space["checked"] is True and space["filesystems"][0]["path"] == "/var/lib/postgresql/data"
+    assert space["filesystems"][0]["free_bytes"] == server.free_kb * 1024
+    assert done["globals"]["created"] == ["app"]  # the roles came from the same psql call
+    lines = before_restore(server)
+    assert len(lines) == 6, lines
+    assert "--list" in lines[0]
+    assert sorted(PREFLIGHT in c or SCAN in c or SIDECARS in c for c in lines[1:4]) == [True] * 3
+    assert "CREATE ROLE app" in lines[4] and 'CREATE DATABASE "my-db__ner11_restore"' in lines[5]
+    assert not any(read in c for c in server.lines() for read in SEPARATE_READS), server.lines()
+
+
+def test_an_existing_target_is_known_from_the_first_round(tmp_path):
+    made = make_backup(tmp_path)
+    server = ScriptedServer(COUNTS, databases={"my-db"})
+    server.answer("FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace\nWHERE c.relkind IN", (0, "public\x1ft\n", ""))
+    with pytest.raises(pr.Refused, match="if_exists=replace and confirm=my-db"):
+        pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)
+    assert not any("SELECT 1 FROM pg_database" in c for c in server.lines())
+    assert not any(word in c for c in server.lines() for word in CHANGES), server.lines()
+    # no such database: created, never asked a second time
+    server = ScriptedServer(COUNTS, databases={"other"})
+    server.answer(FUSED, lambda line, data: fused_reply(PLAIN, KEYS))
+    assert pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)["operation"] == "create"
+    assert not any("SELECT 1 FROM pg_database" in c for c in server.lines())
+
+
+def test_a_login_that_may_not_read_the_data_directory_gets_not_checked(tmp_path):
+    """pg_settings hides data_directory without pg_read_all_settings: the row is empty, never an error."""
+    made = make_backup(tmp_path)
+    server = ScriptedServer(COUNTS)
+    server.data_directory = ""
+    server.answer(FUSED, lambda line, data: fused_reply(PLAIN, KEYS))
+    params = restore_params(tmp_path, made["backup_id"], login_user="app")
+    done = pr.run_restore(params, server, now=NOW)
+    assert done["restored"] is True
+    space = done["plan"]["space"]
+    assert space["checked"] is False
+    assert space["note"] == "not checked: app may not read data_directory (grant it pg_read_all_settings)"
+    assert not any(read in c for c in server.lines() for read in SEPARATE_READS[:3]), server.lines()
+
+
+def test_too_little_free_space_in_the_scan_refuses_before_anything_changes(tmp_path):
+    made = make_backup(tmp_path)
+    for check_mode in (True, False):
+        server = ScriptedServer(COUNTS, free_kb=1)
+        with pytest.raises(pr.Refused, match="not enough free space to restore backup %s into my-db: /var/lib/postgresql/data"
+                           % made["backup_id"]) as info:  # fmt: skip
+            pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, check_mode=check_mode, now=NOW)
+        assert "nothing was changed" in str(info.value)
+        assert not any(word in c for c in server.lines() for word in CHANGES), server.lines()
+        assert not any(DF in c for c in server.lines())  # the scan's df row decided
+
+
+def test_a_data_directory_the_scan_did_not_df_is_measured_on_its_own(tmp_path):
+    """$PGDATA of the image is not the server's data_directory: df runs for the real path, as before."""
+    made = make_backup(tmp_path)
+    server = ScriptedServer(COUNTS, free_kb=1)
+    server.data_directory = "/srv/pgdata"
+    with pytest.raises(pr.Refused, match="not enough free space .*: /srv/pgdata in container pg1"):
+        pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)
+    assert len([c for c in server.lines() if DF + "/srv/pgdata" in c]) == 1
+    # no $PGDATA in the container: the same
+    server = ScriptedServer(COUNTS)
+    server.pgdata = None
+    server.answer(FUSED, lambda line, data: fused_reply(PLAIN, KEYS))
+    done = pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)
+    assert done["plan"]["space"]["checked"] is True
+    assert len([c for c in server.lines() if DF + "/var/lib/postgresql/data" in c]) == 1
+
+
+def test_after_a_repair_the_free_space_and_sessions_are_read_again(tmp_path):
+    """A repair drops databases (space is freed): what the first round read is not used after it."""
+    made = make_backup(tmp_path)
+    server = ScriptedServer(COUNTS, free_kb=1)
+    old = "my-db__ner11_old_20261128T010000"
+
+    def preflight(line, data):
+        rc, out, err = server._preflight(line, data)
+        return rc, "%s\x1ff\x1f%s\n" % (old, repair.old_comment("b0", False)) + out, err
+
+    server.answer(PREFLIGHT, preflight)
+    # the repair freed space: the scan saw 1 kB free, the df after the repair sees 10 GB
+    server.answer(DF, (0, "Filesystem 1024-blocks Used Available Capacity Mounted on\noverlay 100000000 0 10485760 1% /\n", ""))
+    server.answer(FUSED, lambda line, data: fused_reply(PLAIN, KEYS))
+    done = pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)
+    assert done["repaired"] == ["dropped %s (replaced by a completed restore)" % old]
+    assert done["restored"] is True and done["plan"]["space"]["checked"] is True  # the fresh df, not the scan's
+    lines = server.lines()
+    drop = next(i for i, c in enumerate(lines) if 'DROP DATABASE IF EXISTS "%s"' % old in c)
+    assert any("SHOW data_directory" in c for c in lines[drop:]) and any(DF in c for c in lines[drop:])
