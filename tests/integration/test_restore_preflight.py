@@ -85,6 +85,25 @@ def test_check_mode_writes_nothing_anywhere(shared_stack, tmp_path):
     create = run_module("ner11.ops.pg_restore", dict(pg, db_name="it_check_only"), check=True, env=env)
     assert not create.get("failed"), create.get("msg")
     assert create["changed"] is True and create["plan"]["action"] == "create"
+    # The free space came from the first round (issue 16): the container scan's df of $PGDATA, which is
+    # the server's data_directory here, read in the same psql call as the leftovers; no df of its own.
+    space = create["plan"]["space"]
+    assert space["checked"] is True and space["filesystems"][0]["path"] == "/var/lib/postgresql/data", space
+    assert not any("df -P -k /var/lib/postgresql/data" in c for c in create["executed_commands"]), create["executed_commands"]
+    assert not any("SHOW data_directory" in c for c in create["executed_commands"])
+    # A login without pg_read_all_settings: pg_settings hides data_directory, so the space is "not checked" (no error).
+    stack.psql("DROP ROLE IF EXISTS it_plain_login; CREATE ROLE it_plain_login LOGIN", db="postgres")
+    try:
+        plain = run_module(
+            "ner11.ops.pg_restore", dict(pg, db_name="it_check_only", login_user="it_plain_login"), check=True, env=env
+        )
+    finally:
+        stack.psql("DROP ROLE IF EXISTS it_plain_login", db="postgres")
+    assert not plain.get("failed"), plain.get("msg")
+    assert plain["plan"]["action"] == "create" and plain["plan"]["space"]["checked"] is False
+    assert plain["plan"]["space"]["note"] == (
+        "not checked: it_plain_login may not read data_directory (grant it pg_read_all_settings)"
+    )
     art = run_module(
         "ner11.ops.artifact_restore",
         {
