@@ -35,6 +35,7 @@ class TimingRunner:
     def __init__(self):
         self.rows = []
         self.last_end = None
+        self.spans = []  # (start, end, argv text) of every command, for round_trips_before_restore
 
     def __call__(self, args, data=None, environ_update=None, binary_data=False, **_ignored):
         start = time.monotonic()
@@ -47,6 +48,7 @@ class TimingRunner:
         proc = subprocess.run(args, input=data, capture_output=True, text=True, env=env, check=False)  # noqa: S603
         self.last_end = time.monotonic()
         self.rows.append((self.last_end - start, describe(args)))
+        self.spans.append((start, self.last_end, " ".join(args)))
         return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -59,6 +61,28 @@ def describe(args):
                 extra = " (sidecar)"
             return "%s%s: %s" % (word.strip(), extra, text[:110])
     return text[:120]
+
+
+def round_trips_before_restore(runner):
+    """(sequential round trips, commands) before pg_restore starts restoring (``--exit-on-error``).
+
+    Commands that overlap in time are one round trip. The directory dump's ``pg_restore --list``
+    sidecar (``--network none``) runs in the background and is left out (else it would merge
+    the rounds it overlaps into one).
+    """
+    restore = [s for s in runner.spans if "--exit-on-error" in s[2]]
+    if not restore:
+        return None, None
+    begin = min(s[0] for s in restore)
+    spans = sorted(s for s in runner.spans if s[0] < begin and "--network none" not in s[2])
+    rounds, end = 0, None
+    for start, stop, _text in spans:
+        if end is None or start >= end:
+            rounds += 1
+            end = stop
+        else:
+            end = max(end, stop)
+    return rounds, len(spans)
 
 
 def report(title, runner, total):
@@ -115,12 +139,19 @@ def main():
                 "login_password": restore_password,
                 "jobs": args.jobs,
             }
+            load = os.getloadavg()[0]
             t0 = time.monotonic()
             done = run_restore(rparams, runner)
             report(
-                "pg_restore jobs %d, %s" % (args.jobs, "with login_password" if restore_password else "no password"),
+                "pg_restore jobs %d, %s (1-minute load %.1f -> %.1f)"
+                % (args.jobs, "with login_password" if restore_password else "no password", load, os.getloadavg()[0]),
                 runner,
                 time.monotonic() - t0,
+            )
+            rounds, commands = round_trips_before_restore(runner)
+            print(
+                "  before pg_restore started: %s round trip(s), %s command(s) (the background --list not counted)"
+                % (rounds, commands)
             )
             print("  its steps (the module's own `steps`; duration_s %.2f):" % done["duration_s"])
             for step in done["steps"]:
