@@ -129,7 +129,10 @@ def main():
         t0 = time.monotonic()
         res = PgBackup(params, runner).run()
         report("pg_backup %s" % args.compression, runner, time.monotonic() - t0)
-        for restore_password in (None, pg.password):
+        # New databases without and with a password (the dump copied / read by mount), then the
+        # second one replaced (force: the same backup is applied there): an existing target's reads.
+        replace = {"if_exists": "replace", "confirm": "prof_restore_pw", "force": True}
+        for restore_password, extra in ((None, {}), (pg.password, {}), (pg.password, replace)):
             runner = TimingRunner()
             rparams = {
                 "db_name": "prof_restore_%s" % ("pw" if restore_password else "nopw"),
@@ -139,12 +142,14 @@ def main():
                 "login_password": restore_password,
                 "jobs": args.jobs,
             }
+            rparams.update(extra)
             load = os.getloadavg()[0]
             t0 = time.monotonic()
             done = run_restore(rparams, runner)
+            what = "with login_password" if restore_password else "no password"
             report(
-                "pg_restore jobs %d, %s (1-minute load %.1f -> %.1f)"
-                % (args.jobs, "with login_password" if restore_password else "no password", load, os.getloadavg()[0]),
+                "pg_restore jobs %d, %s%s (1-minute load %.1f -> %.1f)"
+                % (args.jobs, what, ", replace" if extra else "", load, os.getloadavg()[0]),
                 runner,
                 time.monotonic() - t0,
             )
