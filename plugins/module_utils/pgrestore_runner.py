@@ -136,24 +136,14 @@ class Restorer:
         state = {"exists": exists, "user_tables": 0, "applied": None, "newest_write": None, "newest": {}}
         if not state["exists"]:
             return state
-
-        def applied():
-            """The last restore_log row and what changed since (None without a log)."""
-            raw = self.target.scalar(LATEST_LOG_SQL, db) if self.target.scalar(HAS_LOG_SQL, db) == "t" else None
-            row = json.loads(raw) if raw else None
-            return row, (self.changes_since(db, row) if row else None)
-
-        # Three independent chains of reads, at once (issue 16): the user tables; the restore log
-        # and the fingerprint since; the timestamp columns and their newest values.
-        rows, (state["applied"], changes), state["newest"] = concurrently(
-            lambda: self.q(USER_TABLES_SQL, db) or [],
-            applied,
-            lambda: self.newest(db, newer_columns),
-        )
+        rows = self.q(USER_TABLES_SQL, db) or []
         state["user_tables"] = len(rows)
         state["tables"] = ["%s.%s" % (r[0], r[1]) for r in rows]
+        raw = self.target.scalar(LATEST_LOG_SQL, db) if self.target.scalar(HAS_LOG_SQL, db) == "t" else None
+        state["applied"] = json.loads(raw) if raw else None
         if state["applied"]:
-            state["changes"] = changes
+            state["changes"] = self.changes_since(db, state["applied"])
+        state["newest"] = self.newest(db, newer_columns)
         values = [v for v in state["newest"].values() if v is not None]
         state["newest_write"] = max(values) if values else None
         return state

@@ -356,33 +356,3 @@ def test_after_a_repair_the_free_space_and_sessions_are_read_again(tmp_path):
     lines = server.lines()
     drop = next(i for i, c in enumerate(lines) if 'DROP DATABASE IF EXISTS "%s"' % old in c)
     assert any("SHOW data_directory" in c for c in lines[drop:]) and any(DF in c for c in lines[drop:])
-
-
-def test_an_existing_targets_reads_run_at_once_and_decide_as_before(tmp_path):
-    """User tables, the restore log and the timestamp columns of an existing target: one round, not six."""
-    import threading
-
-    made = make_backup(tmp_path)
-    server = ScriptedServer(COUNTS, databases={"my-db"})
-    barrier = threading.Barrier(3, timeout=5)  # one after the other, the first wait would time out
-    applied = json.dumps({"backup_id": "b0", "scope": "full", "applied_at": 1.0, "source_created_at": 1.0})
-
-    def at_once(reply):
-        return lambda line, data: (barrier.wait(), reply)[1]
-
-    server.answer(rsql.USER_TABLES_SQL.strip()[:60], at_once((0, "public\x1ft\n", "")))
-    server.answer(rsql.HAS_LOG_SQL, at_once((0, "t\n", "")))
-    server.answer("a.attname IN (", at_once((0, "public\x1ft\x1fcreated_at\n", "")))
-    server.answer("row_to_json(r)::text", (0, applied + "\n", ""))
-    server.answer("max(", (0, "public.t\x1f1000000000.0\n", ""))
-    with pytest.raises(pr.Refused, match="if_exists=replace and confirm=my-db"):
-        pr.run_restore(restore_params(tmp_path, made["backup_id"]), server, now=NOW)
-    planned = pr.run_restore(
-        restore_params(tmp_path, made["backup_id"], if_exists="replace", confirm="my-db"),
-        server,
-        check_mode=True,
-        now=NOW,
-    )
-    assert planned["operation"] == "replace" and planned["plan"]["action"] == "replace"
-    assert planned["changes_since_restore"]  # the log row without a fingerprint: reported as unknown changes
-    assert not any(word in c for c in server.lines() for word in CHANGES), server.lines()
