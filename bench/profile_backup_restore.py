@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,11 +95,70 @@ def report(title, runner, total):
     print("%7.2f s  (rest: before the first command / after the last)" % (total - spent))
 
 
+# -- backup ------------------------------------------------------------------------
+# bench/datagen.py's incompressible profile (log-like rows: md5 text, jsonb with random numbers,
+# floats), without its NER tables, which a bare PostgreSQL container does not have.
+INCOMPRESSIBLE_SQL = """
+CREATE TABLE bench_events (id bigint PRIMARY KEY, at timestamptz, host text, msg text, payload jsonb);
+INSERT INTO bench_events
+  SELECT g, now() - make_interval(secs => g * random()), 'host-' || (g % 997) || '.site' || (g % 13) || '.example',
+         md5(g::text) || ' ' || md5(random()::text),
+         jsonb_build_object('v', random(), 'n', (random() * 1e9)::bigint, 'k', md5((g * 3)::text))
+  FROM generate_series(1, {events}) g;
+CREATE TABLE bench_metrics (id bigint PRIMARY KEY, a float8, b float8, c float8);
+INSERT INTO bench_metrics SELECT g, random(), random() * 1e6, random() - 0.5 FROM generate_series(1, {metrics}) g;
+VACUUM ANALYZE bench_events; VACUUM ANALYZE bench_metrics; CHECKPOINT;
+"""
+
+
+def backup_canaries(data):
+    if data == "incompressible":
+        return ["bench_events", "bench_metrics", "pgbench_branches"]
+    return ["pgbench_accounts", "pgbench_branches", "noise"]
+
+
+def fill_incompressible(pg, scale):
+    """bench/datagen.py's incompressible profile at ``scale`` (5 is about 100 MB of data)."""
+    pg.sql(INCOMPRESSIBLE_SQL.format(events=110000 * scale, metrics=100000 * scale))
+
+
+def profile_backups(params, runs):
+    """``runs`` backups (each a new one, period manual); prints the commands of the first, each run's
+    ``duration_s`` and the median of every step (the module's own ``steps``). Returns the first result."""
+    first, durations, steps = None, [], {}
+    for run in range(runs):
+        runner = TimingRunner()
+        t0 = time.monotonic()
+        res = PgBackup(dict(params), runner).run()
+        if first is None:
+            first = res
+            report("pg_backup %s" % params["compression"], runner, time.monotonic() - t0)
+        durations.append(res["duration_s"])
+        for step in res["steps"]:
+            steps.setdefault(step["step"], []).append(step["s"])
+        print("  backup run %d: duration_s %.3f, load %.1f" % (run + 1, res["duration_s"], os.getloadavg()[0]))
+    print(
+        "\n### pg_backup steps, median over %d run(s); duration_s median %.3f (runs %s)"
+        % (runs, statistics.median(durations), ", ".join("%.2f" % d for d in durations))
+    )
+    for name, values in steps.items():
+        print("%7.3f s  %s" % (statistics.median(values), name))
+    return first
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scale", type=int, default=7)
     ap.add_argument("--compression", default="gzip:1")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument(
+        "--data",
+        choices=("compressible", "incompressible"),
+        default="compressible",
+        help="compressible: pgbench plus md5 noise (as before); incompressible: bench/datagen.py's log-like rows",
+    )
+    ap.add_argument("--backup-runs", type=int, default=1, help="backups to run; the steps are reported as medians")
+    ap.add_argument("--skip-restore", action="store_true", help="profile pg_backup only")
     args = ap.parse_args()
     pg = StandalonePostgres("prof")
     work = tempfile.mkdtemp(prefix="ner11-prof-", dir="/var/tmp")
@@ -111,9 +171,13 @@ def main():
         )
         if proc.returncode != 0:
             raise RuntimeError("pgbench -i failed: %s" % proc.stderr[-1000:])
-        rows = int(200000 * args.scale)
-        noise = "CREATE TABLE noise AS SELECT g AS id, md5(g::text) || md5(random()::text) AS t, random() AS f "
-        pg.sql(noise + "FROM generate_series(1, " + str(rows) + ") g; CHECKPOINT;")
+        if args.data == "incompressible":
+            pg.sql("DROP TABLE pgbench_accounts, pgbench_history, pgbench_tellers;")
+            fill_incompressible(pg, args.scale)
+        else:
+            rows = int(200000 * args.scale)
+            noise = "CREATE TABLE noise AS SELECT g AS id, md5(g::text) || md5(random()::text) AS t, random() AS f "
+            pg.sql(noise + "FROM generate_series(1, " + str(rows) + ") g; CHECKPOINT;")
         print("db size:", pg.sql("SELECT pg_size_pretty(pg_database_size('%s'));" % pg.db), "load %.1f" % os.getloadavg()[0])
         params = {
             "backup_dir": work,
@@ -123,16 +187,14 @@ def main():
             "compression": args.compression,
             "jobs": args.jobs,
             "period": "manual",
-            "canary_tables": ["pgbench_accounts", "pgbench_branches", "noise"],
+            "canary_tables": backup_canaries(args.data),
         }
-        runner = TimingRunner()
-        t0 = time.monotonic()
-        res = PgBackup(params, runner).run()
-        report("pg_backup %s" % args.compression, runner, time.monotonic() - t0)
+        res = profile_backups(params, max(args.backup_runs, 1))
         # New databases without and with a password (the dump copied / read by mount), then the
         # second one replaced (force: the same backup is applied there): an existing target's reads.
         replace = {"if_exists": "replace", "confirm": "prof_restore_pw", "force": True}
-        for restore_password, extra in ((None, {}), (pg.password, {}), (pg.password, replace)):
+        restores = ((None, {}), (pg.password, {}), (pg.password, replace))
+        for restore_password, extra in () if args.skip_restore else restores:
             runner = TimingRunner()
             rparams = {
                 "db_name": "prof_restore_%s" % ("pw" if restore_password else "nopw"),
