@@ -57,9 +57,9 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_repair import 
     repair_plan,
     test_pause,
 )
-from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_runner import Restorer, concurrently
+from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_runner import Restorer
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_sql import log_insert_sql, swap_sql, table_restore_wrapper
-from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner, concurrently
 
 quote_ident = quote_name
 

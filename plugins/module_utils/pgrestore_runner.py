@@ -20,7 +20,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import Docker
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_name
 from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import judge_lenient_restore
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError
-from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError, CommandRunner
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError, CommandRunner, concurrently
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore_plan import (
     RestoreError,
     backup_db_size,
@@ -668,32 +668,6 @@ class Restorer:
         return self.target.execute(
             "ALTER DATABASE %s WITH ALLOW_CONNECTIONS %s;" % (quote_ident(db), "true" if allow else "false")
         )
-
-
-def concurrently(*calls):
-    """Run ``calls`` at once (the first in this thread); their results in order.
-
-    When calls fail, the error of the first failing call in the order given is raised (as if
-    they had run one after the other), whichever failed first in time.
-    """
-    results = [None] * len(calls)
-    errors = []
-
-    def work(index):
-        try:
-            results[index] = calls[index]()
-        except Exception as exc:  # noqa: BLE001 - raised again below, in the caller's thread
-            errors.append((index, exc))
-
-    threads = [threading.Thread(target=work, args=(i,), name="ner11-read-%d" % i, daemon=True) for i in range(1, len(calls))]
-    for thread in threads:
-        thread.start()
-    work(0)
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise min(errors, key=lambda error: error[0])[1]
-    return results
 
 
 def _mb(n):

@@ -145,3 +145,29 @@ def main_thread_failures(module):
 
     module.fail_json = fail
     return module
+
+
+def concurrently(*calls):
+    """Run ``calls`` at once (the first in this thread); their results in order.
+
+    When calls fail, the error of the first failing call in the order given is raised (as if
+    they had run one after the other), whichever failed first in time.
+    """
+    results = [None] * len(calls)
+    errors = []
+
+    def work(index):
+        try:
+            results[index] = calls[index]()
+        except Exception as exc:  # noqa: BLE001 - raised again below, in the caller's thread
+            errors.append((index, exc))
+
+    threads = [threading.Thread(target=work, args=(i,), name="ner11-read-%d" % i, daemon=True) for i in range(1, len(calls))]
+    for thread in threads:
+        thread.start()
+    work(0)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise min(errors, key=lambda error: error[0])[1]
+    return results
