@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import shlex
 import socket
+import threading
 import time
 
 from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
@@ -68,19 +69,25 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     PgTarget,
     quote_literal,
 )
-from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner, last_line
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandRunner, concurrently, last_line
 
 SIDECAR_LABEL = "io.ner11.pg_backup.catalog"
 PIN_REASON = "pinned by pg_backup keep_until"
 
 # The directory dump in container mode runs its three client tools in ONE sidecar (issue 16: each
 # further ``docker run`` costs a container start). A fixed script: the values arrive as positional
-# parameters ($1 globals file, $2 dump directory, $3 role passwords yes/no, then pg_dump's arguments),
-# the connection through PGHOST/PGPORT/PGUSER and the password through the read-only passfile
-# (PgTarget.sidecar_env). Each step has its own exit code, and prints a time mark on stderr.
+# parameters ($1 globals file, $2 dump directory, $3 role passwords yes/no, $4 the signal directory
+# (the partial), then pg_dump's arguments), the connection through PGHOST/PGPORT/PGUSER and the
+# password through the read-only passfile (PgTarget.sidecar_env). Each step has its own exit code,
+# and prints a time mark on stderr.
+# The canary row counts "before" run in the module while this container starts (issue 16); pg_dump
+# (its snapshot) starts only once they are taken: the module creates $4/.ner11-counted after them,
+# or $4/.ner11-abort when they failed (exit 44, the module reports the counts' own error). After
+# pg_dump the script creates $4/.ner11-dumped: the counts "after" start then, while the listing runs
+# and the container exits. The module removes these files before it hashes the partial.
 SIDECAR_SCRIPT = """set -u
-globals=$1 dump=$2 roles=$3
-shift 3
+globals=$1 dump=$2 roles=$3 signals=$4
+shift 4
 mark() { echo "ner11-step $1 $(date +%s.%N 2>/dev/null)" >&2; }
 mark start
 if [ "$roles" = yes ]; then
@@ -89,22 +96,37 @@ else
   pg_dumpall --globals-only --no-role-passwords -f "$globals" || exit 41
 fi
 mark globals
+waited=0
+until [ -e "$signals/.ner11-counted" ]; do
+  if [ -e "$signals/.ner11-abort" ] || [ "$waited" -ge 360000 ]; then exit 44; fi
+  sleep 0.01 2>/dev/null || sleep 1
+  waited=$((waited + 1))
+done
+mark counted
 pg_dump "$@" || exit 42
+: > "$signals/.ner11-dumped"
 mark dump
 pg_restore --list "$dump" || exit 43
 mark list
-"""
+"""  # 360000 waits of 10 ms: the counts before may take up to about an hour
 SIDECAR_SCRIPT_NAME = "ner11-backup"
 STEP_MARK = "ner11-step "
+# The files through which the module and the sidecar script signal each other (see SIDECAR_SCRIPT).
+SIGNAL_COUNTED = ".ner11-counted"
+SIGNAL_ABORT = ".ner11-abort"
+SIGNAL_DUMPED = ".ner11-dumped"
+SIGNALS = (SIGNAL_COUNTED, SIGNAL_ABORT, SIGNAL_DUMPED)
+SIGNAL_POLL_S = 0.01
 # (mark, step name) in the order the script prints them; the first step runs from ``docker run`` to "start".
 SIDECAR_STEPS = (
     ("start", "sidecar start"),
     ("globals", "pg_dumpall --globals-only"),
+    ("counted", "wait for the canary row counts before"),
     ("dump", "pg_dump"),
     ("list", "pg_restore --list"),
 )
 SIDECAR_ONE_STEP = "one sidecar: pg_dumpall --globals-only, pg_dump, pg_restore --list"
-SIDECAR_EXIT = {41: "globals", 42: "dump", 43: "list"}
+SIDECAR_EXIT = {41: "globals", 42: "dump", 43: "list", 44: "counts"}
 
 
 def split_marks(stderr):
@@ -155,6 +177,12 @@ def sidecar_failure(rc, stderr, db, where, dump_path, image):
             "pg_dump of %s failed on %s (step 2 of 3 in the backup sidecar, rc=42): %s; check that the server is up "
             "(ner11.ops.ner_health), that login_password is right and that backup_dir has room, then run again; "
             "nothing was published" % (db, where, why)
+        )
+    if step == "counts":
+        return (
+            "the backup sidecar gave up waiting for the canary row counts before pg_dump on %s (rc=44): %s; check "
+            "that the canary tables can be counted (canary_tables; ner11.ops.ner_health), then run again; nothing "
+            "was published" % (where, why)
         )
     if step == "list":
         return (
@@ -363,7 +391,7 @@ class PgBackup:
         """The argv of the one backup sidecar (``SIDECAR_SCRIPT``): globals, ``pg_dump -Fd``, ``pg_restore --list``."""
         out_path = os.path.join(partial, artifact)
         roles = "yes" if self.p.get("globals_role_passwords") else "no"
-        args = [os.path.join(partial, "globals.sql"), out_path, roles]
+        args = [os.path.join(partial, "globals.sql"), out_path, roles, partial]
         args += self.dump_args(fmt, method, level, jobs) + ["-f", out_path, self.db]
         return self.target.sidecar_script_argv(
             SIDECAR_SCRIPT,
@@ -451,10 +479,12 @@ class PgBackup:
 
     # -- the run ----------------------------------------------------------------------
     def plan(self):
-        self._check_container()
-        facts = self._server_facts()
-        fmt, method, level, jobs = self._format()
-        found = self.existing()
+        # Four reads at once (issue 16): container state, server facts, the format's client image
+        # and the period lookup in the catalog. A failure raises the error of the first failing
+        # read in this order, the order they ran in one after the other.
+        _state, facts, (fmt, method, level, jobs), found = concurrently(
+            self._check_container, self._server_facts, self._format, self.existing
+        )
         backup_id = found["backup_id"] if found else self._new_id()
         partial = self.catalog.partial_path(KIND, backup_id)
         artifact = artifact_name(fmt, method)
@@ -556,14 +586,12 @@ class PgBackup:
         artifact = artifact_name(fmt, method)
         self._step("free space check, partial directory")
         try:
-            counts_before = self._row_counts()
-            self._step("canary row counts before")
+            files = None
             if self.one_sidecar(fmt):
-                self._run_sidecar(fmt, method, level, jobs, partial, artifact)
-                counts_after = self._row_counts()
-                self._step("canary row counts after")
-                toc = self._check_listing(os.path.join(partial, artifact))
+                counts_before, counts_after, toc, files = self._sidecar_with_counts(fmt, method, level, jobs, partial, artifact)
             else:
+                counts_before = self._row_counts()
+                self._step("canary row counts before")
                 kind, cmd = self.dump_command(fmt, method, level, jobs, partial, artifact)
                 self._exec(kind, cmd, "pg_dump of %s failed on %s" % (self.db, self.target.describe()))
                 self._step("pg_dump")
@@ -579,8 +607,9 @@ class PgBackup:
             if version is None and not self.uses_client_image(fmt, method):
                 version = self._pg_dump_version()
                 self._step("pg_dump --version")
-            files = cat.hash_tree(partial)
-            self._step("sha256 of every file")
+            if files is None:
+                files = cat.hash_tree(partial)
+                self._step("sha256 of every file")
             size = sum(f["size"] for f in files)
             dump_size = sum(f["size"] for f in files if f["path"] == artifact or f["path"].startswith(artifact + "/"))
             if dump_size < 64:
@@ -637,6 +666,74 @@ class PgBackup:
         result = self._result(manifest, changed=True, plan=plan)
         result["pins"] = self.pins
         return result
+
+    def _sidecar_with_counts(self, fmt, method, level, jobs, partial, artifact):
+        """The one sidecar with the canary row counts beside it: ``(before, after, toc entries, hashed files)``.
+
+        Three calls at once (``concurrently``; a failure raises the first failing call's error in
+        the order before, sidecar, after - the order they ran in one after the other):
+
+        * the counts "before" run while the container starts and dumps the globals; pg_dump, and
+          so its snapshot, waits for ``SIGNAL_COUNTED``, created once they are taken (when they
+          fail, ``SIGNAL_ABORT`` ends the sidecar at once);
+        * the sidecar, then the listing check and the sha256 of every file;
+        * the counts "after" start once pg_dump has ended (``SIGNAL_DUMPED``, or the sidecar's
+          success), while the listing runs, the container exits and the files are hashed.
+        """
+        # Only the sidecar's thread uses the passfile (the counts run through docker exec).
+        done = threading.Event()
+        sidecar = {}
+        began = time.monotonic()
+        timed = {}
+
+        def before():
+            signal = SIGNAL_ABORT
+            try:
+                counts = self._row_counts()
+                signal = SIGNAL_COUNTED
+                timed["before"] = time.monotonic() - began
+                return counts
+            finally:
+                _touch(os.path.join(partial, signal))
+
+        def dump():
+            try:
+                self._run_sidecar(fmt, method, level, jobs, partial, artifact)
+                sidecar["ok"] = True
+            finally:
+                done.set()
+            for name in SIGNALS:
+                _remove(os.path.join(partial, name))
+            toc = self._check_listing(os.path.join(partial, artifact))
+            files = cat.hash_tree(partial)
+            self._step("sha256 of every file")
+            return toc, files
+
+        def after():
+            dumped = os.path.join(partial, SIGNAL_DUMPED)
+            while not os.path.exists(dumped) and not done.wait(SIGNAL_POLL_S):
+                pass
+            if not (sidecar.get("ok") or os.path.exists(dumped)):
+                return None  # pg_dump did not finish: the sidecar's error is the one raised
+            start = time.monotonic()
+            counts = self._row_counts()
+            timed["after"] = time.monotonic() - start
+            return counts
+
+        counts_before, (toc, files), counts_after = concurrently(before, dump, after)
+        self._step("wait for the canary row counts after")
+        # The counts ran beside the steps above; their own seconds are not part of the sum.
+        self.steps.append(
+            {"step": "canary row counts before (at once with the sidecar start)", "s": round(timed["before"], 3), "at_once": True}
+        )
+        self.steps.append(
+            {
+                "step": "canary row counts after (at once with the sidecar exit, sha256)",
+                "s": round(timed["after"], 3),
+                "at_once": True,
+            }
+        )
+        return counts_before, counts_after, toc, files
 
     def _run_sidecar(self, fmt, method, level, jobs, partial, artifact):
         """Run the one backup sidecar; its steps (with their times from its marks) go to ``steps``."""
@@ -697,6 +794,18 @@ class PgBackup:
             "cleaned_partials": getattr(self, "cleaned", []),
             "steps": list(self.steps),
         }
+
+
+def _touch(path):
+    with open(path, "w"):
+        pass
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 # BackupVerifier lives in pgbackup_verify; it stays importable from here.

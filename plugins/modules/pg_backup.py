@@ -201,6 +201,10 @@ steps:
     - The steps this run took, in order, each with its wall time in seconds (C(step), C(s)); a backup made
       lists every safety step (row counts, C(pg_restore --list) or decompression test, sha256, publish with
       a re-check of names and sizes, and fsync).
+    - A directory dump in container mode runs the canary row counts beside the sidecar (before - while it starts,
+      pg_dump waits for them; after - once pg_dump has ended, while it exits). Those two steps carry C(at_once=true):
+      their seconds overlap the steps around them and are not part of the sum; C(wait for the canary row counts ...)
+      is the time the run waited for them.
   returned: always
   type: list
   elements: dict
@@ -222,7 +226,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     PgExecError,
     postgres_argument_spec,
 )
-from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError
+from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError, ThreadFailure, main_thread_failures
 
 
 def main():
@@ -253,11 +257,14 @@ def main():
         required_one_of=POSTGRES_REQUIRED_ONE_OF,
         supports_check_mode=True,
     )
+    # The plan's reads and the canary counts run in threads beside the sidecar: a command that cannot
+    # start fails that thread's work, and the main thread reports it in the one result.
+    main_thread_failures(module)
     job = None
     try:
         job = PgBackup(module.params, module.run_command, check_mode=module.check_mode)
         result = job.run()
-    except (PgBackupError, CatalogError, PgExecError, CommandError) as exc:
+    except (PgBackupError, CatalogError, PgExecError, CommandError, ThreadFailure) as exc:
         module.fail_json(msg=str(exc), executed_commands=job.executed if job else [])
     for warning in job.warnings:
         module.warn(warning)

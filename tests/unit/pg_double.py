@@ -24,6 +24,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 
 TOC = ";\n; Archive created at 2026-11-29\n;\n1; 2615 2200 SCHEMA - public pg_database_owner\n2; 1259 16384 TABLE public t postgres\n"
 
@@ -63,7 +64,8 @@ class ScriptedServer:
         self.toc = TOC
         self.fail = {}
         self.sidecar_tools = []
-        self._argv = None
+        # the argv of the call being answered, per thread (pg_backup runs reads at once)
+        self._local = threading.local()
 
     def answer(self, needle, reply):
         """Put an answer in front of the others (a test's special case)."""
@@ -78,7 +80,7 @@ class ScriptedServer:
         if isinstance(args, list) and args[:3] == ["/bin/bash", "-o", "pipefail"]:
             line = args[-1]
         self.calls.append((line, data))
-        self._argv = list(args) if isinstance(args, list) else None
+        self._local.argv = list(args) if isinstance(args, list) else None
         text = line + "\n" + (data or "")
         for needle, reply in self.answers + self._defaults():
             if needle(text) if callable(needle) else needle in text:
@@ -146,7 +148,7 @@ esac
 """
 
     def _run_sidecar_script(self, line, data):
-        argv = self._argv
+        argv = self._local.argv
         env = {}
         entrypoint = argv.index("--entrypoint")
         for index, word in enumerate(argv[:entrypoint]):

@@ -147,15 +147,23 @@ def test_directory_backup_runs_globals_dump_and_listing_in_one_sidecar(tmp_path)
     assert manifest["row_counts"] == COUNTS
     # every safety step ran and has its own time (from the script's marks)
     steps = [s["step"] for s in made["steps"]]
-    assert steps[steps.index("canary row counts before") + 1 :][:7] == [
+    # (the canary counts run beside the sidecar, issue 16: their own times follow, marked at_once)
+    assert steps[steps.index("free space check, partial directory") + 1 :][:10] == [
         "sidecar start",
         "pg_dumpall --globals-only",
+        "wait for the canary row counts before",
         "pg_dump",
         "pg_restore --list",
         "sidecar exit",
-        "canary row counts after",
         "sha256 of every file",
+        "wait for the canary row counts after",
+        "canary row counts before (at once with the sidecar start)",
+        "canary row counts after (at once with the sidecar exit, sha256)",
     ], steps
+    assert [s["step"].split(" (")[0] for s in made["steps"] if s.get("at_once")] == [
+        "canary row counts before",
+        "canary row counts after",
+    ]
     assert "pg_dump --version" not in steps and steps[-1].startswith("publish: names and sizes")
     # globals_role_passwords: the script's other branch
     server = ScriptedServer(COUNTS)
@@ -208,10 +216,15 @@ def test_a_sidecar_that_does_not_start_and_an_empty_listing_fail_clearly(tmp_pat
 def test_sidecar_steps_from_marks_and_without_a_clock():
     marks, rest = pb.split_marks("ner11-step start 100.5\npg_dump: warning: x\nner11-step globals 101.0\nner11-step dump \n")
     assert marks == {"start": 100.5, "globals": 101.0} and rest == "pg_dump: warning: x"
-    full = {"start": 100.5, "globals": 101.0, "dump": 108.0, "list": 108.25}
+    full = {"start": 100.5, "globals": 101.0, "counted": 101.5, "dump": 108.0, "list": 108.25}
     steps = pb.sidecar_steps(100.0, full, 108.5)
-    assert [name for name, _s in steps][1:4] == ["pg_dumpall --globals-only", "pg_dump", "pg_restore --list"]
-    assert [round(s, 2) for _n, s in steps] == [0.5, 0.5, 7.0, 0.25, 0.25]
+    assert [name for name, _s in steps][1:5] == [
+        "pg_dumpall --globals-only",
+        "wait for the canary row counts before",
+        "pg_dump",
+        "pg_restore --list",
+    ]
+    assert [round(s, 2) for _n, s in steps] == [0.5, 0.5, 0.5, 6.5, 0.25, 0.25]
     assert pb.sidecar_steps(100.0, marks, 108.5) == [(pb.SIDECAR_ONE_STEP, 8.5)]
 
 
