@@ -353,6 +353,64 @@ def test_killed_pg_dump_leaves_no_backup_and_next_run_cleans(db, tmp_path):
         db.psql("DROP TABLE IF EXISTS big")
 
 
+def test_counts_before_overlap_the_sidecar_start_and_pg_dump_waits_for_them(db, tmp_path):
+    """Issue 16 on real PostgreSQL: the canary counts "before" block on a locked table while the sidecar
+    starts and dumps the globals; pg_dump (its snapshot) starts only once they returned."""
+    bdir = tmp_path / "bk"
+    db.psql("DROP TABLE IF EXISTS lockme; CREATE TABLE lockme (id int primary key); INSERT INTO lockme VALUES (1), (2), (3);")
+    holder = subprocess.Popen(  # noqa: S603 - fixed argv
+        ["docker", "exec", "-i", "-u", "postgres", db.container("postgres"), "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+         "-d", db.model["db_name"]],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        holder.stdin.write("BEGIN; LOCK TABLE lockme IN ACCESS EXCLUSIVE MODE; INSERT INTO lockme VALUES (4);\n")
+        holder.stdin.flush()
+        deadline = time.monotonic() + 30
+        lock_sql = (
+            "SELECT count(*) FROM pg_locks WHERE relation = 'lockme'::regclass AND mode = 'AccessExclusiveLock' AND granted"
+        )
+        while db.psql(lock_sql) != "1":
+            assert time.monotonic() < deadline, "the lock was never taken"
+            time.sleep(0.1)
+        result = {}
+        thread = threading.Thread(
+            target=lambda: result.update(run_module("ner11.ops.pg_backup", args(db, bdir, canary_tables=["lockme"])))
+        )
+        thread.start()
+        partial_root = str(bdir / "database")
+        globals_seen = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and globals_seen is None:
+            for name in os.listdir(partial_root) if os.path.isdir(partial_root) else []:
+                path = os.path.join(partial_root, name, "globals.sql")
+                if name.startswith(cat.PARTIAL_PREFIX) and os.path.isfile(path) and os.path.getsize(path) > 0:
+                    globals_seen = path
+            time.sleep(0.05)
+        assert globals_seen, "the sidecar never dumped the globals while the counts were blocked"
+        time.sleep(1.5)  # the sidecar waits: no pg_dump process, no dump directory while the counts block
+        assert _pids_with(partial_root) == []
+        assert not os.path.exists(os.path.join(os.path.dirname(globals_seen), "dump"))
+        assert thread.is_alive()
+        holder.stdin.write("COMMIT;\n")
+        holder.stdin.close()
+        thread.join(300)
+        assert result.get("changed") and not result.get("failed"), result.get("msg")
+        manifest = result["manifest"]
+        # the blocked count's snapshot is from before the lock was released (3 rows); the dump, which
+        # started after the count returned, and the count after it see the committed row: before <= dump <= after
+        assert manifest["row_counts"] == {"lockme": 3} and manifest["row_counts_after"] == {"lockme": 4}
+        steps = {s["step"]: s["s"] for s in result["steps"]}
+        assert steps["wait for the canary row counts before"] >= 1.0, result["steps"]
+        assert {f["path"] for f in manifest["files"]} >= {"globals.sql", "dump/toc.dat"}
+        assert not [f["path"] for f in manifest["files"] if ".ner11-" in f["path"]]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(30)
+        db.psql("DROP TABLE IF EXISTS lockme")
+
+
 def _stats(result):
     """localhost's part of the run's global set_stats (summaries are keyed by host)."""
     return {k: v.get("localhost", v) if isinstance(v, dict) else v for k, v in result.custom_stats.items()}
