@@ -107,7 +107,6 @@ INSERT INTO bench_events
   FROM generate_series(1, {events}) g;
 CREATE TABLE bench_metrics (id bigint PRIMARY KEY, a float8, b float8, c float8);
 INSERT INTO bench_metrics SELECT g, random(), random() * 1e6, random() - 0.5 FROM generate_series(1, {metrics}) g;
-VACUUM ANALYZE bench_events; VACUUM ANALYZE bench_metrics; CHECKPOINT;
 """
 
 
@@ -120,6 +119,8 @@ def backup_canaries(data):
 def fill_incompressible(pg, scale):
     """bench/datagen.py's incompressible profile at ``scale`` (5 is about 100 MB of data)."""
     pg.sql(INCOMPRESSIBLE_SQL.format(events=110000 * scale, metrics=100000 * scale))
+    for statement in ("VACUUM ANALYZE bench_events;", "VACUUM ANALYZE bench_metrics;", "CHECKPOINT;"):
+        pg.sql(statement)  # one by one: VACUUM cannot run in psql -c's implicit transaction
 
 
 def profile_backups(params, runs):
