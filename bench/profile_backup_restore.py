@@ -126,7 +126,7 @@ def fill_incompressible(pg, scale):
 def profile_backups(params, runs):
     """``runs`` backups (each a new one, period manual); prints the commands of the first, each run's
     ``duration_s`` and the median of every step (the module's own ``steps``). Returns the first result."""
-    first, durations, steps = None, [], {}
+    first, durations, steps, overhead = None, [], {}, []
     for run in range(runs):
         runner = TimingRunner()
         t0 = time.monotonic()
@@ -137,10 +137,19 @@ def profile_backups(params, runs):
         durations.append(res["duration_s"])
         for step in res["steps"]:
             steps.setdefault(step["step"], []).append(step["s"])
-        print("  backup run %d: duration_s %.3f, load %.1f" % (run + 1, res["duration_s"], os.getloadavg()[0]))
+        own = {step["step"]: step["s"] for step in res["steps"]}
+        overhead.append(res["duration_s"] - own.get("pg_dump", 0.0))
+        print(
+            "  backup run %d: duration_s %.3f, without pg_dump %.3f, load %.1f"
+            % (run + 1, res["duration_s"], overhead[-1], os.getloadavg()[0])
+        )
     print(
         "\n### pg_backup steps, median over %d run(s); duration_s median %.3f (runs %s)"
         % (runs, statistics.median(durations), ", ".join("%.2f" % d for d in durations))
+    )
+    print(
+        "  duration_s without the pg_dump step (the module's own overhead), median %.3f (runs %s)"
+        % (statistics.median(overhead), ", ".join("%.2f" % d for d in overhead))
     )
     for name, values in steps.items():
         print("%7.3f s  %s" % (statistics.median(values), name))
