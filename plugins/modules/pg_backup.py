@@ -257,7 +257,7 @@ def main():
         required_one_of=POSTGRES_REQUIRED_ONE_OF,
         supports_check_mode=True,
     )
-    # The plan's reads and the canary counts run in threads beside the sidecar: a command that cannot
+    # The canary counts run in threads beside the backup sidecar: a command that cannot
     # start fails that thread's work, and the main thread reports it in the one result.
     main_thread_failures(module)
     job = None

@@ -1,4 +1,4 @@
-"""pg_backup's reads at once (issue 16): the plan's reads, and the canary counts beside the sidecar.
+"""pg_backup's reads at once (issue 16): the canary counts beside the backup sidecar.
 
 Against the scripted server (pg_double), which runs the real sidecar script with stand-in client
 tools. Each overlap is proven by a barrier that only calls running at the same time can pass: run
@@ -56,42 +56,6 @@ def _partial(tmp_path):
 def _no_partial_left(tmp_path):
     kind = tmp_path / "b" / "database"
     return not kind.exists() or [p.name for p in kind.iterdir() if p.name != ".lock"] == []
-
-
-def test_the_plan_reads_container_state_and_server_facts_at_once(tmp_path):
-    server = _server()
-    barrier = threading.Barrier(2, timeout=BARRIER_S)
-
-    def meet(reply):
-        def answer(line, data):
-            barrier.wait()  # passes only when the other read is running too
-            return reply(line, data) if callable(reply) else reply
-
-        return answer
-
-    server.answer("{{.State.Status}}|{{.Image}}", meet((0, "running|sha256:0123abcd\n", "")))
-    server.answer("server_version_num", meet((0, "15.4\x1f150004\x1f%d\n" % (8 * 1048576), "")))
-    result = pb.PgBackup(_params(tmp_path), server, check_mode=True).run()
-    assert result["changed"] is True and result["plan"]["db_size_bytes"] == 8 * 1048576
-    assert "sha256:0123abcd" in result["plan"]["commands"][0]  # the image read by the state read reached the plan
-
-
-@pytest.mark.parametrize(
-    "needle,reply,message",
-    [
-        ("{{.State.Status}}", (1, "", "Error: No such object: pg1"), "container pg1 not found"),
-        ("server_version_num", (2, "", "could not connect to server"), "cannot query the database server"),
-    ],
-)
-def test_a_failed_plan_read_raises_its_own_message_first_in_order(tmp_path, needle, reply, message):
-    server = _server()
-    server.answer(needle, reply)
-    if needle == "{{.State.Status}}":
-        # both fail: the container read comes first (as when they ran one after the other)
-        server.answer("server_version_num", (2, "", "could not connect to server"))
-    with pytest.raises(pb.PgBackupError, match=message):
-        pb.PgBackup(_params(tmp_path), server).run()
-    assert _no_partial_left(tmp_path)
 
 
 def test_counts_before_run_while_the_sidecar_starts_and_pg_dump_waits_for_them(tmp_path):
