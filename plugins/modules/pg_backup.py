@@ -201,10 +201,10 @@ steps:
     - The steps this run took, in order, each with its wall time in seconds (C(step), C(s)); a backup made
       lists every safety step (row counts, C(pg_restore --list) or decompression test, sha256, publish with
       a re-check of names and sizes, and fsync).
-    - A directory dump in container mode runs the canary row counts beside the sidecar (before - while it starts,
-      pg_dump waits for them; after - once pg_dump has ended, while it exits). Those two steps carry C(at_once=true):
-      their seconds overlap the steps around them and are not part of the sum; C(wait for the canary row counts ...)
-      is the time the run waited for them.
+    - A directory dump in container mode runs the canary row counts beside the sidecar (before, while it starts,
+      and pg_dump waits for them; after, once pg_dump has ended, while it exits). Those two steps carry
+      C(at_once=true), their seconds overlap the steps around them and are not part of the sum;
+      C(wait for the canary row counts ...) is the time the run waited for them.
   returned: always
   type: list
   elements: dict
