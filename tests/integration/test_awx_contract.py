@@ -538,7 +538,12 @@ def test_every_summary_is_global_and_keyed_by_host():
                 keyed = value.startswith('"{{ {inventory_hostname:') or value.startswith(">-") and "{inventory_hostname:" in task
                 whole_run = "run_once: true" in task and "ansible_play_hosts_all" in task  # one summary per job (slice)
                 # One task per batch, keyed by each host of the batch (batches and slices merge).
-                per_batch = "run_once: true" in task and "ansible_play_batch" in task and "hostvars" in task
+                # (from hostvars, or from a run_once fact of the batch zipped with the batch's host names)
+                per_batch = (
+                    "run_once: true" in task
+                    and "ansible_play_batch" in task
+                    and ("hostvars" in task or "zip(ansible_play_batch" in task)
+                )
                 rows = key == "ner11_backup_identities"  # a list whose rows name their host (lists of hosts concatenate)
                 render = key == "ner11_awx_configure"  # localhost, no stack
                 if not (keyed or whole_run or per_batch or rows or render):
