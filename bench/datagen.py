@@ -56,11 +56,9 @@ VACUUM ANALYZE ner_entities;
 """.format(words=words, n=ndocs)  # noqa: S608
 
 
-def incompressible_sql(scale):
-    # constants and an int only: no injection surface
-    return """
-DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bench_events, bench_metrics;
-TRUNCATE ner_documents, ner_entities RESTART IDENTITY;
+# The incompressible profile's two tables, filled (log-like rows: md5 text, jsonb with random
+# numbers, floats); bench/profile_backup_restore.py creates them in a bare PostgreSQL too.
+INCOMPRESSIBLE_TABLES_SQL = """
 CREATE TABLE bench_events (id bigint PRIMARY KEY, at timestamptz, host text, msg text, payload jsonb);
 INSERT INTO bench_events
   SELECT g, now() - make_interval(secs => g * random()), 'host-' || (g % 997) || '.site' || (g % 13) || '.example',
@@ -69,9 +67,24 @@ INSERT INTO bench_events
   FROM generate_series(1, {events}) g;
 CREATE TABLE bench_metrics (id bigint PRIMARY KEY, a float8, b float8, c float8);
 INSERT INTO bench_metrics SELECT g, random(), random() * 1e6, random() - 0.5 FROM generate_series(1, {metrics}) g;
-VACUUM ANALYZE bench_events;
+"""
+
+
+def incompressible_tables_sql(scale):
+    # constants and an int only: no injection surface
+    return INCOMPRESSIBLE_TABLES_SQL.format(events=EVENTS_PER_SCALE * scale, metrics=METRICS_PER_SCALE * scale)
+
+
+def incompressible_sql(scale):
+    return (
+        """
+DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bench_events, bench_metrics;
+TRUNCATE ner_documents, ner_entities RESTART IDENTITY;"""
+        + incompressible_tables_sql(scale)
+        + """VACUUM ANALYZE bench_events;
 VACUUM ANALYZE bench_metrics;
-""".format(events=EVENTS_PER_SCALE * scale, metrics=METRICS_PER_SCALE * scale)  # noqa: S608
+"""
+    )
 
 
 def generate(stack, scale, log=print, profile="compressible"):

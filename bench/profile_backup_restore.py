@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import benchlib  # noqa: E402,F401 - sets sys.path for the collection and the integration conftest
 from conftest import StandalonePostgres  # noqa: E402
+from datagen import incompressible_tables_sql  # noqa: E402
 
 from ansible_collections.ner11.ops.plugins.module_utils.pgbackup import PgBackup  # noqa: E402
 from ansible_collections.ner11.ops.plugins.module_utils.pgrestore import run_restore  # noqa: E402
@@ -96,20 +97,6 @@ def report(title, runner, total):
 
 
 # -- backup ------------------------------------------------------------------------
-# bench/datagen.py's incompressible profile (log-like rows: md5 text, jsonb with random numbers,
-# floats), without its NER tables, which a bare PostgreSQL container does not have.
-INCOMPRESSIBLE_SQL = """
-CREATE TABLE bench_events (id bigint PRIMARY KEY, at timestamptz, host text, msg text, payload jsonb);
-INSERT INTO bench_events
-  SELECT g, now() - make_interval(secs => g * random()), 'host-' || (g % 997) || '.site' || (g % 13) || '.example',
-         md5(g::text) || ' ' || md5(random()::text),
-         jsonb_build_object('v', random(), 'n', (random() * 1e9)::bigint, 'k', md5((g * 3)::text))
-  FROM generate_series(1, {events}) g;
-CREATE TABLE bench_metrics (id bigint PRIMARY KEY, a float8, b float8, c float8);
-INSERT INTO bench_metrics SELECT g, random(), random() * 1e6, random() - 0.5 FROM generate_series(1, {metrics}) g;
-"""
-
-
 def backup_canaries(data):
     if data == "incompressible":
         return ["bench_events", "bench_metrics", "pgbench_branches"]
@@ -118,7 +105,7 @@ def backup_canaries(data):
 
 def fill_incompressible(pg, scale):
     """bench/datagen.py's incompressible profile at ``scale`` (5 is about 100 MB of data)."""
-    pg.sql(INCOMPRESSIBLE_SQL.format(events=110000 * scale, metrics=100000 * scale))
+    pg.sql(incompressible_tables_sql(scale))  # without the NER tables a bare PostgreSQL lacks
     for statement in ("VACUUM ANALYZE bench_events;", "VACUUM ANALYZE bench_metrics;", "CHECKPOINT;"):
         pg.sql(statement)  # one by one: VACUUM cannot run in psql -c's implicit transaction
 
