@@ -21,19 +21,17 @@ options:
     type: list
     elements: str
     required: true
-  firsts:
-    description: The registered pre-flight results, one per host, in the order of the input.
+  results:
+    description:
+    - What each host of the batch registered, in the order of the input - C(hostvars) of each host
+      (C(ansible_play_batch | map('extract', hostvars) | list)). Its C(__startup_first) (the
+      pre-flight result), C(__startup_verified) (the verify result) and C(__startup_steps) (the step
+      records of its starts) are read; a missing one counts as not run.
+    - One extraction of each host's variables for the three (each C(hostvars[host]) computes that
+      host's variables again on the controller; issue 14).
     type: list
     elements: dict
     required: true
-  verifieds:
-    description: The registered verify results (or empty dicts), one per host.
-    type: list
-    elements: dict
-  steps:
-    description: The step records of each host's starts (empty lists when a host started nothing).
-    type: list
-    elements: list
   check_mode:
     description: Whether the run is in check mode.
     type: bool
@@ -49,11 +47,8 @@ EXAMPLES = r"""
 - name: Summarise the startup of every host of the batch
   ansible.builtin.set_fact:
     __startup_summaries: >-
-      {{ ansible_play_batch | ner11.ops.startup_summary(
-           ansible_play_batch | map('extract', hostvars) | map(attribute='__startup_first', default={}) | list,
-           ansible_play_batch | map('extract', hostvars) | map(attribute='__startup_verified', default={}) | list,
-           ansible_play_batch | map('extract', hostvars) | map(attribute='__startup_steps', default=[]) | list,
-           ansible_check_mode, now().timestamp()) }}
+      {{ ansible_play_batch | ner11.ops.startup_summary(ansible_play_batch | map('extract', hostvars) | list,
+                                                        ansible_check_mode, now().timestamp()) }}
   run_once: true
 """
 
@@ -66,7 +61,11 @@ _value:
 from ansible_collections.ner11.ops.plugins.module_utils.startup_summary import batch_summary
 
 
-def startup_summary(hosts, firsts, verifieds=None, steps=None, check_mode=False, now=None):
+def startup_summary(hosts, results, check_mode=False, now=None):
+    results = list(results or [])
+    firsts = [r.get("__startup_first", {}) for r in results]
+    verifieds = [r.get("__startup_verified", {}) for r in results]
+    steps = [r.get("__startup_steps", []) for r in results]
     return batch_summary(hosts, firsts, verifieds, steps, bool(check_mode), now)
 
 

@@ -86,3 +86,21 @@ def test_batch_keys_every_host_and_adds_its_report():
     assert out["api1"]["report"] == report_lines(out["api1"])
     # a host without a pre-flight result (it never ran it) still gets an entry, not an error
     assert batch_summary(["x"], [{}], None, None, False, None)["x"]["status"] == "unknown"
+
+
+def test_the_filter_reads_each_hosts_registered_results_from_its_variables():
+    # The filter gets each host's variables once (hostvars[host] of the batch, in its order) and
+    # reads the three registered results from them; a missing one counts as not run.
+    from ansible_collections.ner11.ops.plugins.filter.startup_summary import FilterModule
+
+    summarise = FilterModule().filters()["startup_summary"]
+    results = [
+        {"__startup_first": first(), "unrelated": 1},
+        {"__startup_first": first(running=[]), "__startup_verified": {}, "__startup_steps": [step("api")]},
+        {},
+    ]
+    out = summarise(["db", "api1", "gone"], results, False, 1005.0)
+    assert out == batch_summary(
+        ["db", "api1", "gone"], [first(), first(running=[]), {}], [{}, {}, {}], [[], [step("api")], []], False, 1005.0
+    )
+    assert out["api1"]["started"] == ["api"] and out["gone"]["status"] == "unknown"
