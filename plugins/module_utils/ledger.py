@@ -243,6 +243,42 @@ def ledger_path(p):
         raise LedgerError("the stack model gives no ledger directory: %s. Fix ner11_stack or pass path." % exc) from None
 
 
+# The ``ledger`` option of a module that records its own run (ner11.ops.ner_health for
+# playbooks/health.yml): who and what the run is; the status and the results come from the
+# module's own outcome, the file from the stack model. One task per host instead of the module and
+# a run_ledger task after it (issue 14: every task of every host is a worker process).
+RUN_LINE_SUBOPTIONS = dict(
+    playbook=dict(type="str", required=True),
+    host=dict(type="str", required=True),
+    path=dict(type="path"),
+    started_at=dict(type="float"),
+    awx_job_id=dict(type="str"),
+    secret_values=dict(type="list", elements="str", default=[], no_log=True),
+)
+
+
+def own_run_line(options, config_dir, status, results, started_at=None, now=None):
+    """(path, line) of a module's own run: ``options`` per RUN_LINE_SUBOPTIONS, the file
+    ``options['path']`` else ``ledger.jsonl`` in ``config_dir``; ``started_at`` when the options
+    give none (the module's own start). Raises LedgerError."""
+    path = options.get("path") or (os.path.join(config_dir, LEDGER_FILE) if config_dir else None)
+    if not path:
+        raise LedgerError("the ledger has no place: give the stack model (stack) or the ledger's path")
+    check_path(path)
+    begun = options.get("started_at")
+    line = build_line(
+        options["playbook"],
+        options["host"],
+        status=status,
+        results=results,
+        started_at=started_at if begun is None else begun,
+        awx_job_id=options.get("awx_job_id"),
+        secret_values=options.get("secret_values"),
+        now=now,
+    )
+    return path, line
+
+
 def write_line(path, data):
     """The steps of one append, in the standard library only: the directory 0700 (created), the
     file 0600, the whole line in one ``write`` under an exclusive ``flock``, fsync. Raises OSError.

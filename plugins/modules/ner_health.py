@@ -162,6 +162,39 @@ options:
     type: str
     choices: [fail, warn, never]
     default: fail
+  ledger:
+    description:
+      - Also append the line of this run to the run ledger, as M(ner11.ops.run_ledger) writes it (redacted, one locked
+        write, fsync; the file 0600 in a 0700 directory), so a playbook whose work per host is this one check needs no
+        ledger task after it (C(playbooks/health.yml)).
+      - The line's status is C(failed) when this module fails the host (O(fail_on), or no check could run), else
+        C(ok); its results are the health status and the failed checks (or the error). Nothing is written in check
+        mode; RV(ledger) shows the line.
+    type: dict
+    suboptions:
+      playbook:
+        description: The playbook's name, such as V(health).
+        type: str
+        required: true
+      host:
+        description: The host the line is recorded for (C(inventory_hostname)).
+        type: str
+        required: true
+      path:
+        description:
+          - Absolute path of the ledger file. Default - C(ledger.jsonl) in the C(config_dir) of the stack model (O(stack)).
+        type: path
+      started_at:
+        description: When the run began (seconds since the epoch). Default - when this module began.
+        type: float
+      awx_job_id:
+        description: The AWX job id, recorded in the line.
+        type: str
+      secret_values:
+        description: Values removed from the line wherever they appear (the database password).
+        type: list
+        elements: str
+        default: []
 extends_documentation_fragment:
   - ner11.ops.attributes
   - ner11.ops.attributes.ACTIONGROUP_OPS
@@ -169,12 +202,14 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Read-only; check mode runs the same checks.
+    details: Read-only; check mode runs the same checks and writes no ledger line.
   diff_mode:
     support: none
   idempotent:
     support: full
-    details: Never changes anything; C(changed) is always false.
+    details:
+      - Never changes the stack; C(changed) is always false. With O(ledger) each run appends its own line to the run
+        ledger, an audit record of the run and not state the module manages (as M(ner11.ops.run_ledger)).
 notes:
   - The database options (O(container), O(login_host), ...) are optional here; the C(db) checks run when one
     of O(container) or O(login_host) is set.
@@ -209,6 +244,16 @@ EXAMPLES = r"""
     checks: [api]
     wait_for: pass
     timeout: 90
+
+- name: Check this host and record the run in the ledger (one task per host)
+  ner11.ops.ner_health:
+    stack: "{{ ner11_stack | default({}) }}"
+    groups: "{{ group_names }}"
+    ledger:
+      playbook: health
+      host: "{{ inventory_hostname }}"
+      secret_values: "{{ [ner11_db_password] if ner11_db_password is defined else [] }}"
+  register: health
 
 - name: Report only, never fail
   ner11.ops.ner_health:
@@ -288,6 +333,17 @@ discovered:
       C(docker_root_dir)).
   returned: when O(stack) is given
   type: dict
+ledger:
+  description:
+    - With O(ledger) - C(line) (the redacted record), C(path) (the ledger file) and C(bytes) (what was appended;
+      0 in check mode, when nothing is written). The P(ner11.ops.ledger_summary#filter) filter reads it as it reads
+      M(ner11.ops.run_ledger)'s result.
+  returned: when O(ledger) is given and its line could be built
+  type: dict
+  sample:
+    line: {schema: 1, playbook: health, host: node1, status: ok, results: {health: pass, failed_checks: []}}
+    path: /var/lib/ner11/ner11/ledger.jsonl
+    bytes: 312
 """
 
 import os
@@ -319,6 +375,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.health_stack import (
     fill_targets,
     summary,
 )
+from ansible_collections.ner11.ops.plugins.module_utils.ledger import RUN_LINE_SUBOPTIONS, LedgerError, append, own_run_line
 from ansible_collections.ner11.ops.plugins.module_utils.pgexec import (
     POSTGRES_MUTUALLY_EXCLUSIVE,
     PgTarget,
@@ -372,6 +429,7 @@ def main():
         timeout=dict(type="float", default=120),
         interval=dict(type="float", default=2),
         fail_on=dict(type="str", choices=list(FAIL_ON), default="fail"),
+        ledger=dict(type="dict", options=RUN_LINE_SUBOPTIONS),
     )
     started_epoch = round(time.time(), 3)
     module = AnsibleModule(
@@ -382,6 +440,7 @@ def main():
     # The checks run commands in threads: a command that cannot start fails its check, not the module twice.
     main_thread_failures(module)
     params = module.params
+    recorder = RunRecorder(module, params["ledger"], started_epoch)
     inspect = discovered = None
     if params["stack"] is not None:
         engine_host = params["docker_host"] or os.environ.get("DOCKER_HOST") or ""
@@ -390,15 +449,16 @@ def main():
             engine = Engine(engine_host or None)
             model, found = discover_stack(engine, params["stack"], services)
         except StackModelError as exc:
-            module.fail_json(msg="invalid ner11_stack: %s" % exc, changed=False)
+            recorder.fail(msg="invalid ner11_stack: %s" % exc, changed=False)
         except DiscoveryError as exc:
-            module.fail_json(msg=str(exc), changed=False)
+            recorder.fail(msg=str(exc), changed=False)
         except (EngineError, ValueError) as exc:
-            module.fail_json(
+            recorder.fail(
                 msg="The Docker engine does not answer (%s). Start it (systemctl start docker), or check that this user "
                 "may read its socket, and run this again." % exc,
                 changed=False,
             )
+        recorder.config_dir = model["config_dir"]
         params = fill_targets(params, model, found, services, params["docker_root_disk"])
         inspect = engine_inspect(engine)
         discovered = summary(model, found, services)
@@ -407,7 +467,7 @@ def main():
     try:
         params = validate(params)
     except HealthError as exc:
-        module.fail_json(msg="invalid options: %s" % exc, changed=False)
+        recorder.fail(msg="invalid options: %s" % exc, changed=False)
 
     checker = HealthChecker(
         params,
@@ -424,8 +484,42 @@ def main():
     if discovered is not None:
         result["discovered"] = discovered
     if should_fail(result["status"], params["fail_on"]):
-        module.fail_json(msg=failure_message(result, params["fail_on"]), **result)
-    module.exit_json(**result)
+        recorder.fail(msg=failure_message(result, params["fail_on"]), **result)
+    recorder.exit(**result)
+
+
+class RunRecorder:
+    """Ends the module; with the ``ledger`` option, after appending this run's line (ledger.own_run_line)."""
+
+    def __init__(self, module, options, started_epoch):
+        self.module = module
+        self.options = options
+        self.started = started_epoch
+        # Known once the stack model is (a failure before that records the line only with ledger.path).
+        self.config_dir = None
+
+    def _record(self, result, failed):
+        if self.options is None:
+            return result
+        results = {"health": result.get("status"), "failed_checks": result.get("failed_checks", [])}
+        if failed and "status" not in result:
+            results = {"error": result.get("msg")}
+        try:
+            path, line = own_run_line(
+                self.options, self.config_dir, "failed" if failed else "ok", results, started_at=self.started
+            )
+            written = 0 if self.module.check_mode else append(path, line)
+        except LedgerError as exc:
+            if failed:  # the check's own failure stays the message; the ledger's is added to it
+                return dict(result, msg="%s (and the run ledger: %s)" % (result.get("msg"), exc))
+            self.module.fail_json(msg=str(exc), **result)
+        return dict(result, ledger={"line": line, "path": path, "bytes": written})
+
+    def fail(self, **result):
+        self.module.fail_json(**self._record(result, True))
+
+    def exit(self, **result):
+        self.module.exit_json(**self._record(result, False))
 
 
 if __name__ == "__main__":

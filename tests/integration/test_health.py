@@ -8,8 +8,11 @@ that restores the stack between scenarios.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 import time
+import uuid
 
 import pytest
 from conftest import docker, run_module, run_playbook, unique_project
@@ -177,6 +180,32 @@ def test_missing_stack_fails_with_clear_outputs():
     assert res["duration_ms"] < 5000
 
 
+def test_the_ledger_option_records_the_run_and_says_when_it_cannot(tmp_path):
+    # No stack: a host check only; fail_on never, so the line's status is the module's outcome (ok).
+    secret = "it-secret-%s" % uuid.uuid4().hex
+    path = str(tmp_path / "cfg" / "ledger.jsonl")
+    args = {
+        "checks": ["disk"],
+        "disks": ["/"],
+        "fail_on": "never",
+        "ledger": {"playbook": "health", "host": "node9", "path": path, "secret_values": [secret]},
+    }
+    res = run_module(MODULE, args, check=True)
+    assert not res.get("failed") and res["ledger"]["bytes"] == 0 and res["ledger"]["line"]["host"] == "node9", res
+    assert not os.path.exists(path), "check mode wrote the ledger"
+    res = run_module(MODULE, args)
+    assert not res.get("failed") and not res["changed"] and res["ledger"]["bytes"] > 0, res
+    (line,) = ledger_lines(path)
+    assert line == res["ledger"]["line"] and line["status"] == "ok" and line["results"]["health"] == res["status"]
+    assert secret not in json.dumps(res) and mode(path) == 0o600
+    # A place it cannot write: the host fails with the ledger's cause and fix, the health result kept.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = run_module(MODULE, dict(args, ledger=dict(args["ledger"], path=str(blocker / "ledger.jsonl"))))
+    assert res.get("failed") and "cannot append to the run ledger" in res["msg"] and "free space" in res["msg"], res
+    assert res["status"] in ("pass", "warn", "fail") and "disk:/" in res["checks"]
+
+
 # ---- breaking one stack, scenario by scenario ---------------------------------------------
 class PsqlSessions:
     """Hold idle client sessions open: psql processes sleeping inside the postgres container."""
@@ -319,9 +348,22 @@ def test_health_playbook_on_a_healthy_stack(shared_stack):
         "ner11_health_check_timeout": 15,
         "ner11_health_latency_warn_ms": 2000,
     }
+    ledger = os.path.join(shared_stack.model["config_dir"], "ledger.jsonl")
+    before = ledger_lines(ledger)
     result = run_playbook("playbooks/health.yml", extra, env=SHOW_STATS)
     assert result.rc == 0, result.explain()
     assert result.changed() == 0
+    # One task per host: the check itself appended the run's ledger line (no ledger play after it).
+    names = [name for name, _res in result.tasks()]
+    assert len([n for n in names if n.endswith(" : Check the stack")]) == 1, names
+    assert not [n for n in names if "Append the run to the ledger" in n], names
+    (line,) = ledger_lines(ledger)[len(before) :]
+    assert line["playbook"] == "health" and line["host"] == "localhost" and line["status"] == "ok", line
+    assert line["results"] == {"health": "pass", "failed_checks": []} and line["duration_s"] is not None, line
+    assert mode(ledger) == 0o600 and mode(os.path.dirname(ledger)) == 0o700
+    assert shared_stack.password not in open(ledger).read()
+    assert result.custom_stats["ner11_run"]["status"] == "ok"
+    assert result.custom_stats["ner11_run"]["hosts"] == {"localhost": "ok"}
     # One report task for the whole batch: host -> its table (run_once, not one task per host).
     table = result.task("Report the health of every host")["msg"]["localhost"]
     assert table[0].split() == ["CHECK", "STATUS", "VALUE", "LATENCY", "OUTPUT"]
@@ -336,11 +378,25 @@ def test_health_playbook_on_a_healthy_stack(shared_stack):
     result = run_playbook("playbooks/health.yml", extra, check=True, env=SHOW_STATS)
     assert result.rc == 0 and result.changed() == 0, result.explain()
     assert result.custom_stats["ner11_health"]["localhost"]["status"] == "pass"
+    assert len(ledger_lines(ledger)) == len(before) + 1, "check mode wrote a ledger line"
 
 
-def test_health_playbook_fails_when_the_stack_is_down():
+def ledger_lines(path):
+    try:
+        with open(path) as fh:
+            return [json.loads(raw) for raw in fh if raw.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_health_playbook_fails_when_the_stack_is_down(tmp_path):
     stack = {
         "project": unique_project("itdown"),
+        "config_dir": str(tmp_path / "cfg"),
         "services": {
             "postgres": {"ports": [{"host": 1, "container": 5432}]},
             "api": {"ports": [{"host": 2, "container": 8000}]},
@@ -360,6 +416,12 @@ def test_health_playbook_fails_when_the_stack_is_down():
     assert report[1].split() == ["CHECK", "STATUS", "VALUE", "LATENCY", "OUTPUT"], report
     stats = result.custom_stats["ner11_health"]["localhost"]
     assert stats["status"] == "fail" and "api:http" in stats["failed_checks"]
+    # The failed host's run is in the ledger too (a ledger play after it never ran for a failed host).
+    (line,) = ledger_lines(str(tmp_path / "cfg" / "ledger.jsonl"))
+    assert line["status"] == "failed" and line["results"]["health"] == "fail", line
+    assert "api:http" in line["results"]["failed_checks"], line
+    assert result.custom_stats["ner11_run"]["status"] == "failed"
+    assert result.custom_stats["ner11_run"]["failed_hosts"] == ["localhost"]
 
     # A bad role option is refused on the host by the module's own argument spec (health.yml skips
     # the role's per-host argument check): it names the option and the allowed values.

@@ -134,3 +134,31 @@ def test_ledger_path_from_the_path_or_the_stack_model():
     with pytest.raises(L.LedgerError) as err:
         L.ledger_path({"path": None, "stack": {"project": "Bad Name!"}})
     assert "not a valid project name" in str(err.value) and "Fix ner11_stack or pass path" in str(err.value)
+
+
+def test_a_modules_own_run_line_takes_its_place_status_and_start_from_the_module():
+    # ner11.ops.ner_health's `ledger` option: the file from the model's config_dir unless a path is given,
+    # the module's start unless the run's is given, secrets removed from the results too.
+    options = {
+        "playbook": "health",
+        "host": "n1",
+        "path": None,
+        "started_at": None,
+        "awx_job_id": 12,
+        "secret_values": ["s3cr3t"],
+    }
+    path, line = L.own_run_line(options, "/etc/n", "failed", {"error": "login s3cr3t refused"}, started_at=100.0, now=103.5)
+    assert path == "/etc/n/ledger.jsonl"
+    assert line["status"] == "failed" and line["host"] == "n1" and line["playbook"] == "health"
+    assert line["started_at"] == 100.0 and line["duration_s"] == 3.5 and line["awx_job_id"] == "12"
+    assert "s3cr3t" not in json.dumps(line) and L.REDACTED in line["results"]["error"]
+    path, line = L.own_run_line(
+        dict(options, path="/srv/l.jsonl", started_at=90.0), "/etc/n", "ok", {}, started_at=100.0, now=100.0
+    )
+    assert path == "/srv/l.jsonl" and line["started_at"] == 90.0 and line["duration_s"] == 10.0
+    with pytest.raises(L.LedgerError, match="no place"):
+        L.own_run_line(options, None, "ok", {})
+    with pytest.raises(L.LedgerError, match="absolute"):
+        L.own_run_line(dict(options, path="rel.jsonl"), None, "ok", {})
+    with pytest.raises(L.LedgerError, match="status must be one of"):
+        L.own_run_line(options, "/etc/n", "great", {})
