@@ -206,7 +206,7 @@ attributes:
   diff_mode:
     support: none
   idempotent:
-    support: full
+    support: partial
     details:
       - Never changes the stack; C(changed) is always false. With O(ledger) each run appends its own line to the run
         ledger, an audit record of the run and not state the module manages (as M(ner11.ops.run_ledger)).

@@ -25,6 +25,8 @@ description:
     so an idempotent playbook still reports no change on its second run.
   - The global summary over all hosts (for M(ansible.builtin.set_stats)) is made with the
     P(ner11.ops.ledger_summary#filter) filter from the RV(line) of each host.
+  - M(ner11.ops.ner_health) appends the same line for its own run with its O(ner11.ops.ner_health#module:ledger) option
+    (in C(playbooks/health.yml) - one task per host instead of the check and this module).
 author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
   - ner11.ops.attributes
