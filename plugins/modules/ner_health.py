@@ -501,6 +501,10 @@ class RunRecorder:
     def _record(self, result, failed):
         if self.options is None:
             return result
+        if failed and not (self.options.get("path") or self.config_dir):
+            # Failed before the stack model was known (an invalid one): the line has no place, and
+            # the failure already says what to fix. The run's summary lists the host without a record.
+            return result
         results = {"health": result.get("status"), "failed_checks": result.get("failed_checks", [])}
         if failed and "status" not in result:
             results = {"error": result.get("msg")}

@@ -204,6 +204,9 @@ def test_the_ledger_option_records_the_run_and_says_when_it_cannot(tmp_path):
     res = run_module(MODULE, dict(args, ledger=dict(args["ledger"], path=str(blocker / "ledger.jsonl"))))
     assert res.get("failed") and "cannot append to the run ledger" in res["msg"] and "free space" in res["msg"], res
     assert res["status"] in ("pass", "warn", "fail") and "disk:/" in res["checks"]
+    # An invalid stack model: its own message only (the line has no place without the model).
+    res = run_module(MODULE, dict(args, stack={"project": "Bad Name!"}, ledger=dict(args["ledger"], path=None)))
+    assert res.get("failed") and res["msg"].startswith("invalid ner11_stack: ") and "ledger" not in res["msg"], res
 
 
 # ---- breaking one stack, scenario by scenario ---------------------------------------------
