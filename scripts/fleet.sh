@@ -54,14 +54,20 @@ up() {
     ip addr add "$address/24" dev "$bridge"
   fi
   ip link set "$bridge" up
-  # Engines share the kernel's iptables chains (DOCKER, DOCKER-ISOLATION-*): two starting at
-  # once race to create them ("Chain already exists"). Start one at a time; loads run in parallel.
+  # Engines start one at a time (an engine's start sets up the machine's networking); image loads
+  # run in parallel.
   exec 9>"$RUN/.start.lock"
   flock -w 300 9 || { log "another engine has been starting for 300 s; try again"; exit 1; }
   if ! engine info >/dev/null 2>&1; then
     rm -f "$RUN/$name.pid"
+    # --iptables=false: an engine that programs iptables removes and re-creates the kernel's shared
+    # DOCKER chains when it starts, and the default engine's `docker network create` fails in that
+    # window ("Chain 'DOCKER' does not exist"; it broke a CI run while other test modules deployed).
+    # The fleet needs no rule: published ports are served by the userland proxy on the engine's
+    # bridge address, which the controller and every other host's containers reach as a local
+    # address of this machine (no DNAT, no forwarding between bridges).
     nohup dockerd --data-root "$BASE/$name/data" --exec-root "$RUN/$name" --pidfile "$RUN/$name.pid" \
-      -H "unix://$sock" --bridge "$bridge" --ip "$address" \
+      -H "unix://$sock" --bridge "$bridge" --ip "$address" --iptables=false \
       --default-address-pool "base=10.232.$((n * 16)).0/20,size=24" >"$BASE/$name/dockerd.log" 2>&1 &
     # Keep the default userland proxy: with --userland-proxy=false an engine adds a nat OUTPUT
     # rule for 127.0.0.0/8 that breaks every 127.0.0.1 port the default engine publishes.
