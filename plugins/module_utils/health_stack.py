@@ -138,3 +138,14 @@ def summary(model, found, services):
         "order": order,
         "to_start": [s for s in order if s not in found["running"]],
     }
+
+
+def host_is_done(status, discovered):
+    """Whether a check is its host's whole run (``ner_health``'s ``ledger.only_if_final``): the check
+    did not fail and, when it discovered the stack, every container of this host exists and runs
+    (nothing to start). startup.yml's pre-flight on such a host is the startup's last word."""
+    if status == "fail":
+        return False
+    if discovered is None:
+        return True
+    return not discovered["to_start"] and not discovered["found"]["missing"]

@@ -195,6 +195,15 @@ options:
         type: list
         elements: str
         default: []
+      only_if_final:
+        description:
+          - Write the line only when this check is the host's whole run - the check does not fail and, with O(stack),
+            every container of the services this host runs exists and runs (nothing to start). Otherwise nothing is
+            written and RV(ledger) is not returned; the playbook records the run when it ends (the pre-flight of
+            C(playbooks/startup.yml), whose gated starts record a host that had something to start).
+          - A failure of the module itself writes no line then either.
+        type: bool
+        default: false
 extends_documentation_fragment:
   - ner11.ops.attributes
   - ner11.ops.attributes.ACTIONGROUP_OPS
@@ -338,7 +347,9 @@ ledger:
     - With O(ledger) - C(line) (the redacted record), C(path) (the ledger file) and C(bytes) (what was appended;
       0 in check mode, when nothing is written). The P(ner11.ops.ledger_summary#filter) filter reads it as it reads
       M(ner11.ops.run_ledger)'s result.
-  returned: when O(ledger) is given and its line could be built
+  returned: >-
+    when O(ledger) is given and its line could be built (with O(ledger.only_if_final), only when the check is the
+    host's whole run)
   type: dict
   sample:
     line: {schema: 1, playbook: health, host: node1, status: ok, results: {health: pass, failed_checks: []}}
@@ -373,6 +384,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.health_stack import (
     discover_stack,
     engine_inspect,
     fill_targets,
+    host_is_done,
     summary,
 )
 from ansible_collections.ner11.ops.plugins.module_utils.ledger import RUN_LINE_SUBOPTIONS, LedgerError, append, own_run_line
@@ -429,7 +441,7 @@ def main():
         timeout=dict(type="float", default=120),
         interval=dict(type="float", default=2),
         fail_on=dict(type="str", choices=list(FAIL_ON), default="fail"),
-        ledger=dict(type="dict", options=RUN_LINE_SUBOPTIONS),
+        ledger=dict(type="dict", options=dict(RUN_LINE_SUBOPTIONS, only_if_final=dict(type="bool", default=False))),
     )
     started_epoch = round(time.time(), 3)
     module = AnsibleModule(
@@ -500,6 +512,9 @@ class RunRecorder:
 
     def _record(self, result, failed):
         if self.options is None:
+            return result
+        if self.options["only_if_final"] and (failed or not host_is_done(result.get("status"), result.get("discovered"))):
+            # Not this host's whole run: the playbook records it when the run ends.
             return result
         if failed and not (self.options.get("path") or self.config_dir):
             # Failed before the stack model was known (an invalid one): the line has no place, and

@@ -254,6 +254,15 @@ class Stack:
         remove_project(self.project)
 
 
+def ledger_lines(path):
+    """The records of a run ledger file (none when it does not exist)."""
+    try:
+        with open(path) as fh:
+            return [json.loads(raw) for raw in fh if raw.strip()]
+    except FileNotFoundError:
+        return []
+
+
 def unmount(path, tries=20):
     """Unmount a test's tmpfs, also when a sidecar that bind-mounted it is still being removed.
 

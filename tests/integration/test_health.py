@@ -15,7 +15,7 @@ import time
 import uuid
 
 import pytest
-from conftest import docker, run_module, run_playbook, unique_project
+from conftest import docker, ledger_lines, run_module, run_playbook, unique_project
 
 MODULE = "ner11.ops.ner_health"
 API_CHECKS = ("api:http", "api:model", "api:db", "api:modules", "api:latency")
@@ -198,6 +198,14 @@ def test_the_ledger_option_records_the_run_and_says_when_it_cannot(tmp_path):
     (line,) = ledger_lines(path)
     assert line == res["ledger"]["line"] and line["status"] == "ok" and line["results"]["health"] == res["status"]
     assert secret not in json.dumps(res) and mode(path) == 0o600
+    # only_if_final (startup.yml's pre-flight): a check that is not the host's whole run - here it
+    # fails (every disk over its floor) - writes nothing and returns no line; one that is, writes.
+    final = dict(args["ledger"], only_if_final=True)
+    res = run_module(MODULE, dict(args, disk_warn_percent=1, disk_fail_percent=2, ledger=final))
+    assert not res.get("failed") and res["status"] == "fail" and "ledger" not in res, res
+    assert len(ledger_lines(path)) == 1
+    res = run_module(MODULE, dict(args, ledger=final))
+    assert res["status"] != "fail" and res["ledger"]["bytes"] > 0 and len(ledger_lines(path)) == 2, res
     # A place it cannot write: the host fails with the ledger's cause and fix, the health result kept.
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -382,14 +390,6 @@ def test_health_playbook_on_a_healthy_stack(shared_stack):
     assert result.rc == 0 and result.changed() == 0, result.explain()
     assert result.custom_stats["ner11_health"]["localhost"]["status"] == "pass"
     assert len(ledger_lines(ledger)) == len(before) + 1, "check mode wrote a ledger line"
-
-
-def ledger_lines(path):
-    try:
-        with open(path) as fh:
-            return [json.loads(raw) for raw in fh if raw.strip()]
-    except FileNotFoundError:
-        return []
 
 
 def mode(path):

@@ -163,3 +163,12 @@ def test_summary_orders_and_lists_what_to_start(docs):
     out = hs.summary(model, found, ["api", "frontend"])
     assert out["order"] == [s for s in model["start_order"] if s in ("api", "frontend")] == ["api", "frontend"]
     assert out["to_start"] == ["api"] and out["found"] is found and out["services"] == ["api", "frontend"]
+    # Not done: something to start; done: every container runs and the check did not fail.
+    assert not hs.host_is_done("pass", out)
+    running = hs.summary(model, found, ["frontend"])
+    assert running["to_start"] == [] and hs.host_is_done("pass", running) and hs.host_is_done("warn", running)
+    assert not hs.host_is_done("fail", running)
+    missing = dict(running, found=dict(found, missing=["frontend"]))
+    assert not hs.host_is_done("pass", missing)
+    # Without a stack there is nothing to start: the status alone decides.
+    assert hs.host_is_done("warn", None) and not hs.host_is_done("fail", None)
