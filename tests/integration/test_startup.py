@@ -7,10 +7,11 @@ apply -> check -> apply (no change, timed) -> a service that never becomes healt
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 
-from conftest import docker, run_playbook, stack_vars, unique_project
+from conftest import docker, ledger_lines, run_playbook, stack_vars, unique_project
 
 STATS = {"ANSIBLE_SHOW_CUSTOM_STATS": "1"}
 # CI machines are small: the runbook's floors (10 GB disk, 4 GB memory) are role defaults,
@@ -86,11 +87,22 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     assert health["checks"]["api:model"]["status"] == "pass"
     assert running(stack) == {"postgres": True, "api": True, "frontend": True}
     assert counts(stack) == before
+    # The run ledger: the gated start wrote the host's line (changed: it started services), and the
+    # role published the run's summary (no ledger play after it).
+    ledger = os.path.join(stack.model["config_dir"], "ledger.jsonl")
+    line = ledger_lines(ledger)[-1]
+    assert line["playbook"] == "startup" and line["status"] == "changed", line
+    assert [(s["name"], s["changed"]) for s in line["steps"]] == [("postgres", True), ("api", True), ("frontend", True)]
+    assert line["results"]["health"] in ("pass", "warn") and 0 < line["duration_s"] <= done["total_s"] + 0.1, line
+    assert apply.custom_stats["ner11_run"]["hosts"] == {"localhost": "changed"}, apply.custom_stats["ner11_run"]
+    assert not [name for name, _r in apply.tasks("localhost") if "Append the run to the ledger" in name]
+    recorded = len(ledger_lines(ledger))
 
     # 3. check again and 4. apply again: nothing to do, no container touched.
     again = startup(stack, check=True)
     assert again.rc == 0, again.explain()
     assert again.changed() == 0, again.changed_tasks()
+    assert len(ledger_lines(ledger)) == recorded, "check mode wrote the ledger"
     started = time.monotonic()
     again = startup(stack)
     wall = time.monotonic() - started
@@ -104,6 +116,10 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     first = again.task("Discover and check the stack, free disk and available memory (a.11)")
     assert first["status"] in ("pass", "warn") and first["discovered"]["to_start"] == [], first.get("failed_checks")
     assert first["checks"]["api:modules"]["status"] == "pass" and first["checks"]["db:canary"]["status"] == "pass"
+    # ... which also wrote the host's ledger line (ner_health's ledger.only_if_final: the host is done).
+    assert first["ledger"]["bytes"] > 0 and ledger_lines(ledger)[recorded:] == [first["ledger"]["line"]], first["ledger"]
+    assert first["ledger"]["line"]["status"] == "ok" and first["ledger"]["line"]["playbook"] == "startup"
+    assert again.custom_stats["ner11_run"]["hosts"] == {"localhost": "ok"}, again.custom_stats["ner11_run"]
     # The gated path (three starts, the verify and its failure gate) does not even reach the host:
     # no host of the batch has anything to gate, so the role ends for every host after the summary
     # (a `meta` task in the controller's process, no worker per host).
