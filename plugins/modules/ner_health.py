@@ -197,8 +197,8 @@ options:
         default: []
       only_if_final:
         description:
-          - Write the line only when this check is the host's whole run - the check does not fail and, with O(stack),
-            every container of the services this host runs exists and runs (nothing to start). Otherwise nothing is
+          - Write the line only when this check is the host's whole run (RV(final)) - the check does not fail and, with
+            O(stack), every container of the services this host runs exists and runs (nothing to start). Otherwise nothing is
             written and RV(ledger) is not returned; the playbook records the run when it ends (the pre-flight of
             C(playbooks/startup.yml), whose gated starts record a host that had something to start).
           - A failure of the module itself writes no line then either.
@@ -335,6 +335,14 @@ report:
   returned: always
   type: list
   elements: str
+final:
+  description:
+    - Whether this check is its host's whole run - the check did not fail (nor fail the task by O(fail_on)) and,
+      with O(stack), every container of the host's services exists and runs (nothing to start). The startup
+      role's pre-flight reads it to end a done host's run; O(ledger.only_if_final) writes the line only then.
+  returned: when the check ran (not on invalid options or a stack that could not be discovered)
+  type: bool
+  sample: true
 discovered:
   description:
     - With O(stack) - C(model) (the completed stack model), C(services) (the services of this host) and C(found)
@@ -495,7 +503,9 @@ def main():
     result["report"] = report_lines(result)
     if discovered is not None:
         result["discovered"] = discovered
-    if should_fail(result["status"], params["fail_on"]):
+    failing = should_fail(result["status"], params["fail_on"])
+    result["final"] = host_is_done(result["status"], discovered) and not failing
+    if failing:
         recorder.fail(msg=failure_message(result, params["fail_on"]), **result)
     recorder.exit(**result)
 
@@ -513,7 +523,7 @@ class RunRecorder:
     def _record(self, result, failed):
         if self.options is None:
             return result
-        if self.options["only_if_final"] and (failed or not host_is_done(result.get("status"), result.get("discovered"))):
+        if self.options["only_if_final"] and (failed or not result.get("final")):
             # Not this host's whole run: the playbook records it when the run ends.
             return result
         if failed and not (self.options.get("path") or self.config_dir):

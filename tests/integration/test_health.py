@@ -202,10 +202,11 @@ def test_the_ledger_option_records_the_run_and_says_when_it_cannot(tmp_path):
     # fails (every disk over its floor) - writes nothing and returns no line; one that is, writes.
     final = dict(args["ledger"], only_if_final=True)
     res = run_module(MODULE, dict(args, disk_warn_percent=1, disk_fail_percent=2, ledger=final))
-    assert not res.get("failed") and res["status"] == "fail" and "ledger" not in res, res
+    assert not res.get("failed") and res["status"] == "fail" and res["final"] is False and "ledger" not in res, res
     assert len(ledger_lines(path)) == 1
     res = run_module(MODULE, dict(args, ledger=final))
-    assert res["status"] != "fail" and res["ledger"]["bytes"] > 0 and len(ledger_lines(path)) == 2, res
+    assert res["status"] != "fail" and res["final"] is True, res
+    assert res["ledger"]["bytes"] > 0 and len(ledger_lines(path)) == 2, res
     # A place it cannot write: the host fails with the ledger's cause and fix, the health result kept.
     blocker = tmp_path / "file"
     blocker.write_text("x")

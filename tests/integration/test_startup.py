@@ -92,7 +92,12 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     ledger = os.path.join(stack.model["config_dir"], "ledger.jsonl")
     line = ledger_lines(ledger)[-1]
     assert line["playbook"] == "startup" and line["status"] == "changed", line
-    assert [(s["name"], s["changed"]) for s in line["steps"]] == [("postgres", True), ("api", True), ("frontend", True)]
+    assert [(s["name"], s["changed"], s["status"]) for s in line["steps"]] == [
+        ("postgres", True, "started"),
+        ("api", True, "started"),
+        ("frontend", True, "started"),
+    ], line["steps"]
+    assert apply.task("Discover and check the stack, free disk and available memory (a.11)")["final"] is False
     assert line["results"]["health"] in ("pass", "warn") and 0 < line["duration_s"] <= done["total_s"] + 0.1, line
     assert apply.custom_stats["ner11_run"]["hosts"] == {"localhost": "changed"}, apply.custom_stats["ner11_run"]
     assert not [name for name, _r in apply.tasks("localhost") if "Append the run to the ledger" in name]
@@ -115,6 +120,7 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     assert "memory" in summary(again)["preflight"] and "disk:/" in summary(again)["preflight"], summary(again)
     first = again.task("Discover and check the stack, free disk and available memory (a.11)")
     assert first["status"] in ("pass", "warn") and first["discovered"]["to_start"] == [], first.get("failed_checks")
+    assert first["final"] is True
     assert first["checks"]["api:modules"]["status"] == "pass" and first["checks"]["db:canary"]["status"] == "pass"
     # ... which also wrote the host's ledger line (ner_health's ledger.only_if_final: the host is done).
     assert first["ledger"]["bytes"] > 0 and ledger_lines(ledger)[recorded:] == [first["ledger"]["line"]], first["ledger"]
@@ -147,12 +153,16 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the probes' TIME_WAIT sockets
         holder.bind(("127.0.0.1", port))
         holder.listen()
+        recorded = len(ledger_lines(ledger))
         held = startup(stack)
     assert held.rc != 0
     msg = held.task("Fail when the engine did not start the container: frontend")["msg"]
     assert msg.startswith("frontend: the Docker engine did not start container %s (" % frontend), msg
     assert "address already in use" in msg, msg
     assert running(stack) == {"postgres": True, "api": True, "frontend": False}
+    # A host that fails inside its gated start has no ledger line (and a one-host run publishes no
+    # ner11_run: its play ended; in a batch the other hosts' summary lists it without a record).
+    assert len(ledger_lines(ledger)) == recorded and "ner11_run" not in (held.custom_stats or {}), ledger_lines(ledger)[-1]
     freed = startup(stack)
     assert freed.rc == 0, freed.explain()
     assert summary(freed)["started"] == ["frontend"] and running(stack)["frontend"] is True
