@@ -370,12 +370,49 @@ def section_lines(size_label, source, res, loads, reps, noop_s, profile="compres
             verdict(ratio(pr["s"], floor_r) <= 1.15, ratio(pr["internal_s"], floor_r) <= 1.15),
         ),
         "",
+        headroom_line(pb, pr, raw, rawz, floor_r, gz["s"], noop_s),
+        "",
         "zstd raw line vs gzip raw line in this run: %.1f s vs %.1f s." % (rawz, raw),
         "",
         "Raw dump line run (pg_backup's own, passfile path varies per run): `%s`" % (b["raw_module_cmd"]["detail"] or ""),
         "",
     ]
     return lines, {"backup": b, "restore": r}
+
+
+def headroom_line(pb, pr, raw, rawz, floor_r, runbook_s, noop_s):
+    """What each wall target leaves beside the raw command, and what Ansible's own start-up takes of it."""
+
+    def fits(floor, limit):
+        return "fits" if floor <= limit else "**exceeds it**"
+
+    allow_b, allow_r, need_z = 0.15 * raw, 0.15 * floor_r, runbook_s / 3
+    return (
+        "What the wall targets leave, from the same medians: pg_backup at 1.15x may take %.2f s more than its raw "
+        "command (%.1f s); it took %.2f s more (%.2f s of them inside the module), and `ansible-playbook` with one "
+        "no-op task alone takes %.1f s, which %s. zstd:1 at 3x must finish within %.1f s (the runbook's %.1f s / 3); "
+        "its raw line alone takes %.1f s, with the no-op %.1f s, which %s. pg_restore at 1.15x may take %.2f s more "
+        "than the raw lines (%.1f s); it took %.2f s more (%.2f s inside the module); the no-op %.1f s %s."
+        % (
+            allow_b,
+            raw,
+            pb["s"] - raw,
+            pb["internal_s"] - raw,
+            noop_s,
+            fits(noop_s, allow_b),
+            need_z,
+            runbook_s,
+            rawz,
+            rawz + noop_s,
+            fits(rawz + noop_s, need_z),
+            allow_r,
+            floor_r,
+            pr["s"] - floor_r,
+            pr["internal_s"] - floor_r,
+            noop_s,
+            fits(noop_s, allow_r),
+        )
+    )
 
 
 def verdict(wall_ok, internal_ok):
