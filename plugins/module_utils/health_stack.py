@@ -141,9 +141,10 @@ def summary(model, found, services):
 
 
 def host_is_done(status, discovered):
-    """Whether a check is its host's whole run (``ner_health``'s ``ledger.only_if_final``): the check
-    did not fail and, when it discovered the stack, every container of this host exists and runs
-    (nothing to start). startup.yml's pre-flight on such a host is the startup's last word."""
+    """Whether a check is its host's whole run (``ner_health``'s ``final``, which ``ledger.only_if_final``
+    and the startup role read): the check did not fail and, when it discovered the stack, every
+    container of this host exists and runs (nothing to start). startup.yml's pre-flight on such a
+    host is the startup's last word."""
     if status == "fail":
         return False
     if discovered is None:

@@ -523,8 +523,9 @@ class RunRecorder:
     def _record(self, result, failed):
         if self.options is None:
             return result
-        if self.options["only_if_final"] and (failed or not result.get("final")):
-            # Not this host's whole run: the playbook records it when the run ends.
+        if self.options["only_if_final"] and not result.get("final"):
+            # Not this host's whole run (a failure never is: `final` is false or not set yet): the
+            # playbook records it when the run ends.
             return result
         if failed and not (self.options.get("path") or self.config_dir):
             # Failed before the stack model was known (an invalid one): the line has no place, and
