@@ -12,6 +12,9 @@ host's Python running ``ledger.append_script()`` with the line on stdin (directo
 When the host's Python is not known yet (interpreter discovery has not run on this host) or
 the command cannot run, the module runs instead, as before. Check mode returns the line and
 writes nothing, like the module.
+
+What the task does not give is taken from the play (``ledger.with_play_context``): the AWX job
+id and the database password among the values the line never shows.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from ansible_collections.ner11.ops.plugins.module_utils.ledger import (
     encode,
     ledger_path,
     line_from_params,
+    with_play_context,
 )
+from ansible_collections.ner11.ops.plugins.plugin_utils.play_context import play_vars
 
 MODULE = "ner11.ops.run_ledger"
 
@@ -55,20 +60,22 @@ class ActionModule(ActionBase):
             return None
         return interpreter if interpreter and "{{" not in str(interpreter) else None
 
-    def _module(self, task_vars):
-        result = self._execute_module(module_name=MODULE, module_args=self._task.args, task_vars=task_vars)
+    def _module(self, task_vars, args):
+        result = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
         result["ledger_writer"] = "module"
         return result
 
     def run(self, tmp=None, task_vars=None):
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
+        args = with_play_context(self._task.args, play_vars(self._templar, task_vars))
+        self._task.args = args
         _validation, p = self.validate_argument_spec(
             argument_spec=ARGUMENT_SPEC, required_one_of=REQUIRED_ONE_OF, mutually_exclusive=MUTUALLY_EXCLUSIVE
         )
         python = self._host_python(task_vars)
         if python is None:
-            result.update(self._module(task_vars))
+            result.update(self._module(task_vars, args))
             return result
         try:
             path = ledger_path(p)
@@ -91,7 +98,7 @@ class ActionModule(ActionBase):
             answer = None
         if not isinstance(answer, dict) or not ("bytes" in answer or "error" in answer):
             # Nothing was written (the program prints only after its fsync): the module writes it.
-            result.update(self._module(task_vars))
+            result.update(self._module(task_vars, args))
             return result
         if "error" in answer:
             result.update(failed=True, msg=str(append_error(path, answer["error"])))

@@ -104,13 +104,41 @@ def _number(value, name):
     return round(number, 3)
 
 
+# What a ledger line takes from the play when its task does not say: the AWX job id (AWX sets
+# awx_job_id, older Tower tower_job_id) and the database password among the values the line
+# never shows. The one place of these defaults: the action plugins of run_ledger and ner_health
+# apply ``with_play_context`` on the controller, so no role or playbook repeats them.
+JOB_VARS = ("awx_job_id", "tower_job_id")
+REDACT_VAR = "ner11_db_password"  # the play variable whose value every line redacts
+PLAY_VARS = JOB_VARS + (REDACT_VAR,)
+
+
 def job_id(hostvars_or_env):
-    """The AWX/Tower job id from ``tower_job_id`` / ``awx_job_id`` when present, else None."""
-    for key in ("awx_job_id", "tower_job_id"):
+    """The AWX/Tower job id from ``awx_job_id`` / ``tower_job_id`` when present, else None."""
+    for key in JOB_VARS:
         value = (hostvars_or_env or {}).get(key)
         if value not in (None, ""):
             return str(value)
     return None
+
+
+def with_play_context(options, play_vars):
+    """``options`` (ARGUMENT_SPEC or RUN_LINE_SUBOPTIONS keys) completed from the play (pure).
+
+    ``play_vars``: the play's values of PLAY_VARS (templated; others are ignored). ``awx_job_id``
+    is kept when given, else the play's job id (none outside AWX); ``secret_values`` gains the
+    play's ``ner11_db_password`` when that is set. A new dict; ``options`` is not changed.
+    """
+    out = dict(options)
+    if out.get("awx_job_id") in (None, ""):
+        job = job_id(play_vars)
+        if job is not None:
+            out["awx_job_id"] = job
+    password = (play_vars or {}).get(REDACT_VAR)
+    secrets = [str(v) for v in out.get("secret_values") or []]
+    if password not in (None, "") and str(password) not in secrets:
+        out["secret_values"] = secrets + [str(password)]
+    return out
 
 
 def normalize_steps(steps):

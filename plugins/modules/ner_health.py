@@ -188,10 +188,14 @@ options:
         description: When the run began (seconds since the epoch). Default - when this module began.
         type: float
       awx_job_id:
-        description: The AWX job id, recorded in the line.
+        description:
+          - The AWX job id, recorded in the line.
+          - Default - the play's C(awx_job_id), else its C(tower_job_id) (set by AWX), taken by the action plugin.
         type: str
       secret_values:
-        description: Values removed from the line wherever they appear (the database password).
+        description:
+          - Values removed from the line wherever they appear.
+          - The action plugin always adds the play's C(ner11_db_password) when it is set.
         type: list
         elements: str
         default: []
@@ -261,7 +265,6 @@ EXAMPLES = r"""
     ledger:
       playbook: health
       host: "{{ inventory_hostname }}"
-      secret_values: "{{ [ner11_db_password] if ner11_db_password is defined else [] }}"
   register: health
 
 - name: Report only, never fail

@@ -93,14 +93,18 @@ options:
     description: Duration of the run in seconds; computed from O(started_at) when not given.
     type: float
   awx_job_id:
-    description: The AWX job id (C(awx_job_id) or C(tower_job_id) of the job), when the run is an AWX job.
+    description:
+      - The AWX job id, when the run is an AWX job.
+      - Default - the play's C(awx_job_id), else its C(tower_job_id) (set by AWX), taken by the action plugin.
     type: str
   extra:
     description: More top-level fields for the line (redacted too; they never replace the standard fields).
     type: dict
     default: {}
   secret_values:
-    description: Exact secret strings that must never appear in the line (replaced wherever they occur).
+    description:
+      - Exact secret strings that must never appear in the line (replaced wherever they occur).
+      - The action plugin always adds the play's C(ner11_db_password) when it is set.
     type: list
     elements: str
     default: []
@@ -117,8 +121,7 @@ EXAMPLES = r"""
     steps:
       - {name: vacuum_analyze, status: ok, changed: true, duration_s: 4.2}
     backup_ids: [ner11_db-20261206T020012Z-manual]
-    awx_job_id: "{{ awx_job_id | default(tower_job_id | default(omit)) }}"
-    secret_values: ["{{ ner11_db_password }}"]
+    # The AWX job id and ner11_db_password (redacted) come from the play; no need to pass them.
   register: ledger
 
 - name: One summary for the whole run (AWX passes it to the next workflow node)

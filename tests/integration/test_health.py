@@ -359,6 +359,10 @@ def test_health_playbook_on_a_healthy_stack(shared_stack):
         "ner11_stack": shared_stack.vars["ner11_stack"],
         "ner11_health_check_timeout": 15,
         "ner11_health_latency_warn_ms": 2000,
+        # As an AWX job passes them: the line takes the job id from the play, and the password is
+        # redacted, though the role passes neither to the check.
+        "awx_job_id": 4242,
+        "ner11_db_password": shared_stack.password,
     }
     ledger = os.path.join(shared_stack.model["config_dir"], "ledger.jsonl")
     before = ledger_lines(ledger)
@@ -371,6 +375,7 @@ def test_health_playbook_on_a_healthy_stack(shared_stack):
     assert not [n for n in names if "Append the run to the ledger" in n], names
     (line,) = ledger_lines(ledger)[len(before) :]
     assert line["playbook"] == "health" and line["host"] == "localhost" and line["status"] == "ok", line
+    assert line["awx_job_id"] == "4242", line
     assert line["results"] == {"health": "pass", "failed_checks": []} and line["duration_s"] is not None, line
     assert mode(ledger) == 0o600 and mode(os.path.dirname(ledger)) == 0o700
     assert shared_stack.password not in open(ledger).read()

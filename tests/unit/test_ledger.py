@@ -114,6 +114,27 @@ def test_job_id_prefers_awx_then_tower():
     assert L.job_id({}) is None
 
 
+def test_with_play_context_fills_the_job_id_and_adds_the_password_never_overriding_the_task():
+    play = {"awx_job_id": 9, "tower_job_id": 7, "ner11_db_password": "Xyzzy-1234", "other": "ignored"}
+    given = {"playbook": "health", "host": "h", "secret_values": ["token-1"]}
+    out = L.with_play_context(given, play)
+    assert out == {"playbook": "health", "host": "h", "awx_job_id": "9", "secret_values": ["token-1", "Xyzzy-1234"]}
+    assert given == {"playbook": "health", "host": "h", "secret_values": ["token-1"]}, "the task's options were changed"
+    # What the task gives wins; the password is not listed twice.
+    out = L.with_play_context({"awx_job_id": "3", "secret_values": ["Xyzzy-1234"]}, play)
+    assert out == {"awx_job_id": "3", "secret_values": ["Xyzzy-1234"]}
+    # Outside AWX and without a password: nothing added; an empty job id falls back to the play's.
+    assert L.with_play_context({"playbook": "p"}, {}) == {"playbook": "p"}
+    assert L.with_play_context({"awx_job_id": ""}, {"tower_job_id": 7})["awx_job_id"] == "7"
+    assert L.with_play_context({}, {"ner11_db_password": ""}) == {}
+    # The line built from the completed options never shows the password.
+    opts = L.with_play_context({"results": {"note": "dsn with Xyzzy-1234"}}, play)
+    line = L.build_line(
+        "health", "h", results=opts["results"], awx_job_id=opts["awx_job_id"], secret_values=opts["secret_values"]
+    )
+    assert "Xyzzy-1234" not in json.dumps(line) and line["awx_job_id"] == "9"
+
+
 def test_summary_is_global_worst_status_and_names_hosts_without_a_record():
     a = L.build_line("maintenance", "a", status="ok", window="w", backup_ids=["b-a"], duration_s=3, awx_job_id="5")
     b = L.build_line("maintenance", "b", status="rolled_back", window="w", duration_s=9, awx_job_id="5")
