@@ -4,8 +4,9 @@
 """Incident records: the files of one incident run, written 0600 in a 0700 directory.
 
 One call writes every file of the record (the JSON record, the markdown report, the
-evidence) atomically (temporary file, fsync, rename) and appends one JSON line to the
-run ledger. Plain Python: unit-tested without Ansible.
+evidence) atomically (temporary file, fsync, rename) and appends the run's line to the run
+ledger: the line every playbook writes (``ledger.build_line``: redacted, one locked write,
+fsync). Plain Python: unit-tested without Ansible.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 
+from ansible_collections.ner11.ops.plugins.module_utils import ledger as run_ledger
 from ansible_collections.ner11.ops.plugins.module_utils.catalog import atomic_write
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import is_file_name
 
@@ -41,9 +43,29 @@ def _private_dir(path):
     os.chmod(path, 0o700)
 
 
-def write(directory, files, ledger=None, ledger_line=None):
-    """Write ``files`` ({name: text}) into ``directory`` (0700, created) 0600 each, then
-    append ``ledger_line`` (a dict, one JSON line) to ``ledger`` (0600). Returns the paths."""
+def record_line(options):
+    """The ledger line of an incident run from ``options`` (the module's ``ledger_line``: playbook,
+    host, status, results, started_at, finished_at, awx_job_id, secret_values): the standard
+    line, redacted. Raises RecordError."""
+    o = options or {}
+    try:
+        return run_ledger.build_line(
+            o.get("playbook"),
+            o.get("host"),
+            status=o.get("status") or "ok",
+            results=o.get("results"),
+            started_at=o.get("started_at"),
+            finished_at=o.get("finished_at"),
+            awx_job_id=o.get("awx_job_id"),
+            secret_values=o.get("secret_values"),
+        )
+    except run_ledger.LedgerError as exc:
+        raise RecordError("the incident's ledger line is invalid: %s" % exc) from None
+
+
+def write(directory, files, ledger=None, line=None):
+    """Write ``files`` ({name: text}) into ``directory`` (0700, created) 0600 each, then append
+    ``line`` (``record_line``) to the run ledger ``ledger`` (``ledger.append``). Returns the paths."""
     paths = plan(directory, files, ledger)
     try:
         _private_dir(os.path.dirname(directory.rstrip("/")) or "/")
@@ -53,17 +75,14 @@ def write(directory, files, ledger=None, ledger_line=None):
             if not isinstance(text, str):
                 text = json.dumps(text, indent=2, sort_keys=True) + "\n"
             atomic_write(os.path.join(directory, name), text.encode("utf-8"), 0o600)
-        if ledger is not None and ledger_line is not None:
-            _private_dir(os.path.dirname(ledger))
-            fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a") as fh:
-                fh.write(json.dumps(ledger_line, sort_keys=True) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(ledger, 0o600)
     except OSError as exc:
         raise RecordError(
             "cannot write the incident record in %s: %s; check free space and permissions there, "
             "or set another record directory" % (directory, exc)
         ) from None
+    if ledger is not None and line is not None:
+        try:
+            run_ledger.append(ledger, line)
+        except run_ledger.LedgerError as exc:
+            raise RecordError(str(exc)) from None
     return paths

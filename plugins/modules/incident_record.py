@@ -11,7 +11,9 @@ short_description: Write the files of an incident record and its run-ledger line
 version_added: 1.1.0
 description:
   - Writes every file of O(files) into O(dir) (created 0700, its parent too) as 0600 files, each atomically
-    (temporary file, fsync, rename), then appends O(ledger_line) as one JSON line to O(ledger) (0600).
+    (temporary file, fsync, rename), then appends the run's line (O(ledger_line)) to the run ledger O(ledger).
+  - The line is the one M(ner11.ops.run_ledger) writes - the same fields, redacted the same way, appended with
+    one locked C(write) and C(fsync).
   - Used by the P(ner11.ops.incident#role) role; the caller passes only non-secret, masked content.
   - The record is an audit trail of the run, not managed state - the module reports C(changed=false), so a
     diagnosis run reports no change.
@@ -40,8 +42,46 @@ options:
     description: Absolute path of the run ledger (JSON lines).
     type: path
   ledger_line:
-    description: The ledger entry of this run (one JSON object).
+    description:
+      - The ledger line of this run, written when O(ledger) is set (M(ner11.ops.run_ledger)'s options of the same names).
+      - An action plugin completes it from the play - the AWX job id and the database password to redact.
     type: dict
+    suboptions:
+      playbook:
+        description: The playbook's name, such as V(incident_db).
+        type: str
+        required: true
+      host:
+        description: The host the line is recorded for (C(inventory_hostname)).
+        type: str
+        required: true
+      status:
+        description: The run's outcome.
+        type: str
+        default: ok
+        choices: [ok, changed, failed, skipped, refused, rolled_back]
+      results:
+        description: What the run found and did (the incident's id, branch, actions, health before and after).
+        type: dict
+        default: {}
+      started_at:
+        description: When the run began (seconds since the epoch).
+        type: float
+      finished_at:
+        description: When the run ended (seconds since the epoch); now when not given.
+        type: float
+      awx_job_id:
+        description:
+          - The AWX job id, when the run is an AWX job.
+          - Default - the play's C(awx_job_id), else its C(tower_job_id) (set by AWX), taken by the action plugin.
+        type: str
+      secret_values:
+        description:
+          - Exact secret strings that must never appear in the line.
+          - The action plugin always adds the play's C(ner11_db_password) when it is set.
+        type: list
+        elements: str
+        default: []
 """
 
 EXAMPLES = r"""
@@ -52,7 +92,10 @@ EXAMPLES = r"""
       incident.json: "{{ record }}"
       incident.md: "{{ lookup('ansible.builtin.template', 'incident.md.j2') }}"
     ledger: /var/lib/ner11/ner11/ledger.jsonl
-    ledger_line: {playbook: incident_db, branch: healthy}
+    ledger_line:
+      playbook: incident_db
+      host: "{{ inventory_hostname }}"
+      results: {incident_id: db-20261202T071819-071389, branch: healthy}
 """
 
 RETURN = r"""
@@ -61,11 +104,17 @@ paths:
   returned: always
   type: list
   elements: str
+ledger_line:
+  description: The redacted ledger line appended (in check mode - that would be appended).
+  returned: when O(ledger) and O(ledger_line) are set
+  type: dict
+  sample: {"schema": 1, "playbook": "incident_db", "host": "node1", "status": "ok", "results": {"branch": "healthy"}}
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ner11.ops.plugins.module_utils.incidents import RecordError, plan, write
+from ansible_collections.ner11.ops.plugins.module_utils.incidents import RecordError, plan, record_line, write
+from ansible_collections.ner11.ops.plugins.module_utils.ledger import STATUSES
 
 
 def main():
@@ -74,19 +123,35 @@ def main():
             dir=dict(type="path", required=True),
             files=dict(type="dict", default={}),
             ledger=dict(type="path"),
-            ledger_line=dict(type="dict"),
+            ledger_line=dict(
+                type="dict",
+                options=dict(
+                    playbook=dict(type="str", required=True),
+                    host=dict(type="str", required=True),
+                    status=dict(type="str", default="ok", choices=list(STATUSES)),
+                    results=dict(type="dict", default={}),
+                    started_at=dict(type="float"),
+                    finished_at=dict(type="float"),
+                    awx_job_id=dict(type="str"),
+                    secret_values=dict(type="list", elements="str", default=[], no_log=True),
+                ),
+            ),
         ),
         supports_check_mode=True,
     )
     p = module.params
+    out = {}
     try:
+        line = record_line(p["ledger_line"]) if p["ledger"] and p["ledger_line"] else None
         if module.check_mode:
             paths = plan(p["dir"], p["files"], p["ledger"])
         else:
-            paths = write(p["dir"], p["files"], p["ledger"], p["ledger_line"])
+            paths = write(p["dir"], p["files"], p["ledger"], line)
     except RecordError as exc:
         module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, paths=paths)
+    if line is not None:
+        out["ledger_line"] = line
+    module.exit_json(changed=False, paths=paths, **out)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def test_pool_exhausted_by_idle_in_transaction_sessions(stack):
     assert held >= 84
 
     # diagnose: the branch and the plan, nothing ended.
-    diag = incident(stack, ner11_incident_mode="diagnose")
+    diag = incident(stack, ner11_incident_mode="diagnose", awx_job_id=5151)
     assert diag.rc == 0, diag.explain()
     assert diag.changed() == 0, diag.changed_tasks()
     dsum = summary(diag)
@@ -135,7 +135,11 @@ def test_pool_exhausted_by_idle_in_transaction_sessions(stack):
     drec = record_of(stack, dsum)
     assert drec["mode"] == "diagnose" and drec["health_before"]["checks"]["db:pool"]["status"] == "warn"
     assert drec["timeline"][0]["event"].startswith("incident run started")
-    assert ledger(stack)[-1]["incident_id"] == drec["id"] and ledger(stack)[-1]["playbook"] == "incident_db"
+    line = ledger(stack)[-1]
+    assert line["playbook"] == "incident_db" and line["status"] == "ok" and line["schema"] == 1, line
+    assert line["results"]["incident_id"] == drec["id"] and line["results"]["branch"] == "pool_exhausted", line
+    # The job id comes from the play (an AWX job's awx_job_id), not from the role.
+    assert line["awx_job_id"] == "5151", line
 
     res = incident(stack)
     assert res.rc == 0, res.explain()
@@ -149,6 +153,10 @@ def test_pool_exhausted_by_idle_in_transaction_sessions(stack):
     assert rec["health_after"]["sessions"]["utilisation_percent"] < 80
     assert rec["health_after"]["status"] != "fail"
     assert os.path.exists(rec["evidence"]["pg_stat_activity_before"])
+    line = ledger(stack)[-1]
+    assert line["status"] == "changed" and line["results"]["actions"] == ["terminate_idle_sessions"], line
+    assert line["results"]["record"].endswith("/incident.json") and line.get("awx_job_id") is None, line
+    assert stack.password not in json.dumps(ledger(stack))
     assert sum(1 for c in holders if c.closed or _dead(c)) >= need - 1
     assert canary(stack) == before
 
