@@ -48,15 +48,15 @@ options:
     type: dict
     suboptions:
       playbook:
-        description: The playbook's name, such as V(incident_db).
+        description: As O(ner11.ops.run_ledger#module:playbook) - V(incident_db), V(incident_api), V(incident_disk).
         type: str
         required: true
       host:
-        description: The host the line is recorded for (C(inventory_hostname)).
+        description: As O(ner11.ops.run_ledger#module:host).
         type: str
         required: true
       status:
-        description: The run's outcome.
+        description: The run's outcome (O(ner11.ops.run_ledger#module:status)).
         type: str
         default: ok
         choices: [ok, changed, failed, skipped, refused, rolled_back]
@@ -65,20 +65,16 @@ options:
         type: dict
         default: {}
       started_at:
-        description: When the run began (seconds since the epoch).
+        description: As O(ner11.ops.run_ledger#module:started_at).
         type: float
       finished_at:
-        description: When the run ended (seconds since the epoch); now when not given.
+        description: As O(ner11.ops.run_ledger#module:finished_at).
         type: float
       awx_job_id:
-        description:
-          - The AWX job id, when the run is an AWX job.
-          - Default - the play's C(awx_job_id), else its C(tower_job_id) (set by AWX), taken by the action plugin.
+        description: As O(ner11.ops.run_ledger#module:awx_job_id) - by default the play's, taken by the action plugin.
         type: str
       secret_values:
-        description:
-          - Exact secret strings that must never appear in the line.
-          - The action plugin always adds the play's C(ner11_db_password) when it is set.
+        description: As O(ner11.ops.run_ledger#module:secret_values) - the play's C(ner11_db_password) is always added.
         type: list
         elements: str
         default: []
