@@ -140,6 +140,9 @@ def test_pool_exhausted_by_idle_in_transaction_sessions(stack):
     assert line["results"]["incident_id"] == drec["id"] and line["results"]["branch"] == "pool_exhausted", line
     # The job id comes from the play (an AWX job's awx_job_id), not from the role.
     assert line["awx_job_id"] == "5151", line
+    run = diag.data["global_custom_stats"]["ner11_run"]
+    assert run["playbook"] == "incident_db" and run["status"] == "ok" and run["hosts"] == {"localhost": "ok"}, run
+    assert run["awx_job_id"] == "5151", run
 
     res = incident(stack)
     assert res.rc == 0, res.explain()
