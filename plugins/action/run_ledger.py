@@ -69,10 +69,16 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
         args = with_play_context(self._task.args, play_vars(self._templar, task_vars))
-        self._task.args = args
-        _validation, p = self.validate_argument_spec(
-            argument_spec=ARGUMENT_SPEC, required_one_of=REQUIRED_ONE_OF, mutually_exclusive=MUTUALLY_EXCLUSIVE
-        )
+        # validate_argument_spec reads the task's args: the completed ones are lent to it and the
+        # task's own put back, so the password added to secret_values never travels with the task
+        # (callbacks print a task's args).
+        original, self._task.args = self._task.args, args
+        try:
+            _validation, p = self.validate_argument_spec(
+                argument_spec=ARGUMENT_SPEC, required_one_of=REQUIRED_ONE_OF, mutually_exclusive=MUTUALLY_EXCLUSIVE
+            )
+        finally:
+            self._task.args = original
         python = self._host_python(task_vars)
         if python is None:
             result.update(self._module(task_vars, args))

@@ -106,8 +106,8 @@ def _number(value, name):
 
 # What a ledger line takes from the play when its task does not say: the AWX job id (AWX sets
 # awx_job_id, older Tower tower_job_id) and the database password among the values the line
-# never shows. The one place of these defaults: the action plugins of run_ledger and ner_health
-# apply ``with_play_context`` on the controller, so no role or playbook repeats them.
+# never shows. The one place of these defaults: the action plugins of run_ledger, ner_health and
+# incident_record apply ``with_play_context`` on the controller, so no role or playbook repeats them.
 JOB_VARS = ("awx_job_id", "tower_job_id")
 REDACT_VAR = "ner11_db_password"  # the play variable whose value every line redacts
 PLAY_VARS = JOB_VARS + (REDACT_VAR,)
@@ -135,10 +135,23 @@ def with_play_context(options, play_vars):
         if job is not None:
             out["awx_job_id"] = job
     password = (play_vars or {}).get(REDACT_VAR)
-    secrets = [str(v) for v in out.get("secret_values") or []]
-    if password not in (None, "") and str(password) not in secrets:
-        out["secret_values"] = secrets + [str(password)]
+    if password not in (None, ""):
+        secrets = _as_list(out.get("secret_values"))
+        if str(password) not in secrets:
+            out["secret_values"] = secrets + [str(password)]
     return out
+
+
+def _as_list(value):
+    """A ``type: list`` option's value as the module will read it: a string is split at commas,
+    a single number is one element (ansible's ``check_type_list``), None is empty."""
+    if value in (None, ""):
+        return []
+    if isinstance(value, str):
+        return value.split(",")
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)]
 
 
 def normalize_steps(steps):

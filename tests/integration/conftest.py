@@ -108,14 +108,18 @@ def run_playbook(playbook, extra_vars=None, check=False, inventory=LOCAL_INVENTO
     return PlaybookResult(proc, data)
 
 
-def run_module(module, args, check=False, diff=False, timeout=600, env=None):
-    """Run one module of this collection on localhost; returns its result dict."""
+def run_module(module, args, check=False, diff=False, timeout=600, env=None, play_vars=None):
+    """Run one module of this collection on localhost; returns its result dict.
+
+    ``play_vars``: variables of the play (as a job's extra vars would set them)."""
     play = {
         "name": "run one module",
         "hosts": "localhost",
         "gather_facts": False,
         "tasks": [{"name": "the module", module: args, "register": "__r", "ignore_errors": True}],
     }
+    if play_vars:
+        play["vars"] = play_vars
     path = os.path.join(ROOT, "build", "it-play-%s.json" % uuid.uuid4().hex[:8])
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:

@@ -216,6 +216,13 @@ def test_the_ledger_option_records_the_run_and_says_when_it_cannot(tmp_path):
     # An invalid stack model: its own message only (the line has no place without the model).
     res = run_module(MODULE, dict(args, stack={"project": "Bad Name!"}, ledger=dict(args["ledger"], path=None)))
     assert res.get("failed") and res["msg"].startswith("invalid ner11_stack: ") and "ledger" not in res["msg"], res
+    # The play's password and job id reach the line though the task names neither (the action
+    # plugin): a host name holding the password is redacted, the job id is the play's tower_job_id.
+    ledger = {"playbook": "health", "host": "node9-" + secret, "path": str(tmp_path / "ctx" / "ledger.jsonl")}
+    res = run_module(MODULE, dict(args, ledger=ledger), play_vars={"ner11_db_password": secret, "tower_job_id": 61})
+    line = res["ledger"]["line"]
+    assert line["host"] == "node9-(redacted)" and line["awx_job_id"] == "61", line
+    assert secret not in json.dumps(res) and secret not in open(ledger["path"]).read()
 
 
 # ---- breaking one stack, scenario by scenario ---------------------------------------------

@@ -22,6 +22,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -29,7 +30,7 @@ import urllib.request
 import uuid
 
 import pytest
-from conftest import Stack, docker, run_playbook, unique_project
+from conftest import Stack, docker, run_module, run_playbook, unique_project
 
 from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
 
@@ -367,6 +368,24 @@ def test_log_limits_and_shm_size_reach_the_containers_and_a_parallel_index_build
         " CREATE INDEX it_shm_h ON it_shm (h); SELECT count(*) FROM it_shm; DROP TABLE it_shm;"
     )
     assert out.splitlines()[-1] in ("200000", "DROP TABLE") or "200000" in out
+
+
+def test_run_ledger_module_fallback_gets_the_same_play_context(tmp_path):
+    # A host where the one-command append cannot run (here an interpreter wrapper that refuses the
+    # command's -S; modules still run): the action plugin hands the line to the module, with the
+    # options it completed from the play (the job id, the password to redact).
+    secret = "it-secret-" + uuid.uuid4().hex
+    path = str(tmp_path / "ledger.jsonl")
+    wrapper = tmp_path / "python"
+    wrapper.write_text('#!/bin/sh\n[ "$1" = -S ] && exit 3\nexec %s "$@"\n' % sys.executable)
+    wrapper.chmod(0o755)
+    args = {"path": path, "playbook": "health", "host": "localhost", "results": {"note": "dsn with " + secret}}
+    play = {"ansible_python_interpreter": str(wrapper), "ner11_db_password": secret, "tower_job_id": 52}
+    res = run_module("ner11.ops.run_ledger", args, play_vars=play)
+    assert not res.get("failed") and res["ledger_writer"] == "module", res
+    line = json.loads(open(path).read().splitlines()[-1])
+    assert line["awx_job_id"] == "52" and line["results"]["note"] == "dsn with (redacted)", line
+    assert secret not in open(path).read() and secret not in json.dumps(res)
 
 
 def test_the_ledger_play_every_playbook_imports_writes_a_redacted_line_and_a_global_summary(tmp_path):

@@ -127,6 +127,14 @@ def test_with_play_context_fills_the_job_id_and_adds_the_password_never_overridi
     assert L.with_play_context({"playbook": "p"}, {}) == {"playbook": "p"}
     assert L.with_play_context({"awx_job_id": ""}, {"tower_job_id": 7})["awx_job_id"] == "7"
     assert L.with_play_context({}, {"ner11_db_password": ""}) == {}
+    # A task's secret_values given as a string is read as the module reads a list option (split
+    # at commas), not split into characters that redaction would then ignore.
+    assert L.with_play_context({"secret_values": "tok-1234,key-5678"}, play)["secret_values"] == [
+        "tok-1234",
+        "key-5678",
+        "Xyzzy-1234",
+    ]
+    assert L.with_play_context({"secret_values": 98765}, play)["secret_values"] == ["98765", "Xyzzy-1234"]
     # The line built from the completed options never shows the password.
     opts = L.with_play_context({"results": {"note": "dsn with Xyzzy-1234"}}, play)
     line = L.build_line(
