@@ -12,8 +12,9 @@ version_added: 1.1.0
 description:
   - Writes every file of O(files) into O(dir) (created 0700, its parent too) as 0600 files, each atomically
     (temporary file, fsync, rename), then appends the run's line (O(ledger_line)) to the run ledger O(ledger).
-  - The line is the one M(ner11.ops.run_ledger) writes - the same fields, redacted the same way, appended with
-    one locked C(write) and C(fsync).
+  - The line is built, redacted and appended as M(ner11.ops.run_ledger) does it (one locked C(write), C(fsync)), from
+    the options of O(ledger_line), which are M(ner11.ops.run_ledger)'s options of the same names (its other
+    fields - window, steps, backup ids, extra - stay empty).
   - Used by the P(ner11.ops.incident#role) role; the caller passes only non-secret, masked content.
   - The record is an audit trail of the run, not managed state - the module reports C(changed=false), so a
     diagnosis run reports no change.
@@ -23,7 +24,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Returns the paths it would write (RV(paths)) and writes nothing.
+    details: Returns the paths it would write (RV(paths)) and the line it would append (RV(ledger_line)); writes nothing.
   diff_mode:
     support: none
   idempotent:

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import threading
 import time
+import uuid
 
 import psycopg2
 import pytest
@@ -97,12 +98,38 @@ def record_of(stack, summ):
 
 
 def ledger(stack):
-    with open(os.path.join(stack.model["config_dir"], "ledger.jsonl")) as fh:
+    path = os.path.join(stack.model["config_dir"], "ledger.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 
 def client_count(stack):
     return int(stack.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"))
+
+
+def test_the_record_line_takes_the_play_context_and_is_redacted(tmp_path):
+    # No stack: ner11.ops.incident_record alone, through its action plugin. The task names neither
+    # the job id nor the password; the play's reach the line, and a result holding it is redacted.
+    secret = "it-secret-%s" % uuid.uuid4().hex
+    path = str(tmp_path / "ledger.jsonl")
+    args = {
+        "dir": str(tmp_path / "incidents" / "db-1"),
+        "files": {"incident.md": "# db-1\n"},
+        "ledger": path,
+        "ledger_line": {"playbook": "incident_db", "host": "node1", "results": {"note": "dsn with " + secret}},
+    }
+    play = {"ner11_db_password": secret, "awx_job_id": 808}
+    res = run_module("ner11.ops.incident_record", args, check=True, play_vars=play)
+    assert not res.get("failed") and res["ledger_line"]["awx_job_id"] == "808" and not os.path.exists(path), res
+    res = run_module("ner11.ops.incident_record", args, play_vars=play)
+    assert not res.get("failed") and not res["changed"], res
+    with open(path) as fh:
+        (line,) = [json.loads(text) for text in fh]
+    assert line == res["ledger_line"] and line["awx_job_id"] == "808" and line["status"] == "ok", line
+    assert line["results"]["note"] == "dsn with (redacted)" and secret not in json.dumps(res), line
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
 def test_remediate_without_confirm_is_refused(stack):
@@ -220,11 +247,16 @@ def test_postgres_stopped(stack):
     psum = summary(planned)
     assert psum["mode"] == "check" and psum["branch"] == "postgres_down" and psum["plan"] == ["start_postgres"]
     assert psum["actions"] == [] and psum["record"] == ""
+    # The run's summary of a check-mode remediate: nothing applied, nothing failed (the play passed).
+    run = planned.data["global_custom_stats"]["ner11_run"]
+    assert run["status"] == "ok" and run["hosts"] == {"localhost": "ok"} and run["failed_hosts"] == [], run
+    lines_before = len(ledger(stack))
     assert (set(os.listdir(records)) if os.path.isdir(records) else set()) == known
     assert docker("inspect", "-f", "{{.State.Running}}", stack.container("postgres")).stdout.strip() == "false"
 
     res = incident(stack)
     assert res.rc == 0, res.explain()
+    assert len(ledger(stack)) == lines_before + 1, "check mode wrote a ledger line"
     summ = summary(res)
     assert summ["branch"] == "postgres_down" and summ["actions"] == ["start_postgres"] and summ["resolved"] is True
     assert summ["health_after"] in ("pass", "warn")
