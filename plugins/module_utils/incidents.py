@@ -43,22 +43,16 @@ def _private_dir(path):
     os.chmod(path, 0o700)
 
 
+# The options of ner11.ops.run_ledger an incident's line takes (incident_record's ``ledger_line``);
+# their spec is run_ledger's own (``ledger.ARGUMENT_SPEC``).
+LINE_OPTIONS = ("playbook", "host", "status", "results", "started_at", "finished_at", "awx_job_id", "secret_values")
+
+
 def record_line(options):
-    """The ledger line of an incident run from ``options`` (the module's ``ledger_line``: playbook,
-    host, status, results, started_at, finished_at, awx_job_id, secret_values): the standard
-    line, redacted. Raises RecordError."""
-    o = options or {}
+    """The ledger line of an incident run from ``options`` (LINE_OPTIONS), built as run_ledger
+    builds it (``ledger.line_from_params``): the standard line, redacted. Raises RecordError."""
     try:
-        return run_ledger.build_line(
-            o.get("playbook"),
-            o.get("host"),
-            status=o.get("status") or "ok",
-            results=o.get("results"),
-            started_at=o.get("started_at"),
-            finished_at=o.get("finished_at"),
-            awx_job_id=o.get("awx_job_id"),
-            secret_values=o.get("secret_values"),
-        )
+        return run_ledger.line_from_params(options or {})
     except run_ledger.LedgerError as exc:
         raise RecordError("the incident's ledger line is invalid: %s" % exc) from None
 

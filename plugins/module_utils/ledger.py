@@ -172,22 +172,23 @@ def normalize_steps(steps):
 
 
 def line_from_params(p):
-    """build_line from the options of ner11.ops.run_ledger (ARGUMENT_SPEC): the module and its
-    action plugin build the same line."""
+    """build_line from the options of ner11.ops.run_ledger (ARGUMENT_SPEC), an absent one as its
+    default: the module and its action plugin build the same line, and incident_record from its
+    subset of these options (``incidents.LINE_OPTIONS``)."""
     return build_line(
-        p["playbook"],
-        p["host"],
-        status=p["status"],
-        window=p["window"],
-        steps=p["steps"],
-        results=p["results"],
-        backup_ids=p["backup_ids"],
-        started_at=p["started_at"],
-        finished_at=p["finished_at"],
-        duration_s=p["duration_s"],
-        awx_job_id=p["awx_job_id"],
-        extra=p["extra"],
-        secret_values=p["secret_values"],
+        p.get("playbook"),
+        p.get("host"),
+        status=p.get("status") or "ok",
+        window=p.get("window"),
+        steps=p.get("steps"),
+        results=p.get("results"),
+        backup_ids=p.get("backup_ids"),
+        started_at=p.get("started_at"),
+        finished_at=p.get("finished_at"),
+        duration_s=p.get("duration_s"),
+        awx_job_id=p.get("awx_job_id"),
+        extra=p.get("extra"),
+        secret_values=p.get("secret_values"),
     )
 
 

@@ -110,8 +110,8 @@ ledger_line:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ner11.ops.plugins.module_utils.incidents import RecordError, plan, record_line, write
-from ansible_collections.ner11.ops.plugins.module_utils.ledger import STATUSES
+from ansible_collections.ner11.ops.plugins.module_utils.incidents import LINE_OPTIONS, RecordError, plan, record_line, write
+from ansible_collections.ner11.ops.plugins.module_utils.ledger import ARGUMENT_SPEC
 
 
 def main():
@@ -120,19 +120,7 @@ def main():
             dir=dict(type="path", required=True),
             files=dict(type="dict", default={}),
             ledger=dict(type="path"),
-            ledger_line=dict(
-                type="dict",
-                options=dict(
-                    playbook=dict(type="str", required=True),
-                    host=dict(type="str", required=True),
-                    status=dict(type="str", default="ok", choices=list(STATUSES)),
-                    results=dict(type="dict", default={}),
-                    started_at=dict(type="float"),
-                    finished_at=dict(type="float"),
-                    awx_job_id=dict(type="str"),
-                    secret_values=dict(type="list", elements="str", default=[], no_log=True),
-                ),
-            ),
+            ledger_line=dict(type="dict", options={k: ARGUMENT_SPEC[k] for k in LINE_OPTIONS}),
         ),
         supports_check_mode=True,
     )
