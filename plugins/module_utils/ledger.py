@@ -289,14 +289,8 @@ def ledger_path(p):
 # playbooks/health.yml): who and what the run is; the status and the results come from the
 # module's own outcome, the file from the stack model. One task per host instead of the module and
 # a run_ledger task after it (issue 14: every task of every host is a worker process).
-RUN_LINE_SUBOPTIONS = dict(
-    playbook=dict(type="str", required=True),
-    host=dict(type="str", required=True),
-    path=dict(type="path"),
-    started_at=dict(type="float"),
-    awx_job_id=dict(type="str"),
-    secret_values=dict(type="list", elements="str", default=[], no_log=True),
-)
+RUN_LINE_OPTIONS = ("playbook", "host", "path", "started_at", "awx_job_id", "secret_values")
+RUN_LINE_SUBOPTIONS = {k: ARGUMENT_SPEC[k] for k in RUN_LINE_OPTIONS}
 
 
 def own_run_line(options, config_dir, status, results, started_at=None, now=None):
