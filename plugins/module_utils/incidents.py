@@ -37,10 +37,14 @@ def plan(directory, files, ledger=None):
     return paths
 
 
-def _private_dir(path):
+def _private_dir(path, own=True):
+    """``path`` 0700: created so, and made so when it exists and is ``own`` (the record's own
+    directory); a directory above it that exists keeps its mode (it may be shared, like /tmp)."""
     if not os.path.isdir(path):
         os.makedirs(path, 0o700)
-    os.chmod(path, 0o700)
+        own = True
+    if own:
+        os.chmod(path, 0o700)
 
 
 # The options of ner11.ops.run_ledger an incident's line takes (incident_record's ``ledger_line``);
@@ -57,12 +61,17 @@ def record_line(options):
         raise RecordError("the incident's ledger line is invalid: %s" % exc) from None
 
 
-def write(directory, files, ledger=None, line=None):
+def write(directory, files, ledger=None, line=None, secret_values=None):
     """Write ``files`` ({name: text}) into ``directory`` (0700, created) 0600 each, then append
-    ``line`` (``record_line``) to the run ledger ``ledger`` (``ledger.append``). Returns the paths."""
+    ``line`` (``record_line``) to the run ledger ``ledger`` (``ledger.append``). Returns the paths.
+
+    Each file is redacted first as the ledger line is (``ledger.redact``: the exact
+    ``secret_values``, URL credentials, ``password=`` pairs, secret-looking keys): container logs
+    are kept in a record, and an application may log its connection string."""
     paths = plan(directory, files, ledger)
+    files = {name: run_ledger.redact(text, secret_values) for name, text in (files or {}).items()}
     try:
-        _private_dir(os.path.dirname(directory.rstrip("/")) or "/")
+        _private_dir(os.path.dirname(directory.rstrip("/")) or "/", own=False)
         _private_dir(directory)
         for name in sorted(files or {}):
             text = files[name]

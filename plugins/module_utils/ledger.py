@@ -316,21 +316,29 @@ def own_run_line(options, config_dir, status, results, started_at=None, now=None
 
 
 def write_line(path, data):
-    """The steps of one append, in the standard library only: the directory 0700 (created), the
-    file 0600, the whole line in one ``write`` under an exclusive ``flock``, fsync. Raises OSError.
-    append() runs it here; append_script() sends its source to the host's Python."""
+    """The steps of one append, in the standard library only: the directory 0700 when this call
+    creates it (an existing one keeps its mode: it may be shared, like /tmp), the file 0600, the
+    whole line in one ``write`` under an exclusive ``flock``, fsync. A write that fails part way (a
+    full disk) is cut back to the file's size before it, so the next line does not join a torn
+    one. Raises OSError. append() runs it here; append_script() sends its source to the host's
+    Python."""
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         os.makedirs(parent, 0o700)
-    os.chmod(parent, 0o700)
+        os.chmod(parent, 0o700)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
     os.chmod(path, 0o600)

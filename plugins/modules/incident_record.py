@@ -10,12 +10,16 @@ module: incident_record
 short_description: Write the files of an incident record and its run-ledger line
 version_added: 1.1.0
 description:
-  - Writes every file of O(files) into O(dir) (created 0700, its parent too) as 0600 files, each atomically
-    (temporary file, fsync, rename), then appends the run's line (O(ledger_line)) to the run ledger O(ledger).
+  - Writes every file of O(files) into O(dir) (0700; its parent is created 0700 when missing, an existing one keeps
+    its mode) as 0600 files, each atomically (temporary file, fsync, rename), then appends the run's line
+    (O(ledger_line)) to the run ledger O(ledger).
+  - Every file is redacted first as the ledger line is - the secret values of O(ledger_line), the password of
+    C(scheme://user:password@host) URLs, C(password=...) pairs, values under secret-looking keys - so container
+    logs kept in a record hold no credentials.
   - The line is built, redacted and appended as M(ner11.ops.run_ledger) does it (one locked C(write), C(fsync)), from
     the options of O(ledger_line), which are M(ner11.ops.run_ledger)'s options of the same names (its other
     fields - window, steps, backup ids, extra - stay empty).
-  - Used by the P(ner11.ops.incident#role) role; the caller passes only non-secret, masked content.
+  - Used by the P(ner11.ops.incident#role) role.
   - The record is an audit trail of the run, not managed state - the module reports C(changed=false), so a
     diagnosis run reports no change.
 author: ner11.ops maintainers (@ner11-ops)
@@ -131,7 +135,8 @@ def main():
         if module.check_mode:
             paths = plan(p["dir"], p["files"], p["ledger"])
         else:
-            paths = write(p["dir"], p["files"], p["ledger"], line)
+            secrets = (p["ledger_line"] or {}).get("secret_values")
+            paths = write(p["dir"], p["files"], p["ledger"], line, secrets)
     except RecordError as exc:
         module.fail_json(msg=str(exc))
     if line is not None:

@@ -32,6 +32,25 @@ def test_writes_every_file_0600_in_0700_dirs_and_appends_the_ledger(tmp_path):
     assert not [n for n in os.listdir(folder) if n.startswith(".")]  # no temporary file left
 
 
+def test_an_existing_directory_above_the_record_keeps_its_mode(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(str(shared), 0o1777)  # noqa: S103 - a sticky shared directory, as /tmp is; a record directory in /tmp must not lock others out of /tmp
+    folder = str(shared / "api-1")
+    I.write(folder, {"incident.md": "# x\n"})
+    assert mode(str(shared)) == 0o1777 and mode(folder) == 0o700
+
+
+def test_the_files_are_redacted_like_the_ledger_line(tmp_path):
+    folder = str(tmp_path / "db-3")
+    log = "connecting to postgresql://ner11:Sup3rSecret@db:5432/ner11_db\nauth failed for Sup3rSecret-2\n"
+    paths = I.write(folder, {"api.log": log, "incident.json": {"db_password": "x1y2z3w4", "n": 1}}, secret_values=["Sup3rSecret"])
+    stored = "".join(open(p).read() for p in paths)
+    assert "Sup3rSecret" not in stored and "x1y2z3w4" not in stored
+    assert "postgresql://ner11:(redacted)@db:5432" in stored and "auth failed for (redacted)-2" in stored
+    assert json.loads(open(paths[1]).read()) == {"db_password": "(redacted)", "n": 1}
+
+
 def test_the_ledger_line_is_the_standard_one_redacted_and_refuses_bad_input():
     line = I.record_line(
         {

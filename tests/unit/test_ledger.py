@@ -82,6 +82,49 @@ def test_append_is_0600_in_a_0700_dir_and_read_returns_lines_in_order(tmp_path):
     assert L.read(str(tmp_path / "none.jsonl")) == []
 
 
+def test_the_redact_filter_is_the_ledger_rule():
+    from ansible_collections.ner11.ops.plugins.filter.redact import FilterModule
+
+    redact = FilterModule().filters()["redact"]
+    assert redact("dsn postgresql://u:pw1234@h/db password=abc") == "dsn postgresql://u:(redacted)@h/db password=(redacted)"
+    assert redact("login as Sup3rSecret failed", ["Sup3rSecret"]) == "login as (redacted) failed"
+
+
+def test_an_existing_shared_directory_keeps_its_mode(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(str(shared), 0o1777)  # noqa: S103 - like /tmp: a ledger path there must not lock others out
+    path = str(shared / "ledger.jsonl")
+    L.append(path, L.build_line("health", "h", now=1))
+    assert mode(str(shared)) == 0o1777 and mode(path) == 0o600
+
+
+def test_a_write_cut_short_by_the_disk_leaves_no_torn_line(tmp_path):
+    """A real short write: the append program (the one the action plugin runs) under a file-size
+    limit (RLIMIT_FSIZE, SIGXFSZ ignored) gets EFBIG part way through its line."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "ledger.jsonl")
+    L.append(path, L.build_line("health", "h", now=1))
+    size = os.path.getsize(path)
+    line = L.encode(L.build_line("maintenance", "h", results={"blob": "x" * 4000}, now=2))
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, size + 100))
+
+    cmd = [sys.executable, "-c", L.append_script(), path]
+    proc = subprocess.run(cmd, input=line, capture_output=True, preexec_fn=limit, check=False)  # noqa: PLW1509
+    assert "error" in json.loads(proc.stdout), proc.stdout
+    assert os.path.getsize(path) == size  # the 100 bytes it wrote were cut back
+    proc = subprocess.run(cmd, input=line, capture_output=True, check=False)
+    assert json.loads(proc.stdout) == {"bytes": len(line)}
+    assert [x["playbook"] for x in L.read(path)] == ["health", "maintenance"]
+
+
 def test_concurrent_appends_never_interleave(tmp_path):
     path = str(tmp_path / "ledger.jsonl")
     big = {"blob": "x" * 70000}  # larger than a pipe buffer: one locked write keeps it whole

@@ -33,11 +33,16 @@ def test_same_bytes_and_modes_as_append(tmp_path):
         assert stat.S_IMODE(os.stat(str(path.parent)).st_mode) == 0o700
 
 
-def test_an_existing_open_directory_is_closed_and_errors_are_reported(tmp_path):
+def test_a_created_directory_is_0700_an_existing_one_keeps_its_mode_and_errors_are_reported(tmp_path):
+    # The stack's config directory is made 0700 by the stack role; the ledger writer changes the
+    # mode only of what it creates (a ledger path in a shared directory must not close it).
     target = tmp_path / "cfg"
     target.mkdir(mode=0o755)
     assert _run_script(str(target / "ledger.jsonl"), b"{}\n") == {"bytes": 3}
-    assert stat.S_IMODE(os.stat(str(target)).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(str(target)).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(str(target / "ledger.jsonl")).st_mode) == 0o600
+    assert _run_script(str(tmp_path / "new" / "ledger.jsonl"), b"{}\n") == {"bytes": 3}
+    assert stat.S_IMODE(os.stat(str(tmp_path / "new")).st_mode) == 0o700
     blocker = tmp_path / "file"
     blocker.write_text("x")
     answer = _run_script(str(blocker / "ledger.jsonl"), b"{}\n")
