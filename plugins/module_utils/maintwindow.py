@@ -54,19 +54,32 @@ def parse(spec):
         raise WindowError("window weekday is required (e.g. sunday)")
     nth = spec.get("nth")
     if nth not in (None, ""):
-        nth = int(nth)
-        if not 1 <= nth <= 5:
-            raise WindowError("window nth must be 1..5 (the n-th weekday of the month), got %r" % (spec.get("nth"),))
+        nth = _number(nth)
+        if nth is None or not 1 <= nth <= 5:
+            raise WindowError("window nth must be a number 1..5 (the n-th weekday of the month), got %r" % (spec.get("nth"),))
     else:
         nth = None
-    months = [int(m) for m in (spec.get("months") or [])]
-    if any(not 1 <= m <= 12 for m in months):
-        raise WindowError("window months must be numbers 1..12, got %r" % (spec.get("months"),))
+    months = spec.get("months") or []
+    months = [_number(m) for m in (months if isinstance(months, list) else [months])]
+    if any(m is None or not 1 <= m <= 12 for m in months):
+        raise WindowError(
+            "window months must be month numbers 1..12 (a list, e.g. [1, 4, 7, 10]), got %r" % (spec.get("months"),)
+        )
     start = _minutes(spec.get("start"), "start")
     end = _minutes(spec.get("end"), "end")
     if end == start:
         raise WindowError("window end must differ from its start")
     return {"weekdays": sorted({_day(d) for d in days}), "start": start, "end": end, "nth": nth, "months": months}
+
+
+def _number(value):
+    """An int from an int or a string of digits; None for anything else (a word, a float, a bool)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    return int(text) if text.isdigit() else None
 
 
 def _applies(window, year, month, day):

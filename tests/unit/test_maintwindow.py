@@ -53,13 +53,23 @@ def test_a_window_across_midnight_and_quarter_months():
         ({"weekday": "someday", "start": "02:00", "end": "03:00"}, "not a day name"),
         ({"weekday": "sun", "start": "2am", "end": "03:00"}, "HH:MM"),
         ({"weekday": "sun", "start": "02:00", "end": "02:00"}, "must differ"),
-        ({"weekday": "sun", "start": "02:00", "end": "03:00", "nth": 6}, "nth must be 1..5"),
+        ({"weekday": "sun", "start": "02:00", "end": "03:00", "nth": 6}, "nth must be a number 1..5"),
+        ({"weekday": "sun", "start": "02:00", "end": "03:00", "nth": "first"}, "nth must be a number 1..5"),
+        ({"weekday": "sun", "start": "02:00", "end": "03:00", "months": "jan"}, "months must be month numbers"),
+        ({"weekday": "sun", "start": "02:00", "end": "03:00", "months": [1, "x"]}, "months must be month numbers"),
         ({"weekday": "sun", "start": "02:00", "end": "03:00", "tz": "CET"}, "unknown window key"),
     ],
 )
 def test_invalid_windows_name_the_fix(spec, words):
     with pytest.raises(W.WindowError, match=words):
         W.evaluate(spec, now=0)
+
+
+def test_nth_and_months_read_from_numbers_or_digits_and_a_bad_one_is_forced_past():
+    spec = {"weekday": "sun", "start": "02:00", "end": "04:00", "nth": "1", "months": 4}
+    assert W.parse(spec)["nth"] == 1 and W.parse(spec)["months"] == [4]
+    forced = W.evaluate(dict(spec, nth="first"), now=0, force=True)
+    assert forced["allowed"] and "nth must be a number" in forced["reason"]
 
 
 def test_fits_keeps_a_margin_before_the_deadline():
