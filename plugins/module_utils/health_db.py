@@ -13,6 +13,7 @@ from __future__ import annotations
 from ansible_collections.ner11.ops.plugins.module_utils.health_result import fmt_num as _fmt_num
 from ansible_collections.ner11.ops.plugins.module_utils.health_result import make_check
 from ansible_collections.ner11.ops.plugins.module_utils.identifiers import quote_literal, quote_table
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import db_error_hint
 from ansible_collections.ner11.ops.plugins.module_utils.runner import last_line as _last_line
 
 DEFAULT_CANARY_TABLES = ("vendor_equipment", "threat_intelligence", "compliance_frameworks")
@@ -64,30 +65,6 @@ def parse_db_output(out):
         elif key == "canary" and len(row) >= 3:
             data["canary"][row[1]] = None if row[2] == "-" else int(row[2] or 0)
     return data
-
-
-def db_error_hint(text, target, db_name):
-    """A fix for a psql/docker exec failure, from its last error line."""
-    low = (text or "").lower()
-    if "no such container" in low:
-        return "the PostgreSQL container does not exist: deploy the stack (playbooks/deploy.yml)"
-    if "is paused" in low:
-        return "the PostgreSQL container is paused: docker unpause it"
-    if "is not running" in low or "is restarting" in low:
-        return "the PostgreSQL container is not running: start postgres (playbooks/service.yml)"
-    if "password authentication failed" in low or "no password supplied" in low:
-        return "authentication failed: check login_user/login_password"
-    if "database" in low and "does not exist" in low:
-        return "database %s does not exist: restore it (playbooks/restore.yml)" % db_name
-    if "too many clients" in low or "remaining connection slots" in low:
-        return "connection slots exhausted: terminate idle sessions (pg_sessions) or raise max_connections"
-    if "starting up" in low or "shutting down" in low or "recovery" in low:
-        return "PostgreSQL is starting or stopping: wait for it (wait_for=pass)"
-    if "timed out" in low or "timeout" in low or "no answer" in low:
-        return "PostgreSQL (or docker exec) did not answer in time: check the host load and the PostgreSQL logs"
-    if "connection refused" in low or "could not connect" in low or "no such file" in low:
-        return "PostgreSQL is not accepting connections on %s: start it and read its logs" % target
-    return "read the PostgreSQL logs"
 
 
 def eval_db(rc, out, err, latency_ms, params, target, timed_out=False, at=None):

@@ -69,7 +69,6 @@ def postgres_argument_spec():
 
 POSTGRES_MUTUALLY_EXCLUSIVE = [("container", "login_host")]
 POSTGRES_REQUIRED_ONE_OF = [("container", "login_host")]
-UNREACHABLE_HINT = "%s. Check that PostgreSQL runs and accepts connections (ner11.ops.ner_health, playbooks/incident_db.yml)."
 
 
 def postgres_module_kwargs(options):
@@ -88,17 +87,45 @@ def run_on_target(module, run, errors):
     """``run(target, params, check_mode)`` for a module built with ``postgres_module_kwargs``.
 
     ``params`` are the module's own options (without the connection ones). The errors in
-    ``errors`` (the core's own exception types) and client-tool failures become ``fail_json``.
+    ``errors`` (the core's own exception types) and client-tool failures become ``fail_json``;
+    a client-tool failure gets the fix its error line points to (``db_error_hint``). An error
+    raised after the run changed something carries ``changed`` (and ``partial``: what it changed).
     """
     params = {k: v for k, v in module.params.items() if k not in postgres_argument_spec()}
+    target_name = module.params.get("container") or module.params.get("login_host")
     try:
         with PgTarget(module.params, module.run_command) as target:
             return run(target, params, module.check_mode)
     except errors as exc:
-        module.fail_json(msg=str(exc), changed=False)
+        module.fail_json(msg=str(exc), changed=bool(getattr(exc, "changed", False)), **getattr(exc, "partial", {}))
     except PgExecError as exc:
-        module.fail_json(msg=UNREACHABLE_HINT % exc)
+        fix = db_error_hint(str(exc), target_name, params.get("db_name") or module.params.get("login_db") or "")
+        module.fail_json(msg="%s. %s" % (exc, fix), changed=bool(getattr(exc, "changed", False)), **getattr(exc, "partial", {}))
     return None
+
+
+def db_error_hint(text, target, db_name):
+    """A fix for a psql/docker exec failure, from its last error line."""
+    low = (text or "").lower()
+    if "no such container" in low:
+        return "the PostgreSQL container does not exist: deploy the stack (playbooks/deploy.yml)"
+    if "is paused" in low:
+        return "the PostgreSQL container is paused: docker unpause it"
+    if "is not running" in low or "is restarting" in low:
+        return "the PostgreSQL container is not running: start postgres (playbooks/service.yml)"
+    if "password authentication failed" in low or "no password supplied" in low:
+        return "authentication failed: check login_user/login_password"
+    if "database" in low and "does not exist" in low:
+        return "database %s does not exist: restore it (playbooks/restore.yml)" % db_name
+    if "too many clients" in low or "remaining connection slots" in low:
+        return "connection slots exhausted: terminate idle sessions (pg_sessions) or raise max_connections"
+    if "starting up" in low or "shutting down" in low or "recovery" in low:
+        return "PostgreSQL is starting or stopping: wait for it (wait_for=pass)"
+    if "timed out" in low or "timeout" in low or "no answer" in low:
+        return "PostgreSQL (or docker exec) did not answer in time: check the host load and the PostgreSQL logs"
+    if "connection refused" in low or "could not connect" in low or "no such file" in low:
+        return "PostgreSQL is not accepting connections on %s: start it and read its logs" % target
+    return "read the PostgreSQL logs"
 
 
 class PgExecError(Exception):

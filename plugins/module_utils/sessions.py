@@ -425,6 +425,19 @@ def apply(target, analysis, params, check_mode, sleep=time.sleep, clock=time.mon
         else:
             result["left_alone"] = sorted(e["pid"] for e in idle)
         return result
+    try:
+        _signal(target, db, params, running, idle, selected, result, sleep, clock)
+    except Exception as exc:
+        # A failure after some sessions were signalled: the run changed them (reported with the error).
+        if result["cancelled"] or result["terminated"]:
+            exc.changed = True
+            exc.partial = {"cancelled": result["cancelled"], "terminated": result["terminated"]}
+        raise
+    return result
+
+
+def _signal(target, db, params, running, idle, selected, result, sleep, clock):
+    """``apply``'s changes (not in check mode), filling ``result`` as they happen."""
     if running:
         sql = signal_sql("pg_cancel_backend", running, db)
         result["queries"].append(sql)

@@ -12,6 +12,7 @@ import re
 import pytest
 
 from ansible_collections.ner11.ops.plugins.module_utils import sessions as S
+from ansible_collections.ner11.ops.plugins.module_utils.pgexec import PgExecError, db_error_hint
 
 
 def session(pid, state="idle", age=10.0, app="fastapi", db="ner11_db", user="app", query="SELECT 1", **kw):
@@ -254,6 +255,30 @@ def test_a_session_that_moved_on_is_left_alone_and_rerun_is_unchanged():
     target2 = FakeTarget(snapshot([]))
     again = S.run(target2, p, check_mode=False)
     assert again["changed"] is False and again["selected"] == [] and again["terminated"] == []
+
+
+def test_a_failure_after_a_signal_reports_what_was_changed():
+    """A fake target (the error branch: the server goes away between the cancel and the
+    terminate, which a real server cannot be made to do on cue)."""
+
+    class GoesAway(FakeTarget):
+        def query(self, sql, db="postgres"):
+            if "pg_terminate_backend" in sql:
+                raise PgExecError("psql failed on db (rc=2): server closed the connection unexpectedly")
+            return super().query(sql, db)
+
+    snap = snapshot([session(70, "idle in transaction", 400), session(71, "active", 400)])
+    target = GoesAway(snap)  # 71 is cancelled, then 70 (idle in transaction) is to be terminated
+    p = params(select=["idle_in_transaction", "running"], action="terminate", confirm="ner11_db")
+    with pytest.raises(PgExecError) as err:
+        S.run(target, p, check_mode=False, sleep=lambda s: None)
+    assert err.value.changed is True and err.value.partial == {"cancelled": [71], "terminated": []}
+
+
+def test_db_error_hint_names_the_fix_of_each_failure():
+    assert "not running" in db_error_hint("Error response from daemon: container x is not running", "x", "d")
+    assert "restore it" in db_error_hint('FATAL:  database "d" does not exist', "x", "d")
+    assert db_error_hint("ERROR:  permission denied for table t", "x", "d") == "read the PostgreSQL logs"
 
 
 def test_cancel_leaves_idle_sessions_alone():
