@@ -137,6 +137,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+db_name:
+  description: The database maintained.
+  returned: success
+  type: str
 operation:
   description: The operation run.
   returned: always

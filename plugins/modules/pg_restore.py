@@ -43,6 +43,9 @@ attributes:
     details:
       - Returns the plan (backup, databases renamed and dropped, sessions to terminate, tables, repairs, space)
         and writes nothing anywhere; a directory dump is not copied into the container.
+      - Every file's checksum is verified as in a real run. A directory dump of a container target is not listed
+        with C(pg_restore --list) in check mode (that needs a sidecar container): RV(toc_entries) is then the count
+        its manifest recorded at backup time.
   diff_mode:
     support: none
   idempotent:
@@ -163,6 +166,35 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+refused:
+  description:
+    - True when the run refused to restore (newer data in the target, tables referenced by tables not listed, not
+      enough free space); nothing was changed.
+  returned: failure, when refused
+  type: bool
+backup_created_at:
+  description: When the restored backup was taken (its manifest's C(created_at), UTC).
+  returned: success
+  type: str
+format:
+  description: The dump format of the backup (V(directory), V(custom) or V(plain)).
+  returned: success
+  type: str
+db_name:
+  description: The database restored (or that would be).
+  returned: success
+  type: str
+applied:
+  description:
+    - The restore record (C(ner11_ops.restore_log)) of the target when it is already in the state of a backup,
+      that is when the run was a no-op or a skip; null when the target holds no such record.
+  returned: when the run decided to do nothing (operation V(none) or V(skip))
+  type: dict
+sequences:
+  description: The sequences owned by the restored tables, set to their values in the backup.
+  returned: when O(tables) restored tables
+  type: list
+  elements: str
 backup_id:
   description: The backup restored (or that would be).
   returned: success
@@ -213,7 +245,9 @@ skipped_backups:
   type: list
   elements: dict
 toc_entries:
-  description: Entries C(pg_restore --list) reports for the dump (null for plain dumps).
+  description:
+    - Entries C(pg_restore --list) reports for the dump (null for plain dumps).
+    - In check mode, for a directory dump of a container target, the count recorded in the backup's manifest.
   returned: success
   type: int
 old_db:

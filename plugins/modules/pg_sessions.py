@@ -139,6 +139,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+server_version:
+  description: The server's version (C(server_version)).
+  returned: success
+  type: str
+reserved_connections:
+  description: The connection slots reserved for superusers (C(superuser_reserved_connections)), left out of the utilisation.
+  returned: success
+  type: int
 counts:
   description: Client sessions by state (this module's own session counts as C(active)).
   returned: success

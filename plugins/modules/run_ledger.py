@@ -133,6 +133,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+ledger_writer:
+  description:
+    - How the line was appended when the task ran through the module's action plugin - V(command) (one plain
+      command run by the host's Python, no module start-up) or V(module) (this module, when that command could not
+      run).
+  returned: when run through the action plugin (always, in a playbook)
+  type: str
+  sample: command
 line:
   description: The redacted record (written, or in check mode that would be written).
   returned: always

@@ -76,6 +76,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+selected:
+  description: The services this host runs (from O(services), else its inventory groups), in start order.
+  returned: always
+  type: list
+  elements: str
 project:
   description: The stack's project name.
   returned: always

@@ -99,8 +99,11 @@ def test_stack_mode_discovers_as_stack_info_does_and_checks_the_same(shared_stac
     # startup.yml rely on it) - the same names stack_info finds, the same checks as with explicit
     # targets, container checks read from the Engine API.
     vars_ = shared_stack.vars["ner11_stack"]
-    info = run_module("ner11.ops.stack_info", {"stack": vars_})
-    assert not info.get("failed"), info.get("msg")
+    # stack_info's four steps (it reads only): check, apply, check, apply - the same answer, no change.
+    runs = [run_module("ner11.ops.stack_info", {"stack": vars_}, check=check) for check in (True, False, True, False)]
+    assert not any(r.get("failed") or r["changed"] for r in runs), [r.get("msg") for r in runs]
+    assert len({json.dumps({k: r[k] for k in ("containers", "running", "missing")}, sort_keys=True) for r in runs}) == 1
+    info = runs[-1]
     res = run_module(MODULE, {"stack": vars_, "check_timeout": 15, "latency_warn_ms": 2000, "fail_on": "never"})
     assert not res.get("failed"), explain(res)
     found = res["discovered"]["found"]
@@ -198,6 +201,10 @@ def test_the_ledger_option_records_the_run_and_says_when_it_cannot(tmp_path):
     (line,) = ledger_lines(path)
     assert line == res["ledger"]["line"] and line["status"] == "ok" and line["results"]["health"] == res["status"]
     assert secret not in json.dumps(res) and mode(path) == 0o600
+    # Check again after the apply: no change, nothing appended (the last of the four steps, an apply
+    # again, is the only_if_final run below: no change, its own line).
+    res = run_module(MODULE, args, check=True)
+    assert not res.get("failed") and not res["changed"] and len(ledger_lines(path)) == 1, res
     # only_if_final (startup.yml's pre-flight): a check that is not the host's whole run - here it
     # fails (every disk over its floor) - writes nothing and returns no line; one that is, writes.
     final = dict(args["ledger"], only_if_final=True)
@@ -205,7 +212,7 @@ def test_the_ledger_option_records_the_run_and_says_when_it_cannot(tmp_path):
     assert not res.get("failed") and res["status"] == "fail" and res["final"] is False and "ledger" not in res, res
     assert len(ledger_lines(path)) == 1
     res = run_module(MODULE, dict(args, ledger=final))
-    assert res["status"] != "fail" and res["final"] is True, res
+    assert res["status"] != "fail" and res["final"] is True and not res["changed"], res
     assert res["ledger"]["bytes"] > 0 and len(ledger_lines(path)) == 2, res
     # A place it cannot write: the host fails with the ledger's cause and fix, the health result kept.
     blocker = tmp_path / "file"

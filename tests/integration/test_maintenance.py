@@ -370,6 +370,18 @@ def test_log_limits_and_shm_size_reach_the_containers_and_a_parallel_index_build
     assert out.splitlines()[-1] in ("200000", "DROP TABLE") or "200000" in out
 
 
+def test_run_ledger_four_steps(tmp_path):
+    # An audit record, not managed state: never a change; check mode writes nothing; every apply
+    # records its own run (one line each).
+    path = str(tmp_path / "led" / "ledger.jsonl")
+    args = {"path": path, "playbook": "backup", "host": "localhost", "status": "changed", "backup_ids": ["db-1"]}
+    for check, lines in ((True, 0), (False, 1), (True, 1), (False, 2)):
+        res = run_module("ner11.ops.run_ledger", args, check=check)
+        assert not res.get("failed") and res["changed"] is False and res["line"]["backup_ids"] == ["db-1"], res
+        assert (res["bytes"] > 0) is not check, res
+        assert (len(open(path).read().splitlines()) if os.path.exists(path) else 0) == lines, (check, lines)
+
+
 def test_run_ledger_module_fallback_gets_the_same_play_context(tmp_path):
     # A host where the one-command append cannot run (here an interpreter wrapper that refuses the
     # command's -S; modules still run): the action plugin hands the line to the module, with the
