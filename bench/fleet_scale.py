@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Fleet scale: idempotent startup.yml and health.yml at 1, 10 and 50 inventory hosts (issue 14).
 
-Not a test and not in ``make test`` or ``make bench``; it prints one markdown section (the lead pastes
-it into bench/RESULTS.md after a run on a quiet machine). Every figure comes from this run.
+Not a test and not in ``make test``. ``make bench`` (bench/run.py) runs it with ``--reps 5 --variants
+cfg,standin``; it prints its markdown section and writes it as "## Fleet scale" of bench/RESULTS.md
+(``--print-only``: print it, write nothing). Every figure comes from this run.
 
 What the hosts are: every inventory host is an alias of localhost (``fleet-hNN``,
 ``ansible_connection: local``, the venv's Python) pointing at ONE real bench stack on this machine
@@ -57,7 +58,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import BIN, ROOT, bench_stack, load, median, run_playbook, timed  # noqa: E402
+from benchlib import BIN, ROOT, bench_stack, load, median, run_playbook, timed, write_section  # noqa: E402
 from standin_interpreter import write_wrapper  # noqa: E402
 
 # The integration tests' floors (tests/integration/test_startup.py): small CI machines.
@@ -312,6 +313,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="repetitions of every run (default 3)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of %s" % ",".join(VARIANTS))
     ap.add_argument("--keep", action="store_true", help="keep the bench stack")
+    ap.add_argument("--print-only", action="store_true", help="print the section, do not write bench/RESULTS.md")
     args = ap.parse_args()
     counts = sorted(int(n) for n in args.hosts.split(","))
     variants = args.variants.split(",")
@@ -323,8 +325,10 @@ def main():
     with bench_stack("bfleet", args.keep) as (stack, work):
         out = run(stack, work, counts, args.reps, variants)
         loads.append(load())
-        lines = ["## Fleet scale", ""] + section_lines(out, counts, args.reps, variants, loads, argv, stack.project)
-        print("\n".join(lines))
+        lines = section_lines(out, counts, args.reps, variants, loads, argv, stack.project)
+        print("\n".join(["## Fleet scale", ""] + lines))
+        if not args.print_only:
+            write_section("Fleet scale", lines)
 
 
 if __name__ == "__main__":

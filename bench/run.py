@@ -5,12 +5,13 @@ Deploys a dedicated bench stack (project ``bench<hex>``, free ports, labelled), 
 the databases (bench/datagen.py), runs bench/backup_restore.py per size and
 bench/playbook_overhead.py, writes the sections "## Backup and restore" and
 "## Playbook overhead" of bench/RESULTS.md (other sections, e.g. "## Health check", are
-kept), and removes the stack and its data. bench/health_bench.py (the health section) and
-bench/dr_startup.py (the DR/startup section, its own stack) run too unless ``--skip-health`` /
-``--skip-dr``.
+kept), and removes the stack and its data. Then, each on its own stack and writing its own
+section: bench/health_bench.py, bench/dr_startup.py, bench/maintenance_bench.py (``--scale 50 -n
+3``) and bench/fleet_scale.py (``--reps 5 --variants cfg,standin``), unless ``--skip-health``,
+``--skip-dr``, ``--skip-maintenance`` or ``--skip-fleet``.
 
-    .venv/bin/python bench/run.py                     # 100 MB (2 reps) + 1 GB (1 rep) + overhead (1 host, 5 reps)
-    .venv/bin/python bench/run.py --smoke             # scale 1, 1 rep, 1/2 hosts; writes bench/data/RESULTS.smoke.md
+    .venv/bin/python bench/run.py                     # every section, with the published options
+    .venv/bin/python bench/run.py --smoke             # scale 1, 1 rep, 1/2 hosts, no maintenance/fleet; bench/data/RESULTS.smoke.md
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def parse():
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-health", action="store_true", help="do not run bench/health_bench.py")
     ap.add_argument("--skip-dr", action="store_true", help="do not run bench/dr_startup.py")
+    ap.add_argument("--skip-maintenance", action="store_true", help="do not run bench/maintenance_bench.py")
+    ap.add_argument("--skip-fleet", action="store_true", help="do not run bench/fleet_scale.py")
     ap.add_argument("--max-load", type=float, default=4.0, help="wait while the 1-minute load is above this")
     ap.add_argument("--wait-minutes", type=int, default=30, help="longest wait for the load to drop")
     ap.add_argument("--smoke", action="store_true", help="scale 1, 1 rep, hosts 1,2; results to bench/data/")
@@ -58,6 +61,7 @@ def parse():
     args = ap.parse_args()
     if args.smoke:
         args.sizes, args.reps_small, args.reps_large, args.hosts, args.overhead_reps = "smoke", 1, 1, "1,2", 1
+        args.skip_maintenance = args.skip_fleet = True
         args.skip_health, args.skip_dr, args.max_load = True, True, 1000
     return args
 
@@ -149,11 +153,19 @@ def main():
         rc = subprocess.run([sys.executable, os.path.join(benchlib.ROOT, "bench", "health_bench.py")]).returncode
         if rc != 0:
             log("health_bench.py failed rc=%d (its section of RESULTS.md is unchanged)" % rc)
-    if not args.skip_dr:
-        log("bench/dr_startup.py")
-        rc = subprocess.run([sys.executable, os.path.join(benchlib.ROOT, "bench", "dr_startup.py")]).returncode
+    # The other benches, each on its own stack, with the options of their published sections.
+    others = [
+        (args.skip_dr, ["dr_startup.py"]),
+        (args.skip_maintenance, ["maintenance_bench.py", "--scale", "50", "-n", "3"]),
+        (args.skip_fleet, ["fleet_scale.py", "--reps", "5", "--variants", "cfg,standin"]),
+    ]
+    for skip, argv in others:
+        if skip:
+            continue
+        log("bench/%s" % " ".join(argv))
+        rc = subprocess.run([sys.executable, os.path.join(benchlib.ROOT, "bench", argv[0])] + argv[1:]).returncode
         if rc != 0:
-            log("dr_startup.py failed rc=%d (its section of RESULTS.md is unchanged)" % rc)
+            log("%s failed rc=%d (its section of RESULTS.md is unchanged)" % (argv[0], rc))
     log("results: %s" % results)
 
 
