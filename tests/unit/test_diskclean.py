@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import time
 
 import pytest
@@ -202,3 +204,179 @@ def test_docker_actions_skipped_when_the_data_root_is_elsewhere(tree):
     )
     assert "on another filesystem" in out["actions"]["stopped_containers"]["skipped"]
     assert out["changed"] is False
+
+
+# -- protected trees: PostgreSQL data, backups, Docker's data root (never entered, whatever the roots) --
+
+
+def protected_trees(base, docker=False):
+    """Under ``base``: a PG data dir, a backup entry, a backup being written and one being deleted
+    (and a docker-root stand-in), each with old files named like rotated logs. Their paths."""
+    base = str(base)
+    make(base + "/pgdata/PG_VERSION", 3, 400)
+    make(base + "/pgdata/base/1/1234.1", 8192, 90)  # a table segment
+    make(base + "/pgdata/pg_wal/000000010000000000000001", 8192, 90)
+    make(base + "/backups/database/20260101T000000Z/manifest.json", 100, 90)
+    make(base + "/backups/database/20260101T000000Z/dump/3456.dat.gz", 8192, 90)  # directory-dump member
+    make(base + "/backups/database/20260101T000000Z/x.sql.gz", 8192, 90)  # plain dump
+    make(base + "/backups/database/.partial-20260102T000000Z/dump/3457.dat.gz", 8192, 90)
+    make(base + "/backups/database/.deleting-20251201T000000Z/x.sql.gz", 8192, 90)
+    out = [
+        base + "/backups/database/.deleting-20251201T000000Z",
+        base + "/backups/database/.partial-20260102T000000Z",
+        base + "/backups/database/20260101T000000Z",
+        base + "/pgdata",
+    ]
+    if docker:
+        make(base + "/docker/volumes/v1/_data/app.log.1", 8192, 90)  # inside a volume
+        make(base + "/docker/overlay2/abc/diff/var/log/syslog.2.gz", 8192, 90)  # a container filesystem
+        out.insert(0, base + "/docker")
+    return out
+
+
+def all_files(root):
+    return sorted(os.path.join(d, f) for d, _s, files in os.walk(str(root)) for f in files)
+
+
+def protected_of(out):
+    return sorted(p["item"] for a in out["actions"].values() for p in a.get("protected", []))
+
+
+@pytest.mark.parametrize("check_mode", [True, False], ids=["check", "apply"])
+@pytest.mark.parametrize("docker_side", ["log", "tmp"])
+def test_protected_trees_are_never_candidates_and_are_reported(tree, check_mode, docker_side):
+    expected = protected_trees(tree / "log", docker_side == "log") + protected_trees(tree / "tmp", docker_side == "tmp")
+    docker_root = str(tree / docker_side / "docker")
+    files = all_files(tree)
+    out = D.run(
+        params(tree, target_free_percent=99),
+        check_mode=check_mode,
+        now=NOW,
+        stat_fn=Disk(str(tree)),
+        docker_root=docker_root,
+    )
+    assert out["docker_data_root"] == docker_root
+    items = [c["item"] for a in out["actions"].values() for c in a["candidates"]]
+    # the ordinary candidates only, as without the protected trees
+    assert items == [str(tree / "tmp" / "scratch.bin"), str(tree / "log" / "api.log.2.gz"), str(tree / "log" / "api.log.1")]
+    assert out["changed"] is True
+    assert protected_of(out) == sorted(expected)
+    why = {p["item"]: p["why"] for a in out["actions"].values() for p in a["protected"]}
+    assert "PostgreSQL data directory (holds PG_VERSION)" in why[str(tree / "log" / "pgdata")]
+    assert "a backup (holds manifest.json)" in why[str(tree / "tmp" / "backups/database/20260101T000000Z")]
+    assert "backup being written or deleted (.partial-*)" in why[str(tree / "log" / "backups/database/.partial-20260102T000000Z")]
+    assert "Docker's data root" in why[docker_root]
+    gone = set(files) - set(all_files(tree))
+    assert gone == (set() if check_mode else set(items))
+
+
+def test_the_engines_data_root_and_a_root_inside_it(tree):
+    expected = protected_trees(tree / "log", docker=True)
+    runner = FakeDocker(str(tree / "log" / "docker"))  # docker info answers the stand-in
+    volume = str(tree / "log" / "docker" / "volumes" / "v1" / "_data")
+    out = D.run(
+        params(tree, target_free_percent=99, actions=["rotated_logs"], log_paths=[str(tree / "log"), volume]),
+        check_mode=False,
+        runner=runner,
+        now=NOW,
+        stat_fn=Disk(str(tree)),
+    )
+    assert ["info", "--format", "{{.DockerRootDir}}"] in runner.calls
+    assert out["docker_data_root"] == str(tree / "log" / "docker")
+    assert protected_of(out) == sorted(expected)  # the volume root is reported as inside the data root
+    assert [c["item"] for c in out["actions"]["rotated_logs"]["candidates"]] == [
+        str(tree / "log" / "api.log.2.gz"),
+        str(tree / "log" / "api.log.1"),
+    ]
+    assert os.path.exists(volume + "/app.log.1")
+
+
+def test_a_root_inside_a_protected_tree_is_not_walked(tree):
+    protected_trees(tree / "log")
+    pg = tree / "log" / "pgdata"
+    out = D.run(
+        params(
+            tree,
+            target_free_percent=99,
+            log_paths=[str(pg / "base"), str(tree / "log" / "backups/database/20260101T000000Z/dump")],
+            tmp_paths=[str(pg)],
+        ),
+        check_mode=False,
+        now=NOW,
+        stat_fn=Disk(str(tree)),
+        docker_root=str(tree / "nowhere"),
+    )
+    assert out["changed"] is False and out["freed_bytes"] == 0
+    assert [p["item"] for p in out["actions"]["tmp_files"]["protected"]] == [str(pg)]
+    assert sorted(p["item"] for p in out["actions"]["rotated_logs"]["protected"]) == [
+        str(tree / "log" / "backups/database/20260101T000000Z"),
+        str(pg),
+    ]
+    assert os.path.exists(pg / "base/1/1234.1")
+
+
+def test_without_a_docker_client_the_default_data_root_is_assumed(tree):
+    def runner(argv, **kwargs):  # a real attempt to run a client that does not exist
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    out = D.run(
+        params(tree, docker_cli=str(tree / "no-such-docker")), check_mode=True, runner=runner, now=NOW, stat_fn=Disk(str(tree))
+    )
+    assert out["docker_data_root"] == D.DOCKER_ROOT
+    with pytest.raises(D.CleanupError, match="cannot run the docker client .*no-such-docker.*set docker_cli"):
+        D.run(
+            params(tree, docker_cli=str(tree / "no-such-docker"), actions=["stopped_containers"], target_free_percent=99),
+            check_mode=True,
+            runner=runner,
+            stat_fn=Disk(str(tree)),
+        )
+
+
+def test_a_removal_that_fails_is_no_change_and_names_the_file(tree):
+    victim = str(tree / "tmp" / "scratch.bin")
+    if os.geteuid() == 0:  # root ignores permissions: an immutable file (ext4, xfs, btrfs, tmpfs)
+        lock, unlock = ["chattr", "+i", victim], ["chattr", "-i", victim]
+    else:
+        lock, unlock = ["chmod", "0500", str(tree / "tmp")], ["chmod", "0700", str(tree / "tmp")]
+    proc = subprocess.run(lock, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip("cannot make %s undeletable here: %s" % (victim, proc.stderr.strip()))
+    try:
+        plan = D.run(params(tree, actions=["tmp_files"]), check_mode=True, now=NOW, stat_fn=Disk(str(tree)))
+        out = D.run(params(tree, actions=["tmp_files"]), check_mode=False, now=NOW, stat_fn=Disk(str(tree)))
+    finally:
+        subprocess.run(unlock, check=True)
+    assert plan["changed"] is True  # would remove it
+    assert out["changed"] is False and out["freed_bytes"] == 0
+    assert out["actions"]["tmp_files"]["candidates"] == []
+    [error] = out["actions"]["tmp_files"]["errors"]
+    assert error.startswith("could not remove %s (tmp_files): Operation not permitted" % victim) or ("Permission denied" in error)
+    assert "become: true" in error and os.path.exists(victim)
+
+
+def test_a_file_replaced_after_the_plan_is_not_removed(tree):
+    device = os.stat(str(tree)).st_dev
+    [item] = D.file_candidates("tmp_files", [str(tree / "tmp")], 7, device, [], NOW)
+    os.rename(make(item["item"] + ".new", 10, 30), item["item"])  # same name, another file (inode)
+    with pytest.raises(OSError) as exc:
+        D.remove("tmp_files", item, None)
+    assert "replaced since the plan" in str(exc.value) and os.path.exists(item["item"])
+    assert "run the cleanup again" in D.removal_error("tmp_files", item, exc.value)
+    # the directory swapped for a symlink to another tree is not followed
+    os.rename(str(tree / "tmp"), str(tree / "elsewhere"))
+    os.symlink(str(tree / "elsewhere"), str(tree / "tmp"))
+    with pytest.raises(OSError):
+        D.remove("tmp_files", item, None)
+    assert os.path.exists(tree / "elsewhere" / "scratch.bin")
+
+
+def test_messages_name_no_gap_codes(tree):
+    out = D.run(params(tree, target_free_percent=99), check_mode=True, now=NOW, stat_fn=Disk(str(tree)))
+    text = json.dumps(out)
+    for bad in ({"path": "relative"}, {"target_free_percent": 0}, {"actions": ["volumes"]}, {"tmp_paths": ["/"]}):
+        with pytest.raises(D.CleanupError) as exc:
+            D.validate(params(tree, **bad))
+        text += str(exc.value)
+    assert not re.search(r"\bG[0-9]{1,2}\b", text)
+    assert not re.search(r"\bG[0-9]{1,2}\b", D.protected_reason(str(tree)) or "")
