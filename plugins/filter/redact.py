@@ -8,9 +8,9 @@ name: redact
 short_description: Mask secrets in text or data before it is shown or stored
 version_added: 1.0.0
 description:
-- Masks what the run ledger masks (M(ner11.ops.run_ledger)), with the same rule: values under secret-looking
+- "Masks what the run ledger masks (M(ner11.ops.run_ledger)), with the same rule: values under secret-looking
   keys (C(password), C(token), ...), the password of C(scheme://user:password@host) URLs, C(password=...)
-  pairs in free text, and every occurrence of the given secret values.
+  pairs in free text, and every occurrence of the given secret values."
 - Used on container log lines before a task prints them or an incident record keeps them.
 options:
   _input:

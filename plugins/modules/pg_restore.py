@@ -44,7 +44,7 @@ attributes:
       - Returns the plan (backup, databases renamed and dropped, sessions to terminate, tables, repairs, space)
         and writes nothing anywhere; a directory dump is not copied into the container.
       - Every file's checksum is verified as in a real run. A directory dump of a container target is not listed
-        with C(pg_restore --list) in check mode (that needs a sidecar container): RV(toc_entries) is then the count
+        with C(pg_restore --list) in check mode (that needs a sidecar container); RV(toc_entries) is then the count
         its manifest recorded at backup time.
   diff_mode:
     support: none
