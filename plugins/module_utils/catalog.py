@@ -11,6 +11,8 @@ Layout::
         verify.json                             optional: the last backup_verify result (+ history)
         freshness.json                          optional: when unchanged content was confirmed current
     <backup_dir>/<kind>/.partial-<backup_id>/   work in progress: never listed
+    <backup_dir>/<kind>/.deleting-<backup_id>/  a deletion that could not finish: never listed, removed
+                                                by the next cleanup (clean_stale_partials)
     <backup_dir>/<kind>/.lock                   one writer per kind (flock)
 
 A backup becomes visible only after it is complete, fsynced and verified: it is
@@ -30,9 +32,9 @@ period idempotence and RPO work per identity. 1.0.0 manifests already carry
 
 Plain Python: no Ansible import, unit-tested in tests/unit.
 
-Why one file of ~800 lines (issue 11 asks for a reason above ~500): everything here
+Why one file of ~1000 lines (issue 11 asks for a reason above ~500): everything here
 reads or writes the on-disk catalog format and its invariants (publish by rename,
-records beside a backup, pins, the lock); keeping that contract in one place is the
+records beside a backup, pins, the lock, what a damaged manifest or record is); keeping that contract in one place is the
 point. Callers' logic lives elsewhere: retention in ``retention.py``, database dumps
 in ``pgbackup*.py``, restores in ``pgrestore*.py``.
 """
@@ -63,6 +65,7 @@ FRESHNESS = "freshness.json"
 SIDECARS = (PINS, VERIFY_RECORD, FRESHNESS)
 VERIFY_HISTORY = 10
 PARTIAL_PREFIX = ".partial-"
+DELETING_PREFIX = ".deleting-"
 LOCK_FILE = ".lock"
 KINDS = ("database", "models", "config", "volume")
 PERIODS = ("daily", "weekly", "monthly", "manual")
@@ -208,7 +211,9 @@ def identity_key(manifest):
 def effective_keep_until(pins, now=None):
     """The latest ``keep_until`` of the pins (datetime), or None; with ``now``, only pins still active."""
     best = None
-    for pin in pins or []:
+    for pin in pins if isinstance(pins, list) else []:
+        if not isinstance(pin, dict):
+            continue  # a damaged pins.json is reported (and keeps its backup) by Catalog.read_pins
         try:
             until = parse_time(pin.get("keep_until"))
         except CatalogError:
@@ -318,6 +323,12 @@ def atomic_write(path, data, mode=0o600):
     fsync_path(directory)
 
 
+def os_error_message(exc, directory, action="cannot write the backup catalog"):
+    """An OSError (full disk, read-only or foreign directory) in plain words with the path and the fix."""
+    where = exc.filename or directory
+    return "%s: %s: %s; check free space and permissions on %s" % (action, where, exc.strerror or exc, directory)
+
+
 def dump_manifest(manifest):
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
@@ -337,17 +348,23 @@ class Catalog:
 
     # -- paths ---------------------------------------------------------------
     def kind_dir(self, kind, create=False):
+        """``<backup_dir>/<kind>``; with ``create`` it exists and is 0700 afterwards.
+
+        The kind directory belongs to the catalog: it is made 0700 even when it existed
+        with a wider mode. ``backup_dir`` itself may be a shared directory of the user: it
+        is made 0700 only when this code creates it, never changed when it exists.
+        """
         path = os.path.join(self.root, validate_kind(kind))
         if create:
             for directory in (self.root, path):
-                if not os.path.isdir(directory):
-                    try:
+                try:
+                    if not os.path.isdir(directory):
                         os.makedirs(directory, mode=0o700, exist_ok=True)
-                    except OSError as exc:
-                        raise CatalogError(
-                            "cannot create %s: %s; check the path and permissions" % (directory, exc.strerror)
-                        ) from None
-                    os.chmod(directory, 0o700)
+                        os.chmod(directory, 0o700)
+                    elif directory == path and stat.S_IMODE(os.stat(path).st_mode) != 0o700:
+                        os.chmod(path, 0o700)
+                except OSError as exc:
+                    raise CatalogError(os_error_message(exc, directory, "cannot prepare the catalog directory")) from None
         return path
 
     def path(self, kind, backup_id):
@@ -417,7 +434,11 @@ class Catalog:
             shutil.rmtree(partial, ignore_errors=True)
 
     def stale_partials(self, kind, grace_s=3600, now=None):
-        """``.partial-*`` directories older than ``grace_s`` (left by a killed run)."""
+        """``.partial-*`` directories older than ``grace_s`` (left by a killed run), and every ``.deleting-*``.
+
+        A ``.deleting-<id>`` directory is a backup already taken out of the catalog whose
+        removal failed (:meth:`delete`); with the kind's lock held it is always a leftover.
+        """
         directory = self.kind_dir(kind)
         if not os.path.isdir(directory):
             return []
@@ -425,15 +446,22 @@ class Catalog:
         out = []
         for name in sorted(os.listdir(directory)):
             full = os.path.join(directory, name)
-            if name.startswith(PARTIAL_PREFIX) and os.path.isdir(full) and now - os.lstat(full).st_mtime >= grace_s:
+            if not os.path.isdir(full) or os.path.islink(full):
+                continue
+            if name.startswith(DELETING_PREFIX) or (name.startswith(PARTIAL_PREFIX) and now - os.lstat(full).st_mtime >= grace_s):
                 out.append(full)
         return out
 
     def clean_stale_partials(self, kind, grace_s=3600, now=None):
-        """Remove stale partials; call with the kind's lock held."""
-        removed = self.stale_partials(kind, grace_s, now)
-        for full in removed:
+        """Remove stale partials and ``.deleting-*`` leftovers; call with the kind's lock held.
+
+        Returns the paths removed; one that could not be removed stays (and is tried again next time).
+        """
+        removed = []
+        for full in self.stale_partials(kind, grace_s, now):
             shutil.rmtree(full, ignore_errors=True)
+            if not os.path.lexists(full):
+                removed.append(full)
         return removed
 
     # -- reading -------------------------------------------------------------
@@ -490,15 +518,30 @@ class Catalog:
         return found[-1] if found else None
 
     # -- records beside the manifest (pins, verification, freshness) ----------------
-    def read_record(self, kind, backup_id, name):
-        """A record file beside the manifest as a dict; None when absent or unreadable."""
+    def record_status(self, kind, backup_id, name):
+        """(record, problem) of a record file beside the manifest.
+
+        ``(None, None)`` when absent; ``(None, message)`` when it exists but cannot be read,
+        is not JSON or not of the documented shape (:func:`record_problem`); the message
+        names the file, what is wrong and the fix.
+        """
         path = os.path.join(self.path(kind, backup_id), name)
         try:
             with open(path, "rb") as fh:
                 data = json.loads(fh.read().decode("utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError) as exc:
+            problem = str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+        else:
+            problem = record_problem(name, data)
+            if problem is None:
+                return data, None
+        return None, "%s of %s is unreadable: fix or remove it (%s: %s)" % (name, backup_id, path, problem)
+
+    def read_record(self, kind, backup_id, name):
+        """A record file beside the manifest as a dict; None when absent, unreadable or of the wrong shape."""
+        return self.record_status(kind, backup_id, name)[0]
 
     def write_record(self, kind, backup_id, name, data):
         if name not in SIDECARS:
@@ -506,10 +549,19 @@ class Catalog:
         final = self.path(kind, backup_id)
         if not os.path.isfile(os.path.join(final, MANIFEST)):
             raise CatalogError("backup %s/%s not found in %s; list the catalog for valid ids" % (kind, backup_id, self.root))
-        atomic_write(os.path.join(final, name), dump_manifest(data))
+        try:
+            atomic_write(os.path.join(final, name), dump_manifest(data))
+        except OSError as exc:
+            raise CatalogError(os_error_message(exc, final, "cannot write %s of %s" % (name, backup_id))) from None
+
+    def read_pins(self, kind, backup_id):
+        """(pins, problem): the pins, or ``([], message)`` when ``pins.json`` is damaged (that backup must be kept)."""
+        data, problem = self.record_status(kind, backup_id, PINS)
+        return (list(data["pins"]) if data else []), problem
 
     def pins(self, kind, backup_id):
-        return list((self.read_record(kind, backup_id, PINS) or {}).get("pins") or [])
+        """The pins of a backup for reports ([] when none, or when ``pins.json`` is damaged: see :meth:`read_pins`)."""
+        return self.read_pins(kind, backup_id)[0]
 
     def verification(self, kind, backup_id):
         return self.read_record(kind, backup_id, VERIFY_RECORD)
@@ -529,7 +581,9 @@ class Catalog:
         pin of ``reason`` (every pin when ``reason`` is empty).
         """
         manifest = self.read_manifest(kind, backup_id)
-        before = self.pins(kind, backup_id)
+        before, problem = self.read_pins(kind, backup_id)
+        if problem:
+            raise CatalogError(problem + "; pinning never overwrites it, and backup_prune keeps the backup meanwhile")
         reason = (reason or "").strip()
         if state == "absent":
             after = [p for p in before if reason and p.get("reason") != reason]
@@ -560,7 +614,7 @@ class Catalog:
 
     def record_verification(self, kind, backup_id, status, checks, errors, now=None):
         """Keep a backup_verify result beside the backup (the previous ones in ``history``)."""
-        previous = self.verification(kind, backup_id) or {}
+        previous = self.verification(kind, backup_id) or {}  # a damaged verify.json starts a new history
         history = list(previous.get("history") or [])
         if previous.get("verified_at"):
             history.insert(0, {k: previous.get(k) for k in ("verified_at", "status", "errors")})
@@ -576,7 +630,7 @@ class Catalog:
 
     def record_freshness(self, kind, backup_id, content_sha256, source_host, now=None, period=None):
         """An unchanged source was confirmed equal to this backup at ``now`` (an audit entry, not a change)."""
-        previous = self.freshness(kind, backup_id) or {}
+        previous = self.freshness(kind, backup_id) or {}  # a damaged freshness.json starts counting again
         record = {
             "confirmed_at": isoformat(now or utcnow()),
             "content_sha256": content_sha256,
@@ -592,17 +646,22 @@ class Catalog:
 
         Dicts with ``backup_id``, ``manifest`` (or None), ``error``, ``identity``,
         ``state`` (``good`` / ``failed`` / ``unverified``), ``pins``,
-        ``verification``, ``freshness``.
+        ``verification``, ``freshness`` and ``damaged`` (record file name to the message
+        of :meth:`record_status`: such a record counts as absent, except that a damaged
+        ``pins.json`` keeps its backup).
         """
         out = []
         for backup_id, manifest, error in self.entries(kind):
             rec = {"backup_id": backup_id, "manifest": manifest, "error": error, "identity": None, "pins": [],
-                   "verification": None, "freshness": None, "state": "unverified"}  # fmt: skip
+                   "verification": None, "freshness": None, "state": "unverified", "damaged": {}}  # fmt: skip
             if manifest is not None:
                 rec["identity"] = source_identity(manifest)
-                rec["pins"] = self.pins(kind, backup_id)
-                rec["verification"] = self.verification(kind, backup_id)
-                rec["freshness"] = self.freshness(kind, backup_id)
+                for name, key in ((PINS, "pins"), (VERIFY_RECORD, "verification"), (FRESHNESS, "freshness")):
+                    data, problem = self.record_status(kind, backup_id, name)
+                    rec[key] = data
+                    if problem:
+                        rec["damaged"][name] = "%s; %s" % (problem, _RECORD_MEANWHILE[name])
+                rec["pins"] = list(rec["pins"]["pins"]) if rec["pins"] else []
                 if manifest.get("status") == "verified":
                     failed = rec["verification"] and rec["verification"].get("status") == "failed"
                     rec["state"] = "failed" if failed else "good"
@@ -643,11 +702,85 @@ class Catalog:
         return errors
 
     def delete(self, kind, backup_id):
-        """Remove a published backup: rename it out of sight first, then delete."""
+        """Remove a published backup: rename it out of sight first, then delete.
+
+        When the files cannot be removed the backup is already out of the catalog: the
+        CatalogError says where its remains are; the next :meth:`clean_stale_partials`
+        (every backup and prune run, under the kind's lock) tries again.
+        """
         final = self.path(kind, backup_id)
-        doomed = os.path.join(os.path.dirname(final), ".deleting-" + backup_id)
-        os.rename(final, doomed)
-        shutil.rmtree(doomed)
+        doomed = os.path.join(os.path.dirname(final), DELETING_PREFIX + backup_id)
+        try:
+            os.rename(final, doomed)
+        except OSError as exc:
+            raise CatalogError(os_error_message(exc, os.path.dirname(final), "cannot delete backup %s" % backup_id)) from None
+        try:
+            shutil.rmtree(doomed)
+        except OSError as exc:
+            raise CatalogError(
+                "backup %s is out of the catalog but its files could not be removed (%s: %s); they still use disk "
+                "in %s: check permissions and remove it (rm -rf %s), or the next backup or backup_prune run of %s "
+                "removes it" % (backup_id, exc.filename or doomed, exc.strerror or exc, doomed, doomed, kind)
+            ) from None
+
+
+_RECORD_MEANWHILE = {
+    PINS: "until then the backup is kept (never pruned)",
+    VERIFY_RECORD: "until then no verification result counts as recorded (run backup_verify to write a new one)",
+    FRESHNESS: "until then the backup's content counts as not confirmed current",
+}
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_str_list(value):
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _pins_problem(data):
+    pins = data.get("pins")
+    if not isinstance(pins, list):
+        return 'expected {"pins": [{"reason": ..., "keep_until": ...}, ...]}'
+    for pin in pins:
+        if not isinstance(pin, dict) or not isinstance(pin.get("reason"), str):
+            return "a pin is not an object with a text reason: %r" % (pin,)
+        try:
+            parse_time(pin.get("keep_until"))
+        except CatalogError:
+            return "keep_until %r of pin %r is not a UTC time like 2026-12-31T00:00:00Z" % (pin.get("keep_until"), pin["reason"])
+    return None
+
+
+def _verify_problem(data):
+    if not isinstance(data.get("verified_at"), str) or not isinstance(data.get("status"), str):
+        return "verified_at and status must be text"
+    for key in ("checks", "errors"):
+        if not isinstance(data.get(key, []), list):
+            return "%s must be a list" % key
+    history = data.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        return "history must be a list of objects"
+    return None
+
+
+def _freshness_problem(data):
+    if not isinstance(data.get("confirmed_at"), str):
+        return "confirmed_at must be text"
+    if not _is_int(data.get("confirmations", 0)) or data.get("confirmations", 0) < 0:
+        return "confirmations must be a whole number"
+    for key in ("content_sha256", "period", "source_host"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return "%s must be text" % key
+    return None
+
+
+def record_problem(name, data):
+    """What is wrong with the parsed JSON of record file ``name`` (None when it has the documented shape)."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    return {PINS: _pins_problem, VERIFY_RECORD: _verify_problem, FRESHNESS: _freshness_problem}[name](data)
 
 
 def _lookup(manifest, key):
@@ -672,12 +805,7 @@ def manifest_problems(manifest, kind=None, backup_id=None):
         problems.append("backup_id is %r but the directory is %r" % (manifest.get("backup_id"), backup_id))
     files = manifest.get("files")
     if isinstance(files, list):
-        for entry in files:
-            if not isinstance(entry, dict) or not {"path", "size", "sha256"} <= set(entry):
-                problems.append("a files entry lacks path/size/sha256")
-                break
-            if entry["path"].startswith("/") or ".." in entry["path"].split("/"):
-                problems.append("file path %r escapes the backup" % entry["path"])
+        problems += _files_problems(files)
     elif "files" in manifest:
         problems.append("files is not a list")
     if "created_at" in manifest:
@@ -685,7 +813,64 @@ def manifest_problems(manifest, kind=None, backup_id=None):
             parse_time(manifest["created_at"])
         except CatalogError as exc:
             problems.append(str(exc))
+    source = manifest.get("source")
+    if source is not None and not isinstance(source, dict):
+        problems.append("source is not an object")
+    problems += _type_problems(manifest, _MANIFEST_TYPES, "")
+    if isinstance(source, dict):
+        problems += _type_problems(source, _SOURCE_TYPES, "source.")
     return problems
+
+
+def _files_problems(files):
+    for entry in files:
+        if not isinstance(entry, dict) or not {"path", "size", "sha256"} <= set(entry):
+            return ["a files entry lacks path/size/sha256"]
+        path, size = entry["path"], entry["size"]
+        if not isinstance(path, str) or not path or not isinstance(entry["sha256"], str) or not _is_int(size) or size < 0:
+            return ["files entry %r: path and sha256 must be text, size a whole number of bytes" % (entry,)]
+        if path.startswith("/") or ".." in path.split("/"):
+            return ["file path %r escapes the backup" % path]
+    return []
+
+
+# What readers of a manifest rely on (docs/backup-catalog.md); None (or absent) is always allowed.
+_TEXT, _INT, _NUMBER, _TEXTS, _OBJECTS = "text", "a whole number", "a number", "a list of texts", "a list of objects"
+_COUNTS = "an object of row counts"
+_MANIFEST_TYPES = dict(
+    {k: _TEXT for k in ("backup_id", "kind", "status", "schema", "completed_at", "period", "period_key", "sha256",
+                        "content_sha256", "format", "compression", "artifact", "dump_path", "globals", "client_image",
+                        "pg_dump_version", "scope")},
+    **{k: _INT for k in ("size_bytes", "toc_entries", "jobs", "db_size_bytes", "file_count", "content_bytes")},
+    duration_s=_NUMBER, canary_tables=_TEXTS, tables=_TEXTS, excludes=_TEXTS, row_counts=_COUNTS, row_counts_after=_COUNTS,
+    contents=_OBJECTS,
+)  # fmt: skip
+_SOURCE_TYPES = dict(
+    {k: _TEXT for k in ("host", "instance", "volume", "container", "path", "login_host", "db_name", "machine")},
+    paths=_TEXTS, db_size_bytes=_INT,
+)  # fmt: skip
+
+
+def _has_type(value, expected):
+    if expected == _TEXT:
+        return isinstance(value, str)
+    if expected == _INT:
+        return _is_int(value)
+    if expected == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected == _TEXTS:
+        return _is_str_list(value)
+    if expected == _OBJECTS:
+        return isinstance(value, list) and all(isinstance(v, dict) for v in value)
+    return isinstance(value, dict) and all(v is None or _is_int(v) for v in value.values())
+
+
+def _type_problems(data, types, prefix):
+    return [
+        "%s%s is %r, expected %s" % (prefix, key, data[key], expected)
+        for key, expected in sorted(types.items())
+        if data.get(key) is not None and not _has_type(data[key], expected)
+    ]
 
 
 class _KindLock:
@@ -699,7 +884,10 @@ class _KindLock:
         self.fd = None
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CatalogError(os_error_message(exc, os.path.dirname(self.path), "cannot open the catalog lock")) from None
         deadline = time.monotonic() + (self.timeout or 0)
         while True:
             try:

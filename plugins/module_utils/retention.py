@@ -14,7 +14,10 @@ catalog.source_identity), so one volume's backups never count for another's:
   that have one, and the ``keep_min`` newest scheduled ones,
 * manual backups by their own rule: younger than ``keep_manual_days`` (they
   never fill or consume a calendar tier),
-* every backup pinned (``pins.json``) until a time still in the future.
+* every backup pinned (``pins.json``) until a time still in the future,
+* every backup whose ``pins.json`` is damaged (unreadable, not the documented shape,
+  a ``keep_until`` that is not a UTC time): the pin cannot be judged, so the backup
+  is kept and the damage reported until a human fixes or removes the file.
 
 Good: published as verified and not failed by a recorded verification. A
 failed backup never fills a tier (an older good one keeps the slot) and is
@@ -27,6 +30,9 @@ Plain Python: no Ansible import, unit-tested (with hypothesis) in tests/unit.
 from __future__ import annotations
 
 import datetime
+import os
+
+from ansible_collections.ner11.ops.plugins.module_utils.catalog import CatalogError
 
 POLICY_KEYS = ("keep_daily", "keep_weekly", "keep_monthly", "keep_min", "keep_manual_days")
 
@@ -79,8 +85,9 @@ def plan(entries, keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1, keep
     catalog timestamp) and ``verified`` (bool); optionally ``failed`` (a recorded
     verification failed), ``identity`` (the source identity key; one group when
     absent), ``period`` (``manual`` has its own rule), ``keep_until`` (datetime or
-    timestamp of the latest pin) and ``size_bytes``. ``now`` (default: the
-    current time) judges pins and the manual rule.
+    timestamp of the latest pin), ``hold`` (a reason to keep it whatever the
+    policy says, e.g. its pins cannot be read) and ``size_bytes``. ``now``
+    (default: the current time) judges pins and the manual rule.
 
     Returns ``{"kept": {id: [reasons]}, "deleted": [ids newest first],
     "unverified": [ids], "failed_backups": [ids], "identities": {key: summary}}``.
@@ -88,6 +95,7 @@ def plan(entries, keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1, keep
     policy = validate_policy(keep_daily, keep_weekly, keep_monthly, keep_min, keep_manual_days)
     now = _as_datetime(now) if now is not None else datetime.datetime.now(datetime.timezone.utc)
     groups = {}
+    holds = {}
     unverified, failed = [], []
     seen = set()
     for entry in entries:
@@ -101,6 +109,8 @@ def plan(entries, keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1, keep
         if entry.get("failed"):
             failed.append(backup_id)
             continue
+        if entry.get("hold"):
+            holds[backup_id] = entry["hold"]
         until = entry.get("keep_until")
         groups.setdefault(entry.get("identity") or "", []).append(
             (_as_datetime(entry["created_at"]), backup_id, entry.get("period") or "", _as_datetime(until) if until else None)
@@ -138,6 +148,8 @@ def plan(entries, keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1, keep
                 keep(backup_id, "manual (kept %d days)" % policy["keep_manual_days"])
             if until is not None and until > now:
                 keep(backup_id, "pinned until %s" % until.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            if backup_id in holds:
+                keep(backup_id, holds[backup_id])
         gone = [backup_id for _dt, backup_id, _p, _u in good if backup_id not in kept]
         deleted += gone
         identities[key] = {"newest": good[0][1], "kept": len(good) - len(gone), "deleted": len(gone)}
@@ -153,15 +165,18 @@ def plan(entries, keep_daily=7, keep_weekly=4, keep_monthly=12, keep_min=1, keep
     }
 
 
-def catalog_entries(catalog, kind, db_name=None, source_host=None):
+def catalog_entries(catalog, kind, db_name=None, source_host=None, warnings=None):
     """The ``plan`` entries of one kind of a ``catalog.Catalog`` (+ sizes by id), from its records.
 
     ``db_name`` / ``source_host`` limit the candidates to backups of that
-    database / host (other backups are neither counted nor touched).
+    database / host (other backups are neither counted nor touched). A damaged
+    ``pins.json`` holds its backup (``hold``); every damaged manifest or record of
+    the candidates is appended to ``warnings`` (a list) when given.
     """
     from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
 
     entries, sizes = [], {}
+    warnings = [] if warnings is None else warnings
     for rec in catalog.records(kind):
         manifest = rec["manifest"]
         if manifest is not None:
@@ -170,6 +185,11 @@ def catalog_entries(catalog, kind, db_name=None, source_host=None):
             if source_host and rec["identity"]["host"] != source_host:
                 continue
         until = cat.effective_keep_until(rec["pins"])
+        if rec["error"]:
+            warnings.append(
+                "%s; it is neither counted nor deleted: fix or remove %s" % (rec["error"], catalog.path(kind, rec["backup_id"]))
+            )
+        warnings += [rec["damaged"][name] for name in sorted(rec["damaged"])]
         entries.append(
             {
                 "backup_id": rec["backup_id"],
@@ -179,6 +199,7 @@ def catalog_entries(catalog, kind, db_name=None, source_host=None):
                 "identity": rec["identity"]["key"] if rec["identity"] else None,
                 "period": (manifest or {}).get("period"),
                 "keep_until": until,
+                "hold": rec["damaged"].get(cat.PINS),
             }
         )
         sizes[rec["backup_id"]] = int((manifest or {}).get("size_bytes") or 0)
@@ -188,22 +209,36 @@ def catalog_entries(catalog, kind, db_name=None, source_host=None):
 def prune_catalog(catalog, kind, policy, db_name=None, check_mode=False, lock_timeout=0, source_host=None, now=None):
     """Apply ``plan`` to one kind of a ``catalog.Catalog`` (under the kind's lock unless check mode).
 
-    The same function backup_prune runs; ``now`` is the clock (tests set it).
+    The same function backup_prune runs; ``now`` is the clock (tests set it). Besides
+    the plan, the result has ``damaged`` (damaged entries and records: shown, never
+    deleted), ``cleaned`` (leftovers of earlier interrupted runs removed: ``.deleting-*``,
+    stale ``.partial-*``; in check mode those that would be) and ``delete_errors``
+    (backup id to the message of a deletion that did not finish: the backup is out of
+    the catalog, the message says where its files are; the caller must fail).
     """
 
     def decide():
-        entries, sizes = catalog_entries(catalog, kind, db_name, source_host)
+        warnings = []
+        entries, sizes = catalog_entries(catalog, kind, db_name, source_host, warnings)
         result = plan(entries, now=now, **policy)
         result["freed_bytes"] = sum(sizes[b] for b in result["deleted"])
-        return result
+        result["damaged"] = warnings
+        result["delete_errors"] = {}
+        return result, sizes
 
     if check_mode:
-        result = decide()
-        result["changed"] = bool(result["deleted"])
+        result, _sizes = decide()
+        result["cleaned"] = [os.path.basename(p) for p in catalog.stale_partials(kind)]
+        result["changed"] = bool(result["deleted"] or result["cleaned"])
         return result
     with catalog.lock(kind, wait=lock_timeout > 0, timeout=lock_timeout):
-        result = decide()
+        result, sizes = decide()
+        result["cleaned"] = [os.path.basename(p) for p in catalog.clean_stale_partials(kind)]
         for backup_id in result["deleted"]:
-            catalog.delete(kind, backup_id)
-    result["changed"] = bool(result["deleted"])
+            try:
+                catalog.delete(kind, backup_id)
+            except CatalogError as exc:
+                result["delete_errors"][backup_id] = str(exc)
+                result["freed_bytes"] -= sizes[backup_id]
+    result["changed"] = bool(result["deleted"] or result["cleaned"])
     return result

@@ -16,6 +16,9 @@ description:
   - Pins are kept in C(pins.json) beside the backup's manifest (written atomically, under the kind's catalog lock);
     the manifest and its checksums are never changed (docs/backup-catalog.md).
   - One pin per O(reason) - a maintenance window and a restore can pin the same backup and release it independently.
+  - Fails, without writing, when the backup's C(pins.json) cannot be read (not JSON, not the documented shape, a
+    C(keep_until) that is not a UTC time); M(ner11.ops.backup_prune) keeps such a backup until the file is fixed or
+    removed.
 author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
   - ner11.ops.attributes
@@ -115,7 +118,7 @@ keep_until:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ner11.ops.plugins.module_utils.catalog import Catalog, CatalogError, apply_pin
+from ansible_collections.ner11.ops.plugins.module_utils.catalog import Catalog, CatalogError, apply_pin, os_error_message
 
 
 def main():
@@ -146,6 +149,8 @@ def main():
         )
     except CatalogError as exc:
         module.fail_json(msg=str(exc))
+    except OSError as exc:  # e.g. a full disk or a read-only backup_dir
+        module.fail_json(msg=os_error_message(exc, p["backup_dir"], "backup_pin failed"))
     module.exit_json(**result)
 
 

@@ -21,7 +21,13 @@ description:
   - A backup whose recorded verification failed (M(ner11.ops.backup_verify)) never fills a tier, so an older good
     backup keeps its slot; it is not deleted but reported in RV(failed_backups). Entries without a valid, verified manifest
     are neither counted nor deleted; they are reported in RV(unverified).
-  - Takes the kind's catalog lock, so it never races a running backup.
+  - A backup whose C(pins.json) cannot be read (not JSON, not the documented shape, a C(keep_until) that is not a UTC
+    time) is kept, whatever the policy says, until the file is fixed or removed; the damage is reported in RV(kept)
+    and RV(damaged), and shown as a warning. Damaged manifests and other records are reported the same way.
+  - Takes the kind's catalog lock, so it never races a running backup, and removes what interrupted runs left
+    (C(.deleting-*), C(.partial-*) older than an hour), see RV(cleaned).
+  - Fails when a planned deletion does not finish (RV(delete_errors)); that backup is already out of the catalog and
+    the message says where its files are.
 author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
   - ner11.ops.attributes
@@ -115,11 +121,26 @@ freed_bytes:
   description: Bytes the deleted backups held (from their manifests).
   returned: always
   type: int
+damaged:
+  description: Damaged manifests and record files (C(pins.json), C(verify.json), C(freshness.json)), each with its fix.
+  returned: always
+  type: list
+  elements: str
+cleaned:
+  description: Leftovers of interrupted runs removed (C(.deleting-<id>), stale C(.partial-<id>)); in check mode, those
+    that would be removed.
+  returned: always
+  type: list
+  elements: str
+delete_errors:
+  description: Backup id to the reason its deletion did not finish (the module then fails) and where its files remain.
+  returned: always
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ner11.ops.plugins.module_utils.catalog import Catalog, CatalogError
+from ansible_collections.ner11.ops.plugins.module_utils.catalog import Catalog, CatalogError, os_error_message
 from ansible_collections.ner11.ops.plugins.module_utils.retention import RetentionError, prune_catalog, validate_policy
 
 
@@ -153,6 +174,12 @@ def main():
         )
     except (RetentionError, CatalogError) as exc:
         module.fail_json(msg=str(exc))
+    except OSError as exc:  # e.g. a full disk or a read-only backup_dir
+        module.fail_json(msg=os_error_message(exc, p["backup_dir"], "backup_prune failed"))
+    for warning in result["damaged"]:
+        module.warn(warning)
+    if result["delete_errors"]:
+        module.fail_json(msg="; ".join(result["delete_errors"][b] for b in sorted(result["delete_errors"])), **result)
     module.exit_json(**result)
 
 
