@@ -20,23 +20,57 @@ PG_DATA = "/var/lib/postgresql/data"
 HELPER_LABEL = "io.ner11.helper=artifact"
 # df of the nearest existing directory of "$1" (a restore target that may not exist yet).
 SPACE_SCRIPT = 'd="$1"; while [ ! -e "$d" ] && [ "$d" != / ]; do d=$(dirname "$d"); done; df -P -k "$d"'
+# Swap a tar from stdin into directory $1 (a container path or a helper's volume mount), by
+# rename. When a rename fails partway, the moved entries are put back (the new ones into the
+# staging directory, then the old ones into $1) and the last stderr line says where things are.
 SWAP_SCRIPT = r"""
 set -eu
 d=$1; tag=$2
 s="$d/.ner11-restore-$tag"; o="$d/.ner11-old-$tag"
 mkdir -p "$d"
 rm -rf "$s" "$o"
+for e in "$d"/.ner11-old-*; do
+  [ -e "$e" ] || continue
+  m="$d holds $e, left by an earlier restore whose swap failed: it may be the only copy of the old content."
+  echo "$m Move its entries back into $d (or delete it when the content is not needed), then run again; nothing was changed" >&2
+  exit 4
+done
 mkdir "$s"
 if ! tar -C "$s" -xpf - --numeric-owner; then rm -rf "$s"; echo "extracting the archive into $d failed" >&2; exit 3; fi
+back() {
+  ok=0
+  if [ "$1" = 2 ]; then
+    for e in "$d"/* "$d"/.[!.]* "$d"/..?*; do
+      { [ -e "$e" ] || [ -L "$e" ]; } || continue
+      case "$e" in "$s"|"$o") continue;; esac
+      mv "$e" "$s"/ || ok=1
+    done
+  fi
+  for e in "$o"/* "$o"/.[!.]* "$o"/..?*; do
+    { [ -e "$e" ] || [ -L "$e" ]; } || continue
+    mv "$e" "$d"/ || ok=1
+  done
+  if [ "$ok" = 0 ]; then
+    rm -rf "$s"; rmdir "$o" 2>/dev/null || true
+    m="restoring into $d failed while swapping its entries (see the mv error above); the entries already moved were put back,"
+    echo "$m $d holds its old content again. Fix the cause (for example a mount point or a busy file inside $d) and run again" >&2
+  else
+    m="restoring into $d failed while swapping its entries, and putting them back failed too (see the mv errors above)."
+    m="$m The old content still missing from $d is in $o, the new content not yet moved is in $s."
+    m="$m Move the entries of $o back into $d by hand (remove the new entries of the same name first),"
+    echo "$m delete $s, then run again" >&2
+  fi
+  exit 5
+}
 mkdir "$o"
 for e in "$d"/* "$d"/.[!.]* "$d"/..?*; do
   { [ -e "$e" ] || [ -L "$e" ]; } || continue
   case "$e" in "$s"|"$o") continue;; esac
-  mv "$e" "$o"/
+  mv "$e" "$o"/ || back 1
 done
 for e in "$s"/* "$s"/.[!.]* "$s"/..?*; do
   { [ -e "$e" ] || [ -L "$e" ]; } || continue
-  mv "$e" "$d"/
+  mv "$e" "$d"/ || back 2
 done
 chmod "$(stat -c %a "$s")" "$d"
 chown "$(stat -c %u:%g "$s")" "$d" 2>/dev/null || true

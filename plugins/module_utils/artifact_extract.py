@@ -72,7 +72,9 @@ def host_restore_mirror(tar_path, dest, tag):
     The old directory is kept as ``<dest>.ner11-old-<tag>`` until the new one is
     in place and is removed after; any failure before the swap leaves ``dest``
     untouched. A mount point cannot be renamed: its contents are swapped instead
-    (staging inside it, then one rename per top-level entry).
+    (staging inside it, then one rename per top-level entry; when one of those
+    renames fails, the entries already moved are moved back, newest first, and
+    the error names where the old content is if that fails too).
     """
     dest = os.path.normpath(dest)
     if os.path.isdir(dest) and os.path.ismount(dest):
@@ -94,21 +96,43 @@ def host_restore_mirror(tar_path, dest, tag):
         os.rename(dest, old)
     try:
         os.rename(new, dest)
-    except BaseException:
+    except OSError as exc:
+        cause = "%s (%s)" % (exc.strerror or exc, exc.filename) if exc.filename else str(exc)
         if had_old:
-            os.rename(old, dest)
-        raise
+            try:
+                os.rename(old, dest)
+            except OSError as undo:
+                raise ArtifactError(
+                    "restoring into %s failed at the final rename: %s, and renaming the old directory back failed "
+                    "too (%s). The old content is in %s, the new in %s: rename %s back to %s by hand, delete %s, "
+                    "then run again" % (dest, cause, undo.strerror or undo, old, new, old, dest, new)
+                ) from None
+        shutil.rmtree(new, ignore_errors=True)
+        raise ArtifactError(
+            "restoring into %s failed at the final rename: %s; %s was left as it was. Fix the cause "
+            "(permissions or a mount on %s) and run again" % (dest, cause, dest, os.path.dirname(dest) or "/")
+        ) from None
     if had_old:
         shutil.rmtree(old, ignore_errors=True)
     return "sibling-swap"
 
 
 def _host_swap_contents(tar_path, dest, tag):
-    stage = os.path.join(dest, ".ner11-restore-%s" % tag)
-    old = os.path.join(dest, ".ner11-old-%s" % tag)
+    stage_name, old_name = ".ner11-restore-%s" % tag, ".ner11-old-%s" % tag
+    stage = os.path.join(dest, stage_name)
+    old = os.path.join(dest, old_name)
     for leftover in (stage, old):
         if os.path.lexists(leftover):
             shutil.rmtree(leftover)
+    earlier = sorted(n for n in os.listdir(dest) if n.startswith(".ner11-old-"))
+    if earlier:
+        # A swap that failed and could not be rolled back left the old content there: a mirror
+        # restore would remove it as an extra entry, and it may be the only copy.
+        raise ArtifactError(
+            "%s holds %s, left by an earlier restore whose swap failed: it may be the only copy of the old "
+            "content. Move its entries back into %s (or delete it when the content is not needed), then run "
+            "again; nothing was changed" % (dest, os.path.join(dest, earlier[0]), dest)
+        )
     os.mkdir(stage, 0o700)
     try:
         extract_tar(tar_path, stage)
@@ -116,16 +140,55 @@ def _host_swap_contents(tar_path, dest, tag):
         shutil.rmtree(stage, ignore_errors=True)
         raise
     os.mkdir(old, 0o700)
-    for name in os.listdir(dest):
-        if name not in (os.path.basename(stage), os.path.basename(old)):
-            os.rename(os.path.join(dest, name), os.path.join(old, name))
-    for name in os.listdir(stage):
-        os.rename(os.path.join(stage, name), os.path.join(dest, name))
+    moved_out, moved_in = [], []
+    try:
+        for name in sorted(os.listdir(dest)):
+            if name not in (stage_name, old_name):
+                os.rename(os.path.join(dest, name), os.path.join(old, name))
+                moved_out.append(name)
+        for name in sorted(os.listdir(stage)):
+            os.rename(os.path.join(stage, name), os.path.join(dest, name))
+            moved_in.append(name)
+    except OSError as exc:
+        raise _swap_failed(exc, dest, stage, old, moved_out, moved_in) from None
     st = os.stat(stage)
     os.chmod(dest, stat.S_IMODE(st.st_mode))
     os.rmdir(stage)
     shutil.rmtree(old, ignore_errors=True)
     return "contents-swap"
+
+
+def _swap_failed(exc, dest, stage, old, moved_out, moved_in):
+    """Undo a partial contents swap (best effort, newest move first); the error says where the data is."""
+    cause = "%s (%s)" % (exc.strerror or exc, exc.filename) if exc.filename else str(exc)
+    stuck = []
+    for name in reversed(moved_in):
+        try:
+            os.rename(os.path.join(dest, name), os.path.join(stage, name))
+        except OSError as undo:
+            stuck.append("%s: %s" % (os.path.join(dest, name), undo.strerror or undo))
+    for name in reversed(moved_out):
+        try:
+            os.rename(os.path.join(old, name), os.path.join(dest, name))
+        except OSError as undo:
+            stuck.append("%s: %s" % (os.path.join(old, name), undo.strerror or undo))
+    if not stuck:
+        shutil.rmtree(stage, ignore_errors=True)
+        try:
+            os.rmdir(old)
+        except OSError:
+            pass
+        return ArtifactError(
+            "restoring into %s failed while swapping its entries: %s. The entries already moved were put back, "
+            "%s holds its old content again. Fix the cause (for example a mount point or a busy file inside %s) "
+            "and run again" % (dest, cause, dest, dest)
+        )
+    return ArtifactError(
+        "restoring into %s failed while swapping its entries: %s, and putting them back failed too (%s). "
+        "The old content still missing from %s is in %s, the new content not yet moved is in %s. Move the "
+        "entries of %s back into %s by hand (remove the new entries of the same name first), delete %s, "
+        "then run again" % (dest, cause, "; ".join(stuck[:5]), dest, old, stage, old, dest, stage)
+    )
 
 
 def host_restore_overlay(tar_path, dest, paths):

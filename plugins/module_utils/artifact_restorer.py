@@ -29,6 +29,7 @@ from ansible_collections.ner11.ops.plugins.module_utils.artifact_tar import (
     corrupt_members,
     diff_lines,
     host_entry,
+    is_sensitive,
     list_host_tree,
     plan_needs_confirm,
     restore_plan,
@@ -50,6 +51,8 @@ class ArtifactRestore(ArtifactJob):
         self.warnings = []
         # What this run wrote to the target (reported as changed when it fails afterwards).
         self.touched = []
+        # The target (host path, container path or volume name), once known: named in error messages.
+        self.target_name = None
         if bool(params.get("backup_id")) == bool(params.get("latest")):
             raise ArtifactError("set exactly one of backup_id or latest: true")
         if params.get("backup_id"):
@@ -215,6 +218,7 @@ class ArtifactRestore(ArtifactJob):
         backup_id = manifest["backup_id"]
         self.verify(manifest)
         ttype, name, details = self.target(manifest)
+        self.target_name = name
         if self.kind == "config" and ttype != "host":
             raise ArtifactError("config backups restore to a host directory: set dest (default: the original directory)")
         mode = "overlay" if self.kind == "config" else "mirror"
@@ -248,11 +252,13 @@ class ArtifactRestore(ArtifactJob):
                 raise ArtifactError(plan["space"]["error"])
         if self.diff:
             changed = plan["write"] + plan["replace"] + plan["remove"]
+            # a sensitive backup's file hashes never reach the output: a per-run random key hides them
+            key = os.urandom(32) if manifest.get("sensitive") or is_sensitive(self.kind, contents) else None
             result["diff"] = {
                 "before_header": "%s %s" % (ttype, name),
                 "after_header": "%s/%s" % (self.kind, backup_id),
-                "before": diff_lines(changed, current),
-                "after": diff_lines(changed, contents),
+                "before": diff_lines(changed, current, key),
+                "after": diff_lines(changed, contents, key),
             }
         if plan["identical"] and not force:
             result.update(changed=False, restored=False)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import hmac
 import json
 import os
 import stat
@@ -245,6 +246,39 @@ def files_digest(files):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# -- sensitive backups ---------------------------------------------------------------
+SECRET_DIRS = ("secrets",)
+REDACTED = (
+    "per-file sha256 and content_sha256 are left out of what the module returns for a sensitive backup "
+    "(an unsalted hash of a secret file can be cracked offline); manifest.json on disk (0600) keeps them "
+    "and restores and verification check them there"
+)
+
+
+def is_secret_path(rel):
+    """True for an entry inside a ``secrets`` directory (Docker secrets: the bare password in a file)."""
+    return any(part in SECRET_DIRS for part in rel.split("/")[:-1])
+
+
+def is_sensitive(kind, contents):
+    """A config backup, or any backup holding files under ``secrets/``: its hashes are never returned."""
+    return kind == "config" or any(is_secret_path(e["path"]) for e in contents or () if e.get("type") == "file")
+
+
+def public_manifest(manifest):
+    """The manifest as a module returns it: a sensitive one without per-file sha256 nor ``content_sha256``.
+
+    The caller's dict is not changed (restore and verification read the manifest on disk).
+    """
+    if not (manifest.get("sensitive") or is_sensitive(manifest.get("kind"), manifest.get("contents"))):
+        return manifest
+    out = dict(manifest)
+    out["contents"] = [{k: v for k, v in e.items() if k != "sha256"} for e in manifest.get("contents") or ()]
+    out["content_sha256"] = None
+    out["redacted"] = REDACTED
+    return out
+
+
 def summarize(contents):
     files = [e for e in contents if e["type"] == "file"]
     return {"file_count": len(files), "content_bytes": sum(e["size"] for e in files), "entries": len(contents)}
@@ -279,7 +313,7 @@ def build_manifest(kind, backup_id, source, contents, archive, created_at, compl
         "artifact": archive["path"],
         "contents": contents,
         "content_sha256": content_digest(contents),
-        "sensitive": kind == "config",
+        "sensitive": is_sensitive(kind, contents),
         "restore": {
             "workdir": "the backup directory",
             "placeholders": {"{dest}": "the directory to restore into"},
@@ -340,14 +374,23 @@ def plan_needs_confirm(plan, target):
     return non_empty and bool(plan["replace"] or plan["remove"])
 
 
-def diff_lines(paths, listing):
+def diff_lines(paths, listing, key=None):
+    """``type mode sha256-prefix path`` lines for --diff.
+
+    With ``key`` (a sensitive backup) the prefix is of an HMAC of the file's sha256 under that
+    key instead: equal files still show equal prefixes within one run, but with the key never
+    returned nothing in the output can be checked against a guessed secret.
+    """
     by_path = {e["path"]: e for e in listing or []}
     out = []
     for p in paths:
         e = by_path.get(p)
         if e is None:
             continue
-        tail = e.get("sha256", "")[:12] if e["type"] == "file" else e.get("link", "")
+        digest = e.get("sha256", "")
+        if digest and key is not None:
+            digest = hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
+        tail = digest[:12] if e["type"] == "file" else e.get("link", "")
         out.append("%s %s %s %s" % (e["type"], e["mode"], tail or "-", p))
     return "".join(line + "\n" for line in out)
 

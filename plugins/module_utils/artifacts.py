@@ -37,8 +37,10 @@ from ansible_collections.ner11.ops.plugins.module_utils.artifact_tar import (
     config_root,
     content_digest,
     is_excluded,
+    is_sensitive,
     list_config,
     list_host_tree,
+    public_manifest,
     scan_tar,
     source_instance,
     summarize,
@@ -63,6 +65,29 @@ def _hostname():
     import socket
 
     return socket.gethostname()
+
+
+def os_error_message(exc, what, dirs):
+    """An OSError in plain words: what failed, on which path, and where to look.
+
+    ``dirs`` are the directories the job writes to or reads from (the catalog, the target, its
+    parent), most likely first: the deepest one holding the failing path is named, else the
+    path's own directory, else the first of ``dirs``.
+    """
+    path = getattr(exc, "filename", None)
+    dirs = [os.path.abspath(d) for d in dirs if d]
+    if path:
+        path = os.path.abspath(str(path))
+        holding = [d for d in dirs if path == d or path.startswith(d.rstrip("/") + "/")]
+        where = max(holding, key=len) if holding else os.path.dirname(path) or "/"
+    else:
+        where = dirs[0] if dirs else "/"
+    return "%s failed: %s%s; check free space and permissions on %s, then run again" % (
+        what,
+        getattr(exc, "strerror", None) or exc,
+        " (%s)" % path if path else "",
+        where,
+    )
 
 
 def absolute_path(path, option):
@@ -306,6 +331,7 @@ class ArtifactBackup(ArtifactJob):
 
     def _plan(self, source, backup_id, contents, archive_size, latest, action, reason):
         summary = summarize(contents)
+        sensitive = is_sensitive(self.kind, contents)
         return {
             "action": action,
             "reason": reason,
@@ -315,7 +341,9 @@ class ArtifactBackup(ArtifactJob):
             "file_count": summary["file_count"],
             "content_bytes": summary["content_bytes"],
             "archive_bytes": archive_size,
-            "content_sha256": content_digest(contents),
+            # a sensitive backup's digest is derived from its secret files' hashes: never returned
+            "content_sha256": None if sensitive else content_digest(contents),
+            "sensitive": sensitive,
             "unchanged": bool(latest and latest.get("content_sha256") == content_digest(contents)),
             "latest_backup_id": latest["backup_id"] if latest else None,
             "excludes": self.excludes,
@@ -357,18 +385,22 @@ class ArtifactBackup(ArtifactJob):
         result["changed_paths"] = []
         result["cleaned_partials"] = cleaned
         result["freshness"] = freshness
+        if result["content_sha256"] is None:  # a sensitive backup: the digest stays on disk
+            result["freshness"] = dict(freshness, content_sha256=None)
         result["pins"] = self.catalog.pins(self.kind, backup_id)
         result["plan"] = {"action": "none", "reason": "content unchanged", "backup_id": backup_id}
         return result
 
     def _result(self, manifest, changed, path):
+        """The module's result for a published backup; a sensitive one carries no per-file hash."""
+        shown = public_manifest(manifest)
         return {
             "changed": changed,
             "backup_id": manifest["backup_id"],
             "path": path,
-            "manifest": manifest,
+            "manifest": shown,
             "sha256": manifest.get("sha256"),
-            "content_sha256": manifest.get("content_sha256"),
+            "content_sha256": shown.get("content_sha256"),
             "size_bytes": manifest.get("size_bytes"),
             "duration_s": manifest.get("duration_s", 0.0) if changed else 0.0,
             "file_count": manifest.get("file_count"),

@@ -16,8 +16,12 @@ description:
   - O(kind=models) streams a directory out of the api container with C(docker exec <container> tar -C <src> -cf - .)
     (G27 - C(/app/models) is a container path), or archives a host directory when O(container) is not set.
   - O(kind=config) archives host files and directories (for example the compose file and C(.env)) relative to their
-    common parent, keeping modes. The manifest says C(sensitive=true) - these hold secrets (G49) - the backup is
+    common parent, keeping modes. The manifest says C(sensitive=true) - these hold secrets - the backup is
     0600/0700 and any offsite copy must be encrypted.
+  - A sensitive backup (O(kind=config), or any backup holding files under a C(secrets/) directory) returns no hash
+    of its files - no per-file C(sha256) in RV(manifest) and no RV(content_sha256) - because an unsalted hash of a
+    secret file (for example C(secrets/db_password), the bare database password) can be cracked offline from job
+    output. C(manifest.json) on disk (0600) keeps them; restores and M(ner11.ops.backup_verify) check them there.
   - O(kind=volume) copies a named Docker volume through a short-lived helper container (C(--rm), no network,
     never pulled) of an image already present locally. The live PostgreSQL data volume is refused while its
     container runs (G28) unless O(allow_live=true).
@@ -33,8 +37,11 @@ attributes:
     support: full
     details:
       - Returns the plan (file count, bytes, whether the content is unchanged, the backup id it would create).
-      - To know whether the content changed, check mode lists the source (host files are hashed in place; a container
-        or volume tar stream is piped into the module's Python and hashed) - nothing is written anywhere.
+      - To know whether the content changed, check mode lists the source - host files are hashed in place; a container
+        directory is streamed by C(docker exec <container> tar -cf -) into the module's Python and hashed; a Docker
+        volume is read through a temporary helper container (C(docker run --rm), the volume mounted read-only, no
+        network) that is removed when it exits.
+      - It writes nothing to the source, the volume, the backup catalog or the host's files (no temporary file).
   diff_mode:
     support: none
   idempotent:
@@ -157,7 +164,10 @@ path:
   returned: success
   type: str
 manifest:
-  description: The manifest (docs/backup-catalog.md, docs/artifacts.md). Not returned in check mode for a backup still to be made.
+  description:
+    - The manifest (docs/backup-catalog.md, docs/artifacts.md). Not returned in check mode for a backup still to be made.
+    - For a sensitive backup the C(contents) entries have no C(sha256), C(content_sha256) is null and C(redacted) says
+      why; C(manifest.json) on disk has them.
   returned: when the backup exists
   type: dict
 sha256:
@@ -167,7 +177,9 @@ sha256:
   returned: success
   type: str
 content_sha256:
-  description: Digest over the sorted (path, type, mode, sha256 or link target) list; equal for equal content.
+  description:
+    - Digest over the sorted (path, type, mode, sha256 or link target) list; equal for equal content.
+    - Null for a sensitive backup (it is derived from the secret files' hashes); read it from C(manifest.json) on disk.
   returned: success
   type: str
 size_bytes:
@@ -194,7 +206,7 @@ changed_paths:
 plan:
   description:
     - The decision - action (create/none), reason, backup_id, file_count, content_bytes, archive_bytes,
-      unchanged, latest_backup_id.
+      unchanged, latest_backup_id; in check mode also content_sha256 (null when sensitive) and sensitive.
   returned: always
   type: dict
 pins:
@@ -203,7 +215,9 @@ pins:
   type: list
   elements: dict
 freshness:
-  description: When the content was unchanged, the record written beside the backup (C(confirmed_at), C(content_sha256)).
+  description:
+    - When the content was unchanged, the record written beside the backup (C(confirmed_at), C(content_sha256)).
+    - Its C(content_sha256) is null for a sensitive backup (the file on disk has it).
   returned: when the content was unchanged and not check mode
   type: dict
 cleaned_partials:
@@ -221,7 +235,7 @@ executed_commands:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ner11.ops.plugins.module_utils.artifact_tar import DEFAULT_EXCLUDES, ArtifactError
-from ansible_collections.ner11.ops.plugins.module_utils.artifacts import ArtifactBackup
+from ansible_collections.ner11.ops.plugins.module_utils.artifacts import ArtifactBackup, os_error_message
 from ansible_collections.ner11.ops.plugins.module_utils.catalog import CatalogError
 from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import docker_cli_option
 from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError
@@ -251,8 +265,13 @@ def main():
     try:
         job = ArtifactBackup(module.params, module.run_command, check_mode=module.check_mode, tmpdir=module.tmpdir)
         result = job.run()
-    except (ArtifactError, CatalogError, CommandError, OSError, ValueError) as exc:
+    except (ArtifactError, CatalogError, CommandError, ValueError) as exc:
         module.fail_json(msg=str(exc), executed_commands=job.docker.commands if job else [])
+    except OSError as exc:
+        # e.g. [Errno 28] No space left on device: say on which path and where to look
+        what = "backing up %s into %s" % (module.params["kind"], module.params["backup_dir"])
+        dirs = [module.params["backup_dir"]] + [p for p in module.params.get("src") or [] if p.startswith("/")]
+        module.fail_json(msg=os_error_message(exc, what, dirs), executed_commands=job.docker.commands if job else [])
     for warning in job.warnings:
         module.warn(warning)
     result["executed_commands"] = job.docker.commands

@@ -34,11 +34,19 @@ attributes:
   check_mode:
     support: full
     details:
-      - Returns the plan - paths to write, replace and remove, whether O(confirm) is needed, the space check - and
-        writes nothing anywhere (the target is listed from a tar stream, no temporary file).
+      - Returns the plan - paths to write, replace and remove, whether O(confirm) is needed, the space check.
+      - The target is listed from a tar stream piped into the module's Python (no temporary file) - a host directory
+        is walked, a container directory is read with C(docker exec), and a Docker volume is read (listing and C(df))
+        through a temporary helper container (C(docker run --rm), the volume mounted read-only, no network) that is
+        removed when it exits.
+      - It writes nothing to the target, the volume, the backup catalog or the host's files, and creates no volume.
   diff_mode:
     support: full
-    details: The changed paths with type, mode and sha256 prefix, before (target) and after (backup).
+    details:
+      - The changed paths with type, mode and sha256 prefix, before (target) and after (backup).
+      - For a sensitive backup (config, or files under C(secrets/)) the prefix is of a keyed digest with a random
+        key used for this run only - equal files show equal prefixes, but the output cannot be checked against a
+        guessed secret.
   idempotent:
     support: full
     details: A second run finds the target identical and returns C(changed=false).
@@ -156,10 +164,13 @@ executed_commands:
   elements: str
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ner11.ops.plugins.module_utils.artifact_restorer import ArtifactRestore
 from ansible_collections.ner11.ops.plugins.module_utils.artifact_tar import ArtifactError
+from ansible_collections.ner11.ops.plugins.module_utils.artifacts import os_error_message
 from ansible_collections.ner11.ops.plugins.module_utils.catalog import CatalogError
 from ansible_collections.ner11.ops.plugins.module_utils.docker_cli import docker_cli_option
 from ansible_collections.ner11.ops.plugins.module_utils.runner import CommandError
@@ -192,11 +203,18 @@ def main():
         )
         result = job.run()
     except (ArtifactError, CatalogError, CommandError, OSError, ValueError) as exc:
+        msg = str(exc)
+        if isinstance(exc, OSError):
+            # e.g. [Errno 28] No space left on device: say on which path and where to look
+            target = getattr(job, "target_name", None) or module.params.get("dest") or module.params.get("volume")
+            what = "restoring %s into %s" % (module.params["kind"], target or "the target")
+            dirs = [module.params["backup_dir"]]
+            if target and target.startswith("/"):
+                dirs = [target, os.path.dirname(target)] + dirs
+            msg = os_error_message(exc, what, dirs)
         # changed is true when the run had already written to the target (a created volume, the swap).
         touched = list(getattr(job, "touched", []) or [])
-        module.fail_json(
-            msg=str(exc), changed=bool(touched), changes=touched, executed_commands=job.docker.commands if job else []
-        )
+        module.fail_json(msg=msg, changed=bool(touched), changes=touched, executed_commands=job.docker.commands if job else [])
     for warning in job.warnings:
         module.warn(warning)
     result["executed_commands"] = job.docker.commands

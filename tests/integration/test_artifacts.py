@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -78,16 +79,24 @@ def test_config_backup_keeps_modes_marks_sensitive_and_detects_one_change(tmp_pa
     (proj / "scripts" / "run.sh").write_text("#!/bin/sh\n")
     os.chmod(proj / "scripts" / "run.sh", 0o750)  # noqa: S103 - an executable script in a test tree
     (proj / "scripts" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"pyc")
+    (proj / "secrets").mkdir()
+    (proj / "secrets" / "db_password").write_text("it-db-password")  # the bare password, as the stack keeps it
+    os.chmod(proj / "secrets" / "db_password", 0o600)
+    password_hash = hashlib.sha256(b"it-db-password").hexdigest()
     backup_dir = str(tmp_path / "backups")
     args = {
         "kind": "config",
-        "src": [str(proj / "docker-compose.yml"), str(proj / ".env"), str(proj / "scripts")],
+        "src": [str(proj / "docker-compose.yml"), str(proj / ".env"), str(proj / "scripts"), str(proj / "secrets")],
         "backup_dir": backup_dir,
     }
     results = four_steps(args)
+    # the module output (what -v and AWX job events keep) holds no hash of the secret, in any step
+    for r in results:
+        assert password_hash not in r["_stdout"] and password_hash[:12] not in r["_stdout"]
+        assert "it-db-password" not in r["_stdout"] and r["content_sha256"] is None
     first = manifest_on_disk(results[1])
     by = {e["path"]: e for e in first["contents"]}
-    assert first["sensitive"] is True
+    assert first["sensitive"] is True and by["secrets/db_password"]["sha256"] == password_hash  # kept on disk
     assert by[".env"]["mode"] == "0600" and by["scripts/run.sh"]["mode"] == "0750"
     assert not [p for p in by if "__pycache__" in p or p.endswith(".pyc")]  # excludes (G27)
     assert "it-secret" not in results[1]["_stdout"]  # contents never printed (G49)
@@ -97,7 +106,8 @@ def test_config_backup_keeps_modes_marks_sensitive_and_detects_one_change(tmp_pa
     fresh_path = os.path.join(results[1]["path"], "freshness.json")
     with open(fresh_path) as fh:
         fresh = json.load(fh)
-    assert results[3]["changed"] is False and results[3]["freshness"] == fresh and fresh["confirmations"] == 1
+    assert results[3]["changed"] is False and fresh["confirmations"] == 1
+    assert results[3]["freshness"] == dict(fresh, content_sha256=None)  # the digest stays on disk
     assert fresh["content_sha256"] == first["content_sha256"] and stat.S_IMODE(os.stat(fresh_path).st_mode) == 0o600
     before = (os.stat(fresh_path).st_mtime_ns, sorted(os.listdir(results[1]["path"])))
     planned = run_module(BACKUP, args, check=True)
@@ -122,6 +132,9 @@ def test_config_backup_keeps_modes_marks_sensitive_and_detects_one_change(tmp_pa
     assert open(os.path.join(dest, "docker-compose.yml")).read() == "services: {api: {}}\n"
     r2 = run_module(RESTORE, {"kind": "config", "latest": True, "backup_dir": backup_dir, "dest": dest})
     assert r2["changed"] is False and r2["restored"] is False
+    r3 = run_module(RESTORE, {"kind": "config", "latest": True, "backup_dir": backup_dir, "dest": dest}, check=True, diff=True)
+    assert r3["changed"] is False and r3["plan"]["identical"] is True, r3.get("msg")  # check after apply
+    assert open(os.path.join(dest, "secrets", "db_password")).read() == "it-db-password"
 
     # overlay: a changed file needs confirm; other files stay
     with open(os.path.join(dest, ".env"), "w") as fh:
@@ -133,6 +146,7 @@ def test_config_backup_keeps_modes_marks_sensitive_and_detects_one_change(tmp_pa
     assert open(os.path.join(dest, ".env")).read() == "POSTGRES_PASSWORD=changed\n"
     ok = run_module(RESTORE, {"kind": "config", "latest": True, "backup_dir": backup_dir, "dest": dest, "confirm": dest})
     assert ok["changed"] is True and ok["plan"]["replace"] == [".env"], ok.get("msg")
+    assert password_hash[:12] not in ok["_stdout"] and password_hash[:12] not in refused["_stdout"]
     assert open(os.path.join(dest, ".env")).read() == "POSTGRES_PASSWORD=it-secret\n"
     assert open(os.path.join(dest, "local.txt")).read() == "mine\n"
 
@@ -211,6 +225,8 @@ def test_restore_models_into_the_api_container(own_stack, tmp_path):
 
     again = run_module(RESTORE, dict(args, confirm="/app/models"))
     assert again["changed"] is False and again["restored"] is False
+    after = run_module(RESTORE, args, check=True)
+    assert after["changed"] is False and after["plan"]["identical"] is True, after.get("msg")  # check after apply
 
     # a corrupt backup is refused naming the file, and the target is left untouched
     docker("exec", api, "sh", "-c", "echo y > /app/models/stray2.bin")
@@ -240,6 +256,11 @@ def test_restore_into_a_new_volume_through_a_helper(shared_stack, tmp_path):
         assert labels.get("io.ner11.project") == shared_stack.project  # recorded labels reapplied
         second = run_module(RESTORE, args)
         assert second["changed"] is False
+        # check after apply: nothing to do; its read-only helper container was removed
+        after = run_module(RESTORE, args, check=True)
+        assert after["changed"] is False and after["plan"]["identical"] is True, after.get("msg")
+        helpers = docker("ps", "-aq", "--filter", "label=io.ner11.helper=artifact", "--filter", "volume=%s" % target)
+        assert helpers.stdout.split() == []
         # no container uses the new volume: the helper image must be named
         orphan = {"kind": "volume", "src": target, "backup_dir": str(tmp_path / "b2")}
         refused = run_module(BACKUP, orphan)

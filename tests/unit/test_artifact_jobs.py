@@ -7,6 +7,7 @@ directories), so the jobs' plans, idempotence and refusals are unit-tested.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -98,12 +99,16 @@ def test_host_restore_mirror_and_overlay(env):
     done = restore(env, kind="models", backup_id=made["backup_id"], dest=dest)
     assert done["restored"] and open(dest + "/m1/model.json").read() == '{"name": "m1"}'
     assert not restore(env, kind="models", latest=True, dest=dest)["changed"]
+    # the fourth step: check mode after the apply plans nothing
+    after = restore(env, True, True, kind="models", latest=True, dest=dest)
+    assert not after["changed"] and after["plan"]["identical"] and after["diff"]["after"] == ""
     _write(dest + "/extra.txt", "x")
     with pytest.raises(ArtifactError, match="set confirm: %s" % dest):
         restore(env, kind="models", latest=True, dest=dest)
     assert restore(env, True, kind="models", latest=True, dest=dest)["plan"]["confirm_required"]
     assert restore(env, kind="models", latest=True, dest=dest, confirm=dest)["restored"]
     assert not os.path.exists(dest + "/extra.txt")
+    assert not restore(env, True, kind="models", latest=True, dest=dest)["changed"]
     assert restore(env, kind="models", latest=True, dest=dest, force=True)["plan"]["strategy"] == "sibling-swap"
 
     conf = str(env.base / "etc")
@@ -115,6 +120,7 @@ def test_host_restore_mirror_and_overlay(env):
     assert out["restored"] and out["plan"]["strategy"] == "overlay" and os.path.exists(conf + "/app/other.conf")
     assert stat.S_IMODE(os.stat(conf + "/app/.env").st_mode) == 0o600
     assert not restore(env, kind="config", latest=True)["changed"]
+    assert not restore(env, True, kind="config", latest=True)["changed"]
 
 
 def test_container_models_backup_and_restore(env):
@@ -201,3 +207,100 @@ def test_engine_failure_is_a_command_error(env):
     docker = DockerCli(run_command, env.docker)
     with pytest.raises(CommandError, match="fake docker: unsupported"):
         docker.call(["system", "df"], what="docker system df")
+
+
+PASSWORD = "S3cretPassw0rd-for-the-test"
+
+
+def _secret_traces(result):
+    """Where a hash of the password shows up in the whole serialized result (full digest or 12-char prefix)."""
+    text = json.dumps(result, default=str)
+    digest = hashlib.sha256(PASSWORD.encode()).hexdigest()
+    return [h for h in (digest, digest[:12]) if h in text] + ([PASSWORD] if PASSWORD in text else [])
+
+
+def test_config_backup_returns_no_hash_of_a_secret_and_restore_still_checks_them(env):
+    cfg = str(env.base / "stack")
+    _write(cfg + "/secrets/db_password", PASSWORD, 0o600)
+    _write(cfg + "/.env", "POSTGRES_USER=ner11\n", 0o600)
+    _write(cfg + "/docker-compose.yml", "services: {}\n")
+    digest = hashlib.sha256(PASSWORD.encode()).hexdigest()
+    results = [backup(env, check, kind="config", src=[cfg]) for check in (True, False, True, False)]
+    assert [r["changed"] for r in results] == [True, True, False, False]
+    for r in results:
+        assert _secret_traces(r) == [] and r["content_sha256"] is None
+    made, unchanged = results[1], results[3]
+    shown = {e["path"]: e for e in made["manifest"]["contents"]}
+    assert shown["stack/secrets/db_password"]["size"] == len(PASSWORD) and "sha256" not in shown["stack/secrets/db_password"]
+    assert made["manifest"]["redacted"] and made["manifest"]["sensitive"] is True and unchanged["freshness"]["confirmed_at"]
+    # the manifest on disk (0600) keeps every hash
+    on_disk_path = os.path.join(made["path"], "manifest.json")
+    with open(on_disk_path) as fh:
+        on_disk = json.load(fh)
+    assert {e["path"]: e.get("sha256") for e in on_disk["contents"]}["stack/secrets/db_password"] == digest
+    assert on_disk["content_sha256"] and stat.S_IMODE(os.stat(on_disk_path).st_mode) == 0o600
+
+    # restore still compares against the hashes on disk: check, apply, apply, check (nothing of them returned)
+    dest = str(env.base / "restored")
+    steps = [restore(env, check, True, kind="config", latest=True, dest=dest) for check in (True, False, False, True)]
+    assert [r["changed"] for r in steps] == [True, True, False, False]
+    assert all(_secret_traces(r) == [] for r in steps)
+    assert open(dest + "/stack/secrets/db_password").read() == PASSWORD
+    _write(dest + "/stack/secrets/db_password", PASSWORD[::-1], 0o600)  # same size, other content
+    tampered = restore(env, True, True, kind="config", latest=True, dest=dest)
+    assert tampered["plan"]["replace"] == ["stack/secrets/db_password"] and _secret_traces(tampered) == []
+    assert "stack/secrets/db_password" in tampered["diff"]["after"]
+
+    # verification reads the archive against the hashes on disk: a damaged secret is named, nothing restored
+    tar_path = os.path.join(made["path"], "data.tar")
+    with open(tar_path, "r+b") as fh:
+        data = fh.read()
+        fh.seek(data.index(PASSWORD.encode()))
+        fh.write(PASSWORD[::-1].encode())
+    with pytest.raises(ArtifactError, match="damaged members: stack/secrets/db_password") as err:
+        restore(env, kind="config", latest=True, dest=dest, confirm=dest)
+    assert digest not in str(err.value)
+
+
+def test_volume_with_a_secrets_directory_is_sensitive_too(env):
+    os.makedirs(env.volume("cfg"))
+    _write(env.volume("cfg") + "/secrets/db_password", PASSWORD, 0o600)
+    made = backup(env, kind="volume", src=["cfg"], helper_image="img")
+    assert made["changed"] and made["manifest"]["sensitive"] is True and _secret_traces(made) == []
+    assert _secret_traces(backup(env, True, kind="volume", src=["cfg"], helper_image="img")) == []
+
+
+def test_container_swap_failure_puts_the_old_content_back(env):
+    """A real rename failure inside the swap script (an immutable entry): the old content is moved back."""
+    import shutil
+    import subprocess  # chattr sets up a real failure; plugins never use subprocess
+
+    backup(env, kind="models", container="api", src=[env.models])
+    _write(env.models + "/m1/model.json", "changed")
+    _write(env.models + "/zz.bin", "pinned")
+    victim = env.models + "/zz.bin"
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", victim], capture_output=True, check=False).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root on a filesystem with the immutable flag)")
+    try:
+        with pytest.raises(CommandError, match="the entries already moved were put back") as err:
+            restore(env, kind="models", latest=True, confirm=env.models)
+    finally:
+        subprocess.run(["chattr", "-i", victim], check=True)
+    assert "fix the cause" in str(err.value).lower()
+    assert open(env.models + "/m1/model.json").read() == "changed"  # the old content, not half of each
+    assert sorted(os.listdir(env.models)) == ["m1", "manifest.json", "zz.bin"]
+    assert restore(env, kind="models", latest=True, confirm=env.models)["restored"]
+
+
+def test_os_errors_name_the_path_and_the_directory_to_check():
+    # Injected: a full disk cannot be produced here; the OSError is built as the kernel reports it.
+    full = OSError(28, "No space left on device", "/var/backups/ner11/config/.partial-x/data.tar")
+    msg = art.os_error_message(full, "backing up config into /var/backups/ner11", ["/var/backups/ner11", "/srv/ner11"])
+    assert msg == (
+        "backing up config into /var/backups/ner11 failed: No space left on device "
+        "(/var/backups/ner11/config/.partial-x/data.tar); check free space and permissions on /var/backups/ner11, "
+        "then run again"
+    )
+    sibling = OSError(13, "Permission denied", "/srv/models.ner11-new-1/a")
+    assert "permissions on /srv, then" in art.os_error_message(sibling, "restoring", ["/srv/models", "/srv", "/b"])
+    assert "permissions on /b, then" in art.os_error_message(OSError(28, "No space left on device"), "x", ["/b"])

@@ -372,3 +372,102 @@ def test_mirror_removes_leftovers_of_an_interrupted_run(tree, tmp_path):
     os.makedirs(dest + ".ner11-new-t2" + "/junk")
     assert ext.host_restore_mirror(_tar_of(tree, tmp_path), dest, "t2") == "sibling-swap"
     assert not os.path.exists(dest + ".ner11-new-t2") and os.path.exists(dest + "/manifest.json")
+
+
+def _immutable(path, on):
+    """chattr +i / -i (root on ext4 and the like); False when the filesystem or the user cannot."""
+    import shutil as _shutil
+    import subprocess  # the test sets up a real failure; plugins never use subprocess
+
+    if not _shutil.which("chattr") or os.geteuid() != 0:
+        return False
+    return subprocess.run(["chattr", "+i" if on else "-i", path], capture_output=True, check=False).returncode == 0
+
+
+def _state(root):
+    """Every entry under ``root`` with its bytes (files) or None (directories)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            out[os.path.relpath(full, root)] = None if os.path.isdir(full) else open(full, "rb").read()
+    return out
+
+
+def test_contents_swap_failure_is_rolled_back_for_real(tree, tmp_path, monkeypatch):
+    """A rename that really fails halfway through the swap (an immutable entry): the old content comes back."""
+    # Mocked: making a real mount point needs privileges; os.path.ismount says yes for dest only.
+    dest = tmp_path / "mnt"
+    _write(str(dest / "a.txt"), b"old a")
+    _write(str(dest / "b" / "inner"), b"old b")
+    _write(str(dest / "zz.bin"), b"old zz")
+    monkeypatch.setattr(ext.os.path, "ismount", lambda p: p == str(dest))
+    archive = _tar_of(tree, tmp_path)
+    before = _state(str(dest))
+    if not _immutable(str(dest / "zz.bin"), True):
+        pytest.skip("chattr +i is not available here (needs root on a filesystem with the immutable flag)")
+    try:
+        # a.txt and b move out first; renaming zz.bin fails with EPERM; both are moved back
+        with pytest.raises(tar.ArtifactError, match="were put back, %s holds its old content again" % dest) as err:
+            ext.host_restore_mirror(archive, str(dest), "t5")
+        assert "Operation not permitted" in str(err.value) and "zz.bin" in str(err.value)
+    finally:
+        _immutable(str(dest / "zz.bin"), False)
+    assert _state(str(dest)) == before  # no half-old, half-new target, no leftovers
+    assert ext.host_restore_mirror(archive, str(dest), "t6") == "contents-swap"  # once the cause is gone it works
+
+
+def test_contents_swap_names_the_old_directory_when_the_rollback_fails(tree, tmp_path, monkeypatch):
+    # Mocked: ismount (a real mount point needs privileges) and os.rename, injected to fail on the second
+    # new entry moved in and again on putting old "b" back - a double failure cannot be produced for real.
+    dest = tmp_path / "mnt"
+    _write(str(dest / "a.txt"), b"old a")
+    _write(str(dest / "b" / "inner"), b"old b")
+    monkeypatch.setattr(ext.os.path, "ismount", lambda p: p == str(dest))
+    archive = _tar_of(tree, tmp_path)
+    real_rename = os.rename
+    seen = []
+
+    def rename(src, dst):
+        seen.append((src, dst))
+        if src.startswith(str(dest / ".ner11-restore-t7") + "/") and os.path.basename(src) == "m1":
+            raise OSError(16, "Device or resource busy", src)
+        if dst == str(dest / "b"):
+            raise OSError(18, "Invalid cross-device link", src)
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(ext.os, "rename", rename)
+    with pytest.raises(tar.ArtifactError) as err:
+        ext.host_restore_mirror(archive, str(dest), "t7")
+    msg = str(err.value)
+    old, stage = str(dest / ".ner11-old-t7"), str(dest / ".ner11-restore-t7")
+    assert "Device or resource busy" in msg and "putting them back failed too" in msg
+    assert "is in %s" % old in msg and "Move the entries of %s back into %s by hand" % (old, dest) in msg
+    assert "the new content not yet moved is in %s" % stage in msg and os.path.isdir(os.path.join(stage, "current"))
+    assert open(os.path.join(old, "b", "inner"), "rb").read() == b"old b"  # the old data is where the message says
+    assert open(str(dest / "a.txt"), "rb").read() == b"old a"  # a.txt was moved back
+    assert not os.path.exists(str(dest / "current"))  # the new entry moved in ("current") was moved back out
+    monkeypatch.setattr(ext.os, "rename", real_rename)
+    # a later restore refuses while that directory is there: a mirror would delete the only copy
+    with pytest.raises(tar.ArtifactError, match="left by an earlier restore whose swap failed"):
+        ext.host_restore_mirror(archive, str(dest), "t8")
+    assert os.path.isdir(old)
+
+
+def test_sibling_swap_failure_puts_the_old_directory_back(tree, tmp_path, monkeypatch):
+    # Mocked: os.rename fails on the final rename (the new tree into dest), as EXDEV or EBUSY would.
+    dest = str(tmp_path / "restored")
+    _write(dest + "/keep.txt", b"old")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if src.endswith(".ner11-new-t9"):
+            raise OSError(16, "Device or resource busy", src)
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(ext.os, "rename", rename)
+    with pytest.raises(tar.ArtifactError, match="failed at the final rename: Device or resource busy") as err:
+        ext.host_restore_mirror(_tar_of(tree, tmp_path), dest, "t9")
+    assert "was left as it was" in str(err.value)
+    assert _state(dest) == {"keep.txt": b"old"}
+    assert sorted(os.listdir(str(tmp_path))) == ["models", "restored", "t.tar"]
