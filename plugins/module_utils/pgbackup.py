@@ -264,11 +264,22 @@ class PgBackup:
         self._listing = ""
         # source identity (docs/backup-catalog.md): the name the role passes, else this machine's
         self.source_host = params.get("source_host") or socket.gethostname()
-        self.pins = cat.new_backup_pins(params.get("keep_until"), params.get("keep_reason"), self.now, PIN_REASON)
+        # The pins a new backup would get, counted from now (the plan, check mode). A backup made
+        # gets them counted from its own ``created_at`` (``_create``): the instant a later run in
+        # the same period counts a relative keep_until from, so that run changes nothing.
+        self.pins = self._new_pins(self.now)
         self.pin_changed = False
+        # True once something is visible in the catalog (a published backup, a changed pin): a
+        # failure after that point still reports changed (the module's ``fail_json``).
+        self.wrote = False
+        # What a failure to write the catalog (disk full, read-only) left behind, for its message.
+        self._outcome = "nothing was published"
         # Every step that ran, with its seconds (returned as ``steps``; the bench prints them).
         self.steps = []
         self._mark = time.monotonic()
+
+    def _new_pins(self, created):
+        return cat.new_backup_pins(self.p.get("keep_until"), self.p.get("keep_reason"), created, PIN_REASON)
 
     def _step(self, name):
         """Close the step that ends now: ``name`` took the time since the previous mark."""
@@ -524,8 +535,24 @@ class PgBackup:
     def run(self):
         try:
             return self._run()
+        except OSError as exc:
+            # A full disk or a read-only backup_dir (lock file, partial directory, signal files,
+            # manifest, pins): a plain message instead of a traceback. Partials are already discarded.
+            raise PgBackupError(self._io_message(exc)) from None
         finally:
             self.target.close()
+
+    def _io_message(self, exc):
+        return (
+            "cannot write the backup catalog at %s: %s; check free space and permissions on %s (df -h, ls -ld), "
+            "then run again; %s"
+            % (
+                exc.filename or self.catalog.root,
+                exc.strerror or exc,
+                self.catalog.root,
+                self._outcome,
+            )
+        )
 
     def _run(self):
         started = time.monotonic()
@@ -535,7 +562,15 @@ class PgBackup:
         if found:
             return self._existing(found, plan)
         if self.check_mode:
-            return {"changed": True, "backup_id": plan["backup_id"], "path": plan["path"], "plan": plan, "steps": self.steps}
+            # The pins it would get (counted from now; the backup counts them from its created_at).
+            return {
+                "changed": True,
+                "backup_id": plan["backup_id"],
+                "path": plan["path"],
+                "plan": plan,
+                "pins": plan["pins"],
+                "steps": self.steps,
+            }
         timeout = int(self.p.get("lock_timeout") or 0)
         try:
             lock = self.catalog.lock(KIND, wait=timeout > 0, timeout=timeout)
@@ -555,6 +590,8 @@ class PgBackup:
 
     def _existing(self, found, plan):
         """The period already has a good backup: pin it when asked (keep_until), else change nothing."""
+        self._outcome = "the pins of backup %s were not changed" % found["backup_id"]
+        before = self.catalog.pins(KIND, found["backup_id"])
         try:
             self.pin_changed = cat.pin_existing(
                 self.catalog, KIND, found["backup_id"], self.p.get("keep_until"), self.p.get("keep_reason"),
@@ -562,6 +599,14 @@ class PgBackup:
             )  # fmt: skip
         except cat.CatalogLocked as exc:
             raise PgBackupError(str(exc)) from None
+        except (cat.CatalogError, OSError) as exc:
+            # the pins record is replaced atomically: either the old one or the new one is there
+            if self.catalog.pins(KIND, found["backup_id"]) != before:
+                self.wrote = True
+                self._outcome = "the pins of backup %s were changed" % found["backup_id"]
+            if isinstance(exc, OSError):
+                raise  # run() names the path and the fix
+            raise PgBackupError("%s; %s" % (exc, self._outcome)) from None
         result = self._result(found, changed=self.pin_changed, plan=plan)
         result["pins"] = self.catalog.pins(KIND, found["backup_id"])
         return result
@@ -581,11 +626,16 @@ class PgBackup:
         if err:
             raise PgBackupError(err)
         self._warn_same_filesystem(kind_dir)
-        created = cat.utcnow()
-        partial = self.catalog.begin(KIND, backup_id)
+        # Whole seconds, as the manifest records it: the pins count from this very instant, so a
+        # later run in the period (cat.pin_existing counts from created_at) finds them equal.
+        created = cat.parse_time(cat.isoformat(cat.utcnow()))
+        self.pins = self._new_pins(created)
+        plan["pins"] = self.pins
         artifact = artifact_name(fmt, method)
-        self._step("free space check, partial directory")
+        publishing = False
         try:
+            partial = self.catalog.begin(KIND, backup_id)
+            self._step("free space check, partial directory")
             files = None
             if self.one_sidecar(fmt):
                 counts_before, counts_after, toc, files = self._sidecar_with_counts(fmt, method, level, jobs, partial, artifact)
@@ -656,13 +706,28 @@ class PgBackup:
                 # Writes happened during the dump: the dump holds a count between the two (G23).
                 manifest["row_counts_after"] = counts_after
             # Hashed just above: publish re-checks names and sizes only (backup_verify re-hashes).
+            publishing = True
             self.catalog.publish(KIND, backup_id, manifest, pins=self.pins, hashed_now=True)
             self._step("publish: names and sizes re-check, manifest, fsync, rename")
-        except BaseException:
+        except BaseException as exc:
             self._remove_orphan_sidecars()
             self.catalog.discard(KIND, backup_id)
+            if publishing and os.path.isfile(os.path.join(self.catalog.path(KIND, backup_id), cat.MANIFEST)):
+                # renamed into place, then a last fsync failed: it is visible, say so
+                self.wrote = True
+                self._outcome = "backup %s was published at %s but its last step failed: verify it (ner11.ops.backup_verify)" % (
+                    backup_id,
+                    self.catalog.path(KIND, backup_id),
+                )
+            if isinstance(exc, cat.CatalogError):
+                raise PgBackupError("%s; %s" % (exc, self._outcome)) from None
             raise
-        manifest = self.catalog.read_manifest(KIND, backup_id)
+        self.wrote = True
+        try:
+            manifest = self.catalog.read_manifest(KIND, backup_id)
+        except cat.CatalogError:
+            # published just now; what was written is what the run returns
+            manifest = dict(manifest, backup_id=backup_id, kind=KIND, status="verified")
         result = self._result(manifest, changed=True, plan=plan)
         result["pins"] = self.pins
         return result
@@ -687,14 +752,14 @@ class PgBackup:
         timed = {}
 
         def before():
-            signal = SIGNAL_ABORT
             try:
                 counts = self._row_counts()
-                signal = SIGNAL_COUNTED
-                timed["before"] = time.monotonic() - began
-                return counts
-            finally:
-                _touch(os.path.join(partial, signal))
+            except BaseException:
+                self._signal(partial, SIGNAL_ABORT, done, raise_error=False)
+                raise
+            timed["before"] = time.monotonic() - began
+            self._signal(partial, SIGNAL_COUNTED, done)
+            return counts
 
         def dump():
             try:
@@ -734,6 +799,28 @@ class PgBackup:
             }
         )
         return counts_before, counts_after, toc, files
+
+    def _signal(self, partial, name, done, raise_error=True):
+        """Create the signal file ``name`` for the sidecar (``SIDECAR_SCRIPT``).
+
+        When it cannot be written (disk full, read-only), the sidecar must not wait for it: the
+        abort file is tried, and failing that the sidecar is removed (until its ``docker run``
+        returned, ``done``). The write's OSError is raised again (``raise_error``).
+        """
+        try:
+            _touch(os.path.join(partial, name))
+            return
+        except OSError as exc:
+            error = exc
+        try:
+            _touch(os.path.join(partial, SIGNAL_ABORT))
+        except OSError:
+            for _attempt in range(120):
+                self._remove_orphan_sidecars()
+                if done.wait(1.0):
+                    break
+        if raise_error:
+            raise error
 
     def _run_sidecar(self, fmt, method, level, jobs, partial, artifact):
         """Run the one backup sidecar; its steps (with their times from its marks) go to ``steps``."""

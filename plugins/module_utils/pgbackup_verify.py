@@ -16,6 +16,7 @@ import time
 from ansible_collections.ner11.ops.plugins.module_utils import catalog as cat
 from ansible_collections.ner11.ops.plugins.module_utils import pgrestore_repair as marks
 from ansible_collections.ner11.ops.plugins.module_utils.pgbackup_formats import (
+    FORMATS,
     KIND,
     PgBackupError,
     DEFAULT_CLIENT_IMAGE,
@@ -105,6 +106,80 @@ def client_image(manifest):
     return None
 
 
+# -- a damaged manifest: the fields verification reads, with the wrong type -------------------
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value):
+    """A manifest value for a message: ``'5' (text)``, ``[1] (a list)``."""
+    kinds = ((bool, "true/false"), (str, "text"), (int, "a number"), (float, "a number"), (list, "a list"), (dict, "an object"))
+    for kind, word in kinds:
+        if isinstance(value, kind):
+            return "%s (%s)" % (repr(value)[:60], word)
+    return "null" if value is None else repr(value)[:60]
+
+
+def damaged_fields(manifest, kind=KIND):
+    """What is wrong with the fields verification and the test restore read (empty when usable).
+
+    ``Catalog.read_manifest`` checks the structure (keys, ``created_at``); this checks the
+    values' types, so a manifest edited or damaged by hand is a verification failure with a
+    plain message, never a traceback.
+    """
+    problems = []
+
+    def wrong(key, expected):
+        problems.append("%s is %s, expected %s" % (key, _shown(manifest.get(key)), expected))
+
+    for entry in manifest.get("files") or []:
+        if not _is_int(entry.get("size")) or entry.get("size") < 0 or not isinstance(entry.get("sha256"), str):
+            problems.append(
+                "the files entry %s has size %s and sha256 %s, expected a whole number and a hex digest"
+                % (_shown(entry.get("path")), _shown(entry.get("size")), _shown(entry.get("sha256")))
+            )
+            break
+    if manifest.get("source") is not None and not isinstance(manifest.get("source"), dict):
+        wrong("source", "an object")
+    if kind != KIND:
+        return problems
+    # A manifest without format/artifact has only checksums to check (a hand-made entry); a test
+    # restore needs them (``test_restore``).
+    if manifest.get("format") is not None and manifest.get("format") not in FORMATS:
+        wrong("format", "one of %s" % ", ".join(FORMATS))
+    artifact = manifest.get("artifact")
+    if (artifact is not None or manifest.get("format") is not None) and not (
+        isinstance(artifact, str) and artifact and not artifact.startswith("/") and ".." not in artifact.split("/")
+    ):
+        wrong("artifact", "a file name inside the backup")
+    for key in ("compression", "client_image"):
+        if manifest.get(key) is not None and not isinstance(manifest.get(key), str):
+            wrong(key, "text")
+    toc = manifest.get("toc_entries")
+    if toc is not None and not (_is_int(toc) and toc >= 0):
+        wrong("toc_entries", "a whole number")
+    jobs = manifest.get("jobs")
+    if jobs is not None and not (_is_int(jobs) and jobs >= 1):
+        wrong("jobs", "a whole number of 1 or more")
+    tables = manifest.get("canary_tables")
+    if tables is not None and not (isinstance(tables, list) and all(isinstance(t, str) for t in tables)):
+        wrong("canary_tables", "a list of table names")
+    for key in ("row_counts", "row_counts_after"):
+        counts = manifest.get(key)
+        if counts is not None and not (
+            isinstance(counts, dict) and all(v is None or (_is_int(v) and v >= 0) for v in counts.values())
+        ):
+            wrong(key, "an object of table: row count")
+    return problems
+
+
+def damage_message(problems):
+    return (
+        "the manifest is damaged: %s; this backup cannot be trusted: make a new one (playbooks/backup.yml) and restore "
+        "from another backup" % "; ".join(problems)
+    )
+
+
 # -- verification (module backup_verify) -----------------------------------------------
 class BackupVerifier:
     """Prove backups usable: manifest, checksums, archive readable, age (RPO), optional test restore (G65)."""
@@ -162,8 +237,9 @@ class BackupVerifier:
         if rc != 0:
             return ["%s: pg_restore --list failed: %s" % (manifest.get("artifact"), last_line(err or out))]
         toc = count_toc(out)
-        if manifest.get("toc_entries") and toc != manifest["toc_entries"]:
-            return ["%s: %d TOC entries, manifest says %d" % (manifest.get("artifact"), toc, manifest["toc_entries"])]
+        expected = manifest.get("toc_entries")
+        if _is_int(expected) and expected and toc != expected:
+            return ["%s: %d TOC entries, manifest says %d" % (manifest.get("artifact"), toc, expected)]
         return []
 
     def check_one(self, backup_id, manifest=None, load_error=None):
@@ -181,7 +257,21 @@ class BackupVerifier:
         if manifest.get("status") != "verified":
             entry["errors"].append("status is %r, not verified" % manifest.get("status"))
         entry["checks"].append("manifest")
-        errors = self.catalog.verify(self.kind, backup_id)
+        damaged = damaged_fields(manifest, self.kind)
+        if damaged:
+            entry.update(status="failed", errors=entry["errors"] + [damage_message(damaged)])
+            return entry
+        try:
+            errors = self.catalog.verify(self.kind, backup_id)
+        except OSError as exc:
+            errors = [
+                "cannot read %s: %s; check the permissions of %s (ls -l)"
+                % (
+                    exc.filename or self.catalog.path(self.kind, backup_id),
+                    exc.strerror or exc,
+                    self.catalog.path(self.kind, backup_id),
+                )
+            ]
         entry["checks"].append("sha256")
         entry["errors"] += errors
         if not errors and self.kind == KIND:
@@ -196,6 +286,11 @@ class BackupVerifier:
     def run(self):
         try:
             return self._run()
+        except OSError as exc:
+            raise PgBackupError(
+                "cannot read the backup catalog at %s: %s; check that %s exists and is readable (ls -ld), then run again"
+                % (exc.filename or self.catalog.root, exc.strerror or exc, self.catalog.root)
+            ) from None
         finally:
             if self.target:
                 self.target.close()
@@ -203,11 +298,23 @@ class BackupVerifier:
     def _run(self):
         backup_id = self.p.get("backup_id")
         host = self.p.get("source_host")
+        every = self.p.get("all")
+        if backup_id and every:
+            raise PgBackupError(
+                "all=true and backup_id exclude each other: drop backup_id to verify every backup of %s, or drop all "
+                "(or set all=false) to verify only %s" % (self.kind, backup_id)
+            )
+        if every is False and not backup_id:
+            raise PgBackupError(
+                "all=false needs backup_id: name the backup to verify with backup_id, or drop all (every backup of %s "
+                "is verified when backup_id is not given)" % self.kind
+            )
         if backup_id:
             cat.validate_backup_id(backup_id)
             if not os.path.isdir(self.catalog.path(self.kind, backup_id)):
                 raise PgBackupError(
-                    "backup %s/%s not found in %s; list the catalog or use all=true" % (self.kind, backup_id, self.catalog.root)
+                    "backup %s/%s not found in %s; list the catalog (ner11.ops.backup_catalog) or leave out backup_id to "
+                    "verify every backup" % (self.kind, backup_id, self.catalog.root)
                 )
             results = [self.check_one(backup_id)]
         else:
@@ -248,10 +355,16 @@ class BackupVerifier:
             if result["test_restore"]["errors"]:
                 errors += ["test restore of %s: %s" % (newest["backup_id"], e) for e in result["test_restore"]["errors"]]
                 if self.p.get("record", True):
-                    self.catalog.record_verification(
-                        self.kind, newest["backup_id"], "failed", ["manifest", "sha256", "test_restore"],
-                        result["test_restore"]["errors"], self.now,
-                    )  # fmt: skip
+                    try:
+                        self.catalog.record_verification(
+                            self.kind, newest["backup_id"], "failed", ["manifest", "sha256", "test_restore"],
+                            result["test_restore"]["errors"], self.now,
+                        )  # fmt: skip
+                    except (cat.CatalogError, OSError) as exc:
+                        errors.append(
+                            "%s: could not record the failed test restore beside the backup: %s; check free space and "
+                            "permissions on %s" % (newest["backup_id"], exc, self.catalog.root)
+                        )
         result["status"] = "failed" if errors else "ok"
         return result
 
@@ -265,7 +378,10 @@ class BackupVerifier:
                     self.kind, entry["backup_id"], entry["status"], entry["checks"], entry["errors"], self.now
                 )
             except (cat.CatalogError, OSError) as exc:
-                entry["errors"].append("could not record the result beside the backup: %s; check the catalog's permissions" % exc)
+                entry["errors"].append(
+                    "could not record the result beside the backup: %s; check free space and permissions on %s (df -h, ls -ld)"
+                    % (exc, self.catalog.root)
+                )
                 entry["status"] = "failed"
 
     # -- test restore into a scratch database ----------------------------------------------
@@ -273,6 +389,13 @@ class BackupVerifier:
         started = time.monotonic()
         scratch = self.p.get("scratch_db") or "ner11_test_restore"
         out = {"backup_id": manifest["backup_id"], "scratch_db": scratch, "errors": [], "actions": []}
+        damaged = damaged_fields(manifest)
+        if manifest.get("format") is None:
+            damaged.append("format is missing, expected one of %s" % ", ".join(FORMATS))
+        if damaged:
+            out["errors"].append(damage_message(damaged) + "; nothing was restored")
+            out["duration_s"] = round(time.monotonic() - started, 3)
+            return out
         if not self.target:
             raise PgBackupError("test_restore needs the server: set container (or login_host) to restore into %s" % scratch)
         if not is_name(scratch):
@@ -322,7 +445,8 @@ class BackupVerifier:
         artifact = os.path.join(root, manifest["artifact"])
         fmt = manifest["format"]
         method = (manifest.get("compression") or "none").partition(":")[0]
-        jobs = str(max(int(manifest.get("jobs") or 1), 1))
+        jobs = manifest.get("jobs")
+        jobs = str(jobs if _is_int(jobs) and jobs >= 1 else 1)  # damaged_fields reported any other value
         env = self.target.environ()
         if self.p.get("login_host"):
             if fmt in ("custom", "directory"):

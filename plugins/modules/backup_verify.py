@@ -14,7 +14,7 @@ description:
     (naming the file on a mismatch), the archive reads with the stock tools (C(pg_restore --list) for
     custom/directory dumps, a full decompression test for compressed plain dumps) and, for each source identity
     (kind, host, instance, database/volume/path), that its newest good backup is younger than O(max_age_hours)
-    (RPO, G55, G65). Returns one row per identity in RV(identities).
+    (RPO). Returns one row per identity in RV(identities).
   - For models, config and volumes an unchanged source makes no new backup; M(ner11.ops.artifact_backup) records
     when the content was last confirmed current, and the RPO is judged on that time. A database backup counts only
     by the time it was made.
@@ -22,10 +22,10 @@ description:
     atomically (docs/backup-catalog.md). A backup whose last result is C(failed) is skipped by C(latest), by the
     period idempotence of the backup modules and by the calendar tiers of M(ner11.ops.backup_prune), until a later
     verification passes.
-  - Replaces C(verify_backups.sh), which checked only today's dump and exited 0 on failures (G36, G65).
+  - Replaces C(verify_backups.sh), which checked only today's dump and exited 0 on failures.
   - With O(test_restore=true) the newest database backup is restored into the scratch database O(scratch_db) on
     the same server (dropped first if it exists, and dropped again afterwards, also on failure), and the canary row
-    counts are compared with the manifest, connecting with an explicit database (G23, G24).
+    counts are compared with the manifest, connecting with an explicit database.
 author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
   - ner11.ops.attributes
@@ -56,12 +56,13 @@ options:
     choices: [database, models, config, volume]
     default: database
   backup_id:
-    description: Verify only this backup. Mutually exclusive with O(all).
+    description: Verify only this backup. Mutually exclusive with O(all=true).
     type: str
   all:
-    description: Verify every backup of O(kind) (the default when O(backup_id) is not given).
+    description:
+      - Verify every backup of O(kind). Not set - every backup when O(backup_id) is not given, else only that one.
+      - O(all=true) with O(backup_id) is an error, and so is O(all=false) without O(backup_id).
     type: bool
-    default: true
   test_restore:
     description: Restore the newest database backup into O(scratch_db) and compare row counts.
     type: bool
@@ -159,7 +160,7 @@ def main():
         backup_dir=dict(type="path", required=True),
         kind=dict(type="str", choices=["database", "models", "config", "volume"], default="database"),
         backup_id=dict(type="str"),
-        all=dict(type="bool", default=True),
+        all=dict(type="bool"),
         test_restore=dict(type="bool", default=False),
         scratch_db=dict(type="str", default="ner11_test_restore"),
         max_age_hours=dict(type="float", default=26),
@@ -176,6 +177,7 @@ def main():
         verifier = BackupVerifier(params, module.run_command)
         result = verifier.run()
     except (PgBackupError, CatalogError, PgExecError, CommandError) as exc:
+        # verify.json is an audit record, not a change: changed stays false (attributes.idempotent)
         module.fail_json(msg=str(exc), executed_commands=verifier.executed if verifier else [])
     if module.check_mode and module.params["test_restore"]:
         result["test_restore"] = {"planned": True, "scratch_db": params["scratch_db"], "backup_id": result["newest_backup_id"]}

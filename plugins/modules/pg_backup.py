@@ -14,14 +14,14 @@ description:
     of the backup catalog (docs/backup-catalog.md), saves C(pg_dumpall --globals-only) beside it,
     verifies the result (C(pg_restore --list) entry count or a full decompression test, sha256 of
     every file, size), writes the manifest and renames the backup into place. A failed or killed
-    dump never leaves a visible backup (G58).
+    dump never leaves a visible backup.
   - With O(format=directory) in container mode C(pg_dumpall --globals-only), C(pg_dump -Fd -j N) and
     C(pg_restore --list) run in ONE short-lived sidecar container of the database container's image,
     in its network namespace, with the password in a read-only 0600 passfile; the error names the
     step that failed. O(format=custom) and O(format=plain) stream from C(docker exec) over the
     local socket (no password needed).
   - Idempotent per calendar period; O(period=manual) always creates a backup.
-  - Checks free space before dumping (C(pg_database_size) x O(space_factor), G69).
+  - Checks free space before dumping (C(pg_database_size) x O(space_factor)).
 author: ner11.ops maintainers (@ner11-ops)
 extends_documentation_fragment:
   - ner11.ops.attributes
@@ -34,10 +34,12 @@ attributes:
   diff_mode:
     support: none
   idempotent:
-    support: full
+    support: partial
     details:
-      - With O(period) daily/weekly/monthly a second run in the same period returns the existing backup.
-      - O(period=manual) or O(force) always create one.
+      - Idempotent with O(period) V(daily), V(weekly) or V(monthly) - a second run in the same period returns the
+        existing backup with C(changed=false); the same O(keep_until) (a duration counts from the backup's
+        C(created_at)) changes nothing either.
+      - O(period=manual) (the default) and O(force=true) make a new backup on every run.
 options:
   db_name:
     description: Database to back up.
@@ -86,7 +88,7 @@ options:
     type: bool
     default: false
   canary_tables:
-    description: Tables whose exact row counts are recorded in the manifest (G23); missing tables are recorded as null.
+    description: Tables whose exact row counts are recorded in the manifest; missing tables are recorded as null.
     type: list
     elements: str
     default: [vendor_equipment, threat_intelligence, compliance_frameworks]
@@ -98,7 +100,7 @@ options:
     default: false
   space_factor:
     description:
-      - Free space required in O(backup_dir) before dumping, as a multiple of C(pg_database_size) (G69).
+      - Free space required in O(backup_dir) before dumping, as a multiple of C(pg_database_size).
         1.0 is generous for compressed dumps (a logical dump has no indexes and compresses); raise it for
         O(compression=none) of data that does not compress.
     type: float
@@ -125,6 +127,8 @@ options:
     description:
       - Pin the backup - M(ner11.ops.backup_prune) never deletes it before this UTC time (V(2026-12-31T00:00:00Z)) or
         for this duration after it was made (V(14d), V(36h)). See M(ner11.ops.backup_pin) to move or release the pin.
+      - A duration counts from the backup's C(created_at), also for the backup this run makes, so a second run in the
+        same period with the same value changes nothing.
       - When the period already has a backup, that backup is pinned instead.
     type: str
   keep_reason:
@@ -192,7 +196,10 @@ cleaned_partials:
   type: list
   elements: str
 pins:
-  description: The backup's pins (C(reason), C(keep_until), C(pinned_at)); empty when it is not pinned.
+  description:
+    - The backup's pins (C(reason), C(keep_until), C(pinned_at)); empty when it is not pinned.
+    - In check mode for a backup still to be made, the pins it would get, a duration of O(keep_until) counted from now
+      (the backup counts it from its C(created_at), a few seconds later).
   returned: success
   type: list
   elements: dict
@@ -215,6 +222,8 @@ executed_commands:
   type: list
   elements: str
 """
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -265,7 +274,16 @@ def main():
         job = PgBackup(module.params, module.run_command, check_mode=module.check_mode)
         result = job.run()
     except (PgBackupError, CatalogError, PgExecError, CommandError, ThreadFailure) as exc:
-        module.fail_json(msg=str(exc), executed_commands=job.executed if job else [])
+        # changed only when the run made something visible before it failed (PgBackup.wrote)
+        module.fail_json(msg=str(exc), changed=bool(job and job.wrote), executed_commands=job.executed if job else [])
+    except OSError as exc:
+        where = exc.filename or module.params["backup_dir"]
+        module.fail_json(
+            msg="cannot use %s: %s; check free space and permissions on %s (df -h, ls -ld), then run again"
+            % (where, exc.strerror or exc, os.path.dirname(str(where)) or where),
+            changed=bool(job and job.wrote),
+            executed_commands=job.executed if job else [],
+        )
     for warning in job.warnings:
         module.warn(warning)
     result["executed_commands"] = job.executed

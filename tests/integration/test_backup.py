@@ -7,6 +7,7 @@ that stack's container, so it runs last.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shlex
@@ -63,13 +64,17 @@ def no_secret(db, result):
 
 def test_four_steps_manifest_modes_and_no_secret(db, tmp_path):
     bdir = tmp_path / "bk"
-    check = run_module("ner11.ops.pg_backup", args(db, bdir), check=True)
+    keep = {"keep_until": "30d"}  # a relative pin, counted from the backup's created_at: the re-runs change nothing
+    check = run_module("ner11.ops.pg_backup", args(db, bdir, **keep), check=True)
     assert check["changed"] is True and not check.get("failed"), check.get("msg")
+    assert [p["reason"] for p in check["pins"]] == ["pinned by pg_backup keep_until"]  # the pins it would get
     assert check["plan"]["format"] == "directory" and check["plan"]["jobs"] == 2
     assert not (bdir / "database").exists() or not any((bdir / "database").iterdir())
 
-    first = run_module("ner11.ops.pg_backup", args(db, bdir))
+    first = run_module("ner11.ops.pg_backup", args(db, bdir, **keep))
     assert first["changed"] is True and not first.get("failed"), first.get("msg")
+    created = cat.parse_time(first["manifest"]["created_at"])
+    assert [p["keep_until"] for p in first["pins"]] == [cat.isoformat(created + datetime.timedelta(days=30))]
     assert first["backup_id"] == check["plan"]["backup_id"] or first["backup_id"].startswith("ner11_db-")
     # one sidecar ran globals, the dump and the listing; each step is timed from the script's marks
     steps = [s["step"] for s in first["steps"]]
@@ -78,10 +83,11 @@ def test_four_steps_manifest_modes_and_no_secret(db, tmp_path):
         assert step in steps, steps
     assert "pg_dump --version" not in steps and steps[-1].startswith("publish: names and sizes")
 
-    again_check = run_module("ner11.ops.pg_backup", args(db, bdir), check=True)
+    again_check = run_module("ner11.ops.pg_backup", args(db, bdir, **keep), check=True)
     assert again_check["changed"] is False and again_check["backup_id"] == first["backup_id"]
-    again = run_module("ner11.ops.pg_backup", args(db, bdir))
+    again = run_module("ner11.ops.pg_backup", args(db, bdir, **keep))
     assert again["changed"] is False and again["backup_id"] == first["backup_id"]
+    assert again_check["pins"] == again["pins"] == first["pins"]
 
     forced = run_module("ner11.ops.pg_backup", args(db, bdir, force=True))
     assert forced["changed"] is True and forced["backup_id"] != first["backup_id"]
@@ -216,7 +222,7 @@ def test_prune_four_steps_gfs(tmp_path):
     bdir = tmp_path / "bk"
     c = cat.Catalog(str(bdir))
     for day in range(1, 41):  # 40 daily backups, Nov 2026 and into December
-        dt = cat.parse_time("2026-10-25T02:00:00Z") + __import__("datetime").timedelta(days=day)
+        dt = cat.parse_time("2026-10-25T02:00:00Z") + datetime.timedelta(days=day)
         _fake_backup(c, "ner11_db-%s" % dt.strftime("%Y%m%dT%H%M%SZ"), cat.isoformat(dt))
     os.makedirs(os.path.join(c.kind_dir("database"), "broken-entry"))
     params = {"backup_dir": str(bdir), "db_name": "ner11_db"}
@@ -297,6 +303,12 @@ def test_full_backup_dir_fails_clearly_and_keeps_older_backups(db, tmp_path):
         assert ids == [old["backup_id"]]
         assert not [n for n in os.listdir(bdir / "database") if n.startswith(cat.PARTIAL_PREFIX)]
         assert cat.Catalog(str(bdir)).verify("database", old["backup_id"]) == []
+        # a read-only backup_dir: a plain failure naming the path and the fix, nothing changed
+        subprocess.run(["mount", "-o", "remount,ro", str(bdir)], check=True)
+        ro = run_module("ner11.ops.pg_backup", args(db, bdir, space_factor=0.0, **small))
+        assert ro.get("failed") and ro["changed"] is False and "Traceback" not in json.dumps(ro), ro
+        assert "Read-only file system" in ro["msg"] and "check free space and permissions on %s" % bdir in ro["msg"], ro["msg"]
+        assert [m["backup_id"] for m in cat.Catalog(str(bdir)).list("database")] == [old["backup_id"]]
     finally:
         db.psql("DROP TABLE IF EXISTS fill")
         unmount(str(bdir))
