@@ -174,6 +174,9 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     api = stack.container("api")
     docker("exec", api, "sh", "-c", "echo '{not json' > /app/models/manifest.json")
     docker("restart", "-t", "10", api)
+    # An application that logs its connection string (an error line: always shown among the error
+    # lines): the failure shows the line, not the password.
+    docker("exec", api, "sh", "-c", "echo 'ERROR could not reach postgresql://ner11:it-pw-0423@db:5432/ner11_db' > /proc/1/fd/1")
     broken = startup(stack, startup_start_timeout=8)
     assert broken.rc != 0
     msg = broken.task("Fail with the last health output and log lines: api")["msg"]
@@ -181,6 +184,7 @@ def test_startup_from_a_stopped_stack_is_ordered_gated_and_idempotent(own_stack,
     assert "api:model fail: " in msg  # the health module's own failure text
     assert "Last 30 log lines of %s" % api in msg
     assert "Model loading failed" in msg  # a real log line of the api
+    assert "postgresql://ner11:(redacted)@db:5432" in msg and "it-pw-0423" not in msg
     assert running(stack)["api"] is True  # reported, not torn down
 
 
