@@ -238,6 +238,16 @@ class ArtifactRestore(ArtifactJob):
                     "its files" % (name, ", ".join(live), live[0])
                 )
         current = self.listing(ttype, name, details, manifest)
+        # A swap that failed and could not be rolled back left the old content in .ner11-old-<tag>:
+        # refused here, before anything is touched (the swap itself checks again).
+        tops = {(e["path"][2:] if e["path"].startswith("./") else e["path"]).split("/", 1)[0] for e in current or []}
+        kept = sorted(t for t in tops if t.startswith(".ner11-old-"))
+        if kept:
+            raise ArtifactError(
+                "%s %s holds %s, left by an earlier restore whose swap failed: it may be the only copy of the old "
+                "content. Move its entries back into %s (or delete it when the content is not needed), then run "
+                "again; nothing was changed" % (ttype, name, kept[0], name)
+            )
         plan = restore_plan(contents, current, mode)
         plan.update({"backup_id": backup_id, "target_type": ttype, "target": name})
         if details.get("container"):

@@ -567,8 +567,10 @@ class Catalog:
         return self.read_record(kind, backup_id, VERIFY_RECORD)
 
     def verification_failed(self, kind, backup_id):
-        record = self.verification(kind, backup_id)
-        return bool(record and record.get("status") == "failed")
+        """True when the last verification failed, or when its record cannot be read (the safe
+        direction: a restore does not pick a backup whose result is unknown, prune leaves it alone)."""
+        record, problem = self.record_status(kind, backup_id, VERIFY_RECORD)
+        return bool(problem or (record and record.get("status") == "failed"))
 
     def freshness(self, kind, backup_id):
         return self.read_record(kind, backup_id, FRESHNESS)
@@ -663,7 +665,9 @@ class Catalog:
                         rec["damaged"][name] = "%s; %s" % (problem, _RECORD_MEANWHILE[name])
                 rec["pins"] = list(rec["pins"]["pins"]) if rec["pins"] else []
                 if manifest.get("status") == "verified":
-                    failed = rec["verification"] and rec["verification"].get("status") == "failed"
+                    failed = VERIFY_RECORD in rec["damaged"] or (
+                        rec["verification"] and rec["verification"].get("status") == "failed"
+                    )
                     rec["state"] = "failed" if failed else "good"
             out.append(rec)
         return out
@@ -726,7 +730,10 @@ class Catalog:
 
 _RECORD_MEANWHILE = {
     PINS: "until then the backup is kept (never pruned)",
-    VERIFY_RECORD: "until then no verification result counts as recorded (run backup_verify to write a new one)",
+    VERIFY_RECORD: (
+        "until then the backup counts as failed verification: restores do not pick it and prune leaves it alone "
+        "(run backup_verify to write a new result)"
+    ),
     FRESHNESS: "until then the backup's content counts as not confirmed current",
 }
 

@@ -51,6 +51,7 @@ DOCKER_ROOT = "/var/lib/docker"  # Docker's default data root (also protected wh
 PG_MARKER = "PG_VERSION"  # in every PostgreSQL data directory
 CATALOG_MARKER = "manifest.json"  # in every published backup (catalog.MANIFEST)
 CATALOG_WORK_PREFIXES = (".partial-", ".deleting-")  # a backup being written / deleted (catalog.py)
+_TABLESPACE_RE = re.compile(r"^PG_[0-9]+_[0-9]+$")  # <tablespace>/PG_<major>_<catalog version>/<db oid>/<file>
 DEFAULTS = {
     "target_free_percent": 20.0,
     "tmp_paths": ["/tmp", "/var/tmp"],  # noqa: S108 - directories to clean, not files to create
@@ -131,6 +132,11 @@ def protected_reason(path, docker_ids=()):
     ``docker_ids``: :func:`dir_ids` of Docker's data root(s).
     """
     name = os.path.basename(os.path.normpath(path))
+    if _TABLESPACE_RE.match(name):
+        return (
+            "a PostgreSQL tablespace (%s): its numbered files are table data, not logs; "
+            "free space inside PostgreSQL (VACUUM, pg_maintenance) instead" % name
+        )
     if name.startswith(CATALOG_WORK_PREFIXES):
         return (
             "a backup being written or deleted (%s*): its files belong to a running backup or retention step; "

@@ -79,7 +79,7 @@ def _number(value):
     if isinstance(value, int):
         return value
     text = str(value).strip()
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isdecimal() and text.isascii() else None
 
 
 def _applies(window, year, month, day):

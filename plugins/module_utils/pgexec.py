@@ -120,12 +120,18 @@ def db_error_hint(text, target, db_name):
     if "too many clients" in low or "remaining connection slots" in low:
         return "connection slots exhausted: terminate idle sessions (pg_sessions) or raise max_connections"
     if "starting up" in low or "shutting down" in low or "recovery" in low:
-        return "PostgreSQL is starting or stopping: wait for it (wait_for=pass)"
+        return (
+            "PostgreSQL is starting or stopping: wait for it to accept connections, then run again "
+            "(ner_health waits with wait_for=pass)"
+        )
     if "timed out" in low or "timeout" in low or "no answer" in low:
         return "PostgreSQL (or docker exec) did not answer in time: check the host load and the PostgreSQL logs"
     if "connection refused" in low or "could not connect" in low or "no such file" in low:
         return "PostgreSQL is not accepting connections on %s: start it and read its logs" % target
-    return "read the PostgreSQL logs"
+    return (
+        "read the PostgreSQL logs (docker logs of its container); ner11.ops.ner_health or playbooks/incident_db.yml "
+        "diagnose the database"
+    )
 
 
 class PgExecError(Exception):

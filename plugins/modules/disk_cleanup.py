@@ -18,7 +18,8 @@ description:
     O(log_age_days) under O(log_paths); active logs are left alone.
   - The file actions never enter, and never list a file of, a protected directory tree, whichever O(tmp_paths)
     and O(log_paths) are given - a PostgreSQL data directory (a directory holding C(PG_VERSION); its C(*.1) files
-    are table data), a backup (a directory holding C(manifest.json); its C(*.gz) files are the dump), a backup
+    are table data) or a tablespace (its C(PG_<major>_<catalog version>) directory), a backup (a directory holding
+    C(manifest.json); its C(*.gz) files are the dump), a backup
     being written or deleted (C(.partial-*), C(.deleting-*)), and Docker's data root (the engine's
     C(DockerRootDir), and C(/var/lib/docker) in any case) with its volumes and container filesystems. A path of
     O(tmp_paths) or O(log_paths) inside such a tree is not walked at all. Each skipped tree is reported in

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import sys
 
@@ -110,6 +111,14 @@ def test_host_restore_mirror_and_overlay(env):
     assert not os.path.exists(dest + "/extra.txt")
     assert not restore(env, True, kind="models", latest=True, dest=dest)["changed"]
     assert restore(env, kind="models", latest=True, dest=dest, force=True)["plan"]["strategy"] == "sibling-swap"
+    # The old content a failed swap left (.ner11-old-<tag>) stops the restore before anything is touched.
+    _write(dest + "/.ner11-old-t1/m1/model.json", "old")
+    for check in (True, False):
+        job = ArtifactRestore(env.params(kind="models", latest=True, dest=dest, confirm=dest, force=True), run_command, check)
+        with pytest.raises(ArtifactError, match="left by an earlier restore whose swap failed.*nothing was changed"):
+            job.run()
+        assert job.touched == [] and open(dest + "/.ner11-old-t1/m1/model.json").read() == "old"
+    shutil.rmtree(dest + "/.ner11-old-t1")
 
     conf = str(env.base / "etc")
     _write(conf + "/app/.env", "A=1\n", 0o600)

@@ -203,12 +203,17 @@ def test_a_wrong_typed_freshness_record_counts_as_not_confirmed(tmp_path, record
 def test_a_wrong_typed_verify_record_is_reported_and_replaced(tmp_path, record):
     c, old = _two_backups(tmp_path)
     _write(os.path.join(old, cat.VERIFY_RECORD), json.dumps(record))
-    assert c.verification("database", "db-1") is None and not c.verification_failed("database", "db-1")
+    # The result is unknown: counted as failed (the safe direction), never picked, never pruned.
+    assert c.verification("database", "db-1") is None and c.verification_failed("database", "db-1")
+    assert [m["backup_id"] for m in c.list("database")] == ["db-2"]
+    assert c.records("database")[0]["state"] == "failed"
     assert "verify.json of db-1 is unreadable" in c.records("database")[0]["damaged"][cat.VERIFY_RECORD]
-    done = retention.prune_catalog(c, "database", POLICY, check_mode=True, now=T0 + datetime.timedelta(days=3))
-    assert any("verify.json of db-1" in w for w in done["damaged"])
+    done = retention.prune_catalog(c, "database", POLICY, check_mode=False, now=T0 + datetime.timedelta(days=400))
+    assert any("verify.json of db-1" in w for w in done["damaged"]) and "db-1" not in done["deleted"]
+    assert os.path.isdir(old)
     written = c.record_verification("database", "db-1", "ok", ["sha256"], [], now=T0)
     assert written["history"] == [] and c.verification("database", "db-1") == written
+    assert not c.verification_failed("database", "db-1")
 
 
 def test_effective_keep_until_ignores_wrong_types():

@@ -6,6 +6,7 @@ was deleted), the files are real; the docker actions get a fake runner answering
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -363,12 +364,13 @@ def test_a_file_replaced_after_the_plan_is_not_removed(tree):
         D.remove("tmp_files", item, None)
     assert "replaced since the plan" in str(exc.value) and os.path.exists(item["item"])
     assert "run the cleanup again" in D.removal_error("tmp_files", item, exc.value)
-    # the directory swapped for a symlink to another tree is not followed
+    # the directory swapped for a symlink to another tree after a fresh plan is not followed
+    [item] = D.file_candidates("tmp_files", [str(tree / "tmp")], 7, device, [], NOW)
     os.rename(str(tree / "tmp"), str(tree / "elsewhere"))
     os.symlink(str(tree / "elsewhere"), str(tree / "tmp"))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as exc:
         D.remove("tmp_files", item, None)
-    assert os.path.exists(tree / "elsewhere" / "scratch.bin")
+    assert exc.value.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.exists(tree / "elsewhere" / "scratch.bin")
 
 
 def test_messages_name_no_gap_codes(tree):
@@ -379,4 +381,10 @@ def test_messages_name_no_gap_codes(tree):
             D.validate(params(tree, **bad))
         text += str(exc.value)
     assert not re.search(r"\bG[0-9]{1,2}\b", text)
-    assert not re.search(r"\bG[0-9]{1,2}\b", D.protected_reason(str(tree)) or "")
+    (tree / "pgdata").mkdir()
+    (tree / "pgdata" / "PG_VERSION").write_text("15\n")
+    (tree / "bk").mkdir()
+    (tree / "bk" / "manifest.json").write_text("{}")
+    (tree / "PG_15_202209061").mkdir()
+    reasons = [D.protected_reason(str(tree / d)) for d in ("pgdata", "bk", "PG_15_202209061", ".partial-x")]
+    assert all(reasons) and not re.search(r"\bG[0-9]{1,2}\b", " ".join(reasons))
