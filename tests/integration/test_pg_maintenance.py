@@ -131,6 +131,6 @@ def test_bad_input_names_the_fix(pg):
     res = maint(pg, operation="vacuum", tables=["no_such_table"])
     assert res.get("failed") and "public.no_such_table do not exist" in res["msg"]
     res = maint(pg, operation="vacuum", container=pg.name + "-missing")
-    assert res.get("failed") and "Check that PostgreSQL runs" in res["msg"]
+    assert res.get("failed") and "container does not exist: deploy the stack" in res["msg"] and not res["changed"]
     res = maint(pg, operation="vacuum", db_name="nope_db")
     assert res.get("failed") and "database nope_db does not exist" in res["msg"]
