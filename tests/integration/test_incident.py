@@ -116,7 +116,7 @@ def test_the_record_line_takes_the_play_context_and_is_redacted(tmp_path):
     path = str(tmp_path / "ledger.jsonl")
     args = {
         "dir": str(tmp_path / "incidents" / "db-1"),
-        "files": {"incident.md": "# db-1\n"},
+        "files": {"incident.md": "# db-1\n", "api.log": "login failed for %s\n" % secret},
         "ledger": path,
         "ledger_line": {"playbook": "incident_db", "host": "node1", "results": {"note": "dsn with " + secret}},
     }
@@ -130,6 +130,14 @@ def test_the_record_line_takes_the_play_context_and_is_redacted(tmp_path):
     assert line == res["ledger_line"] and line["awx_job_id"] == "808" and line["status"] == "ok", line
     assert line["results"]["note"] == "dsn with (redacted)" and secret not in json.dumps(res), line
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    # The record's files are redacted with the play's password the action plugin added.
+    assert open(os.path.join(args["dir"], "api.log")).read() == "login failed for (redacted)\n"
+    # The four steps of an audit record: check again writes nothing, apply again adds its own line,
+    # neither is a change.
+    res = run_module("ner11.ops.incident_record", args, check=True, play_vars=play)
+    assert not res.get("failed") and not res["changed"] and len(open(path).read().splitlines()) == 1, res
+    res = run_module("ner11.ops.incident_record", args, play_vars=play)
+    assert not res.get("failed") and not res["changed"] and len(open(path).read().splitlines()) == 2, res
 
 
 def test_remediate_without_confirm_is_refused(stack):
